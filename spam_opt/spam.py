@@ -1,0 +1,282 @@
+"""SPAM: Spike-Aware Adam with Momentum Reset (ICLR 2025), a drop-in replacement for torch.optim.AdamW.
+
+The class owns validation, state and the schedule (global step, momentum resets, warmup after a reset,
+clip delay, sparse-momentum masks); the arithmetic lives in ``_spam_functional``. See DESIGN.md for the
+normative update rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from spam_opt import _spam_functional as F
+from spam_opt._validation import check_betas, check_int, check_known_keys, check_number
+from spam_opt.sparse import kept_indices, mask_key
+from spam_opt.stats import SpikeStats, stack_counts
+
+_STEP_KEY = "spam_step"  # the optimizer's global step, written into every saved param group
+_STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "reset_number")
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """What the global step means for one param group."""
+
+    reset_number: int  # how many momentum resets have happened by this step
+    warmup_scale: float
+    clip_on: bool
+
+
+def _schedule(s: int, group: dict[str, Any]) -> _Schedule:
+    interval, warmup, delay = group["reset_interval"], group["warmup_steps"], group["clip_delay"]
+    k = s % interval if interval > 0 else s
+    clip_on = group["threshold"] > 0 and s >= delay and (interval == 0 or k >= delay)
+    if interval == 0 or s < interval or k >= warmup:
+        scale = 1.0
+    else:
+        scale = 1.0 - 0.99 * (1.0 + math.cos(math.pi * k / (warmup + 1))) / 2.0
+    return _Schedule(s // interval if interval > 0 else 0, scale, clip_on)
+
+
+def _local(t: Tensor) -> Tensor:
+    """The rank-local tensor of a DTensor (FSDP2 shards), the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _kept_entries(p: Tensor, key: int, density: float, device: torch.device) -> Tensor:
+    """Kept flat indices of this rank's block, relative to the block (see ``spam_opt.sparse``)."""
+    if not hasattr(p, "device_mesh"):
+        return kept_indices(p.numel(), key, density, device=device)
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    local_shape, offsets = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    trailing = tuple(p.shape[1:])
+    if tuple(local_shape[1:]) == trailing and all(o == 0 for o in offsets[1:]):
+        # Row-sharded (FSDP2's Shard(0)): the block is a contiguous run of the flattened full tensor.
+        return kept_indices(math.prod(local_shape), key, density, offset=offsets[0] * math.prod(trailing),
+                            device=device)
+    raise NotImplementedError(
+        f"sparse momentum supports parameters sharded along dim 0 only, got placements {p.placements}; "
+        "use density=1.0 for this parameter"
+    )
+
+
+class SPAM(Optimizer):
+    """Spike-Aware Adam with Momentum Reset.
+
+    Adam with decoupled weight decay, plus: momentum reset every ``reset_interval`` steps followed by a
+    cosine learning-rate warmup of ``warmup_steps``; spike-aware clipping of entries whose squared gradient
+    exceeds ``threshold`` times their second moment (after ``clip_delay`` steps, and ``clip_delay`` steps
+    after each reset); optional sparse momentum (``density`` < 1) for parameters of 2 or more dimensions.
+    Every option can be set per param group. ``step(gate=...)`` takes an optional 0-dim bool device tensor:
+    when it is False the step leaves every parameter and moment untouched (used by ``SpikeGuard``).
+
+    Example::
+
+        import spam_opt
+        opt = spam_opt.SPAM(model.parameters(), lr=1e-3)
+        loss = model(x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        clipped = opt.spike_stats().clipped  # entries clipped per parameter, on device
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        *,
+        threshold: float = 5000.0,
+        reset_interval: int = 500,
+        warmup_steps: int = 150,
+        clip_delay: int = 20,
+        density: float = 1.0,
+        seed: int = 0,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, threshold=threshold,
+                        reset_interval=reset_interval, warmup_steps=warmup_steps, clip_delay=clip_delay,
+                        density=density, seed=seed, foreach=foreach, fused=fused, maximize=maximize)
+        _validate_group(defaults, "SPAM()")
+        self._global_step = 0
+        self._last_stats: SpikeStats | None = None
+        super().__init__(params, defaults)
+
+    # -- param groups and validation ------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        check_known_keys(param_group, _ALLOWED_GROUP_KEYS, "a SPAM param group")
+        super().add_param_group(param_group)
+        _validate_group(self.param_groups[-1], f"SPAM param group {len(self.param_groups) - 1}")
+
+    @property
+    def global_step(self) -> int:
+        """Number of ``step()`` calls so far: the clock of resets, warmups and the clip delay."""
+        return self._global_step
+
+    # -- state dict -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        # Kept in every param group, because distributed checkpointing keeps groups but drops unknown keys.
+        for group in sd["param_groups"]:
+            group[_STEP_KEY] = self._global_step
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        groups = state_dict.get("param_groups")
+        if not isinstance(groups, list) or not isinstance(state_dict.get("state"), dict):
+            raise ValueError("not an optimizer state dict: expected the keys 'state' and 'param_groups'")
+        steps = {g.get(_STEP_KEY) for g in groups}
+        if len(steps) != 1 or not isinstance(next(iter(steps)), int):
+            raise ValueError(
+                f"this state dict was not written by SPAM (param groups lack a consistent {_STEP_KEY!r}); "
+                "load a checkpoint saved from a SPAM optimizer"
+            )
+        saved_state = state_dict["state"]
+        for key, entry in saved_state.items():
+            missing = [k for k in _STATE_KEYS if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                raise ValueError(f"corrupt SPAM state for parameter {key}: missing {missing}")
+        stripped = dict(state_dict)
+        stripped["param_groups"] = [{k: v for k, v in g.items() if k != _STEP_KEY} for g in groups]
+        super().load_state_dict(stripped)
+        # torch casts floating state to the parameter dtype; ours stays float32 (and indices stay integers).
+        saved_ids = chain.from_iterable(g["params"] for g in groups)
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for saved_id, p in zip(saved_ids, params):
+            if saved_id in saved_state:
+                self.state[p] = {k: v.to(device=_local(p).device) if isinstance(v, Tensor) else v
+                                 for k, v in saved_state[saved_id].items()}
+        for i, group in enumerate(self.param_groups):
+            _validate_group(group, f"loaded SPAM param group {i}")
+        self._global_step = next(iter(steps))
+
+    # -- the step -------------------------------------------------------------------------------------
+
+    def spike_stats(self) -> SpikeStats | None:
+        """Clip and non-finite counts per parameter of the last step, on device; None before any step."""
+        return self._last_stats
+
+    def _init_or_reset(self, p: Tensor, state: dict[str, Any], group: dict[str, Any], index: int,
+                       reset_number: int) -> None:
+        """Create the state of a parameter, or start a new reset interval for it (zero moments, new mask)."""
+        local = _local(p)
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=local.device)
+        elif state["reset_number"] == reset_number:
+            return
+        state["reset_number"] = reset_number
+        if group["density"] < 1.0 and p.dim() >= 2:
+            key = mask_key(group["seed"], index, reset_number)
+            state["kept"] = _kept_entries(p, key, group["density"], local.device)
+            shape: tuple[int, ...] = (state["kept"].numel(),)
+            state["exp_avg"] = torch.zeros(shape, dtype=torch.float32, device=local.device)
+            state["exp_avg_sq"] = torch.zeros(shape, dtype=torch.float32, device=local.device)
+        else:
+            state.pop("kept", None)
+            state["exp_avg"] = torch.zeros_like(local, dtype=torch.float32, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(local, dtype=torch.float32, memory_format=torch.preserve_format)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None, *, gate: Tensor | None = None) -> Any:
+        """Perform one optimization step; ``gate`` (0-dim bool tensor) False skips it on device."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._global_step += 1
+        s = self._global_step
+        stepped, clipped, nonfinite = [], [], []
+        index = -1
+        for group in self.param_groups:
+            sched = _schedule(s, group)
+            params, grads, exp_avgs, exp_avg_sqs, counts, kept = [], [], [], [], [], []
+            for p in group["params"]:
+                index += 1
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("SPAM does not support sparse gradients; use dense gradients")
+                state = self.state[p]
+                self._init_or_reset(p, state, group, index, sched.reset_number)
+                stepped.append(p)
+                params.append(_local(p))
+                grads.append(_local(p.grad))
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                counts.append(state["step"])
+                kept.append(state.get("kept"))
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            scalars = F.StepScalars(
+                lr=float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
+                weight_decay=group["weight_decay"], warmup_scale=sched.warmup_scale,
+                clip_threshold=float(group["threshold"]) if sched.clip_on else None,
+                maximize=group["maximize"],
+            )
+            kernel = _select_kernel(group["foreach"], group["fused"])
+            result = kernel(params, grads, exp_avgs, exp_avg_sqs, counts, kept, gate, scalars)
+            clipped.extend(result.clipped)
+            nonfinite.extend(result.nonfinite)
+        device = _local(stepped[0]).device if stepped else torch.device("cpu")
+        self._last_stats = SpikeStats(step=s, params=stepped, clipped=stack_counts(clipped, device),
+                                      nonfinite=stack_counts(nonfinite, device))
+        return loss
+
+
+_ALLOWED_GROUP_KEYS = frozenset(
+    ["params", "name", "initial_lr", "lr", "betas", "eps", "weight_decay", "threshold", "reset_interval",
+     "warmup_steps", "clip_delay", "density", "seed", "foreach", "fused", "maximize"]
+)
+
+
+def _select_kernel(foreach: bool | None, fused: bool | None) -> Callable[..., F.KernelResult]:
+    if fused:
+        raise ValueError("fused=True is not available for SPAM yet; use foreach=True (the default) "
+                         "or foreach=False for the single-tensor reference path")
+    if foreach is False:
+        return F.spam_reference
+    return F.spam_foreach
+
+
+def _validate_group(group: dict[str, Any], where: str) -> None:
+    """Check every hyperparameter of a group; errors name the option and its accepted range."""
+    lr = group["lr"]
+    check_number(f"lr ({where})", float(lr) if isinstance(lr, Tensor) else lr, low=0.0)
+    check_betas(f"betas ({where})", group["betas"])
+    check_number(f"eps ({where})", group["eps"], low=0.0)
+    check_number(f"weight_decay ({where})", group["weight_decay"], low=0.0)
+    check_number(f"threshold ({where})", group["threshold"], low=0.0)
+    check_int(f"reset_interval ({where})", group["reset_interval"])
+    check_int(f"warmup_steps ({where})", group["warmup_steps"])
+    check_int(f"clip_delay ({where})", group["clip_delay"])
+    check_number(f"density ({where})", group["density"], low=0.0, high=1.0, low_open=True)
+    check_int(f"seed ({where})", group["seed"])
+    if group["reset_interval"] > 0 and group["warmup_steps"] > group["reset_interval"]:
+        raise ValueError(
+            f"invalid warmup_steps={group['warmup_steps']} ({where}): the warmup after a momentum reset must "
+            f"fit in the reset interval, accepted range is [0, reset_interval={group['reset_interval']}]"
+        )
+    for flag in ("foreach", "fused"):
+        if group[flag] not in (None, True, False):
+            raise ValueError(f"invalid {flag}={group[flag]!r} ({where}): accepted values are None, True, False")
+    if group["foreach"] and group["fused"]:
+        raise ValueError(f"foreach=True and fused=True ({where}): choose at most one of them")
+    if not isinstance(group["maximize"], bool):
+        raise ValueError(f"invalid maximize={group['maximize']!r} ({where}): accepted values are True, False")

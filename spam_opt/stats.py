@@ -1,0 +1,44 @@
+"""What an optimizer step did about spikes, kept on device until someone reads it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class SpikeStats:
+    """Per-parameter spike counts of the last optimizer step.
+
+    ``clipped[i]`` is the number of entries of ``params[i]`` that the optimizer clipped (SPAM) or
+    rescaled (Stable-SPAM's AdaClip) at the last step; ``nonfinite[i]`` is 1 when that parameter's
+    gradient held NaN or Inf, so its update was skipped. Both are int64 tensors on the device of the
+    first parameter; reading them (``.tolist()``) is the only host synchronisation, and it is the
+    caller's choice when to pay it.
+
+    Example::
+
+        stats = opt.spike_stats()
+        if stats is not None:
+            print(int(stats.clipped.sum()), "entries clipped at step", stats.step)
+    """
+
+    step: int
+    params: list[Tensor]
+    clipped: Tensor
+    nonfinite: Tensor
+
+    def total_clipped(self) -> Tensor:
+        return self.clipped.sum()
+
+    def total_nonfinite(self) -> Tensor:
+        return self.nonfinite.sum()
+
+
+def stack_counts(counts: list[Tensor], device: torch.device) -> Tensor:
+    """One int64 tensor from per-parameter count scalars, without a host sync."""
+    if not counts:
+        return torch.zeros(0, dtype=torch.int64, device=device)
+    return torch.stack([c.to(device=device, dtype=torch.int64) for c in counts])

@@ -1,0 +1,86 @@
+"""An independent float64 transcription of DESIGN.md's SPAM update rule, written loop-first for clarity.
+
+It keeps full-size moments for every parameter and a boolean mask for sparse ones (entries outside the
+mask keep m = v = 0 and get no Adam update), so it shares no code path with the optimizer's kernels.
+Only the choice of kept entries comes from ``spam_opt.sparse``: that hash is the specification of which
+entries are kept, and it is tested on its own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from spam_opt.sparse import kept_indices, mask_key
+
+
+class ReferenceSPAM:
+    def __init__(self, params, *, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, threshold=5000.0,
+                 reset_interval=500, warmup_steps=150, clip_delay=20, density=1.0, seed=0, maximize=False,
+                 sparse=None):
+        self.p = [p.detach().double().clone() for p in params]
+        self.lr, (self.b1, self.b2), self.eps, self.wd = lr, betas, eps, weight_decay
+        self.theta, self.T, self.N, self.D = threshold, reset_interval, warmup_steps, clip_delay
+        self.density, self.seed, self.maximize = density, seed, maximize
+        # which parameters use sparse momentum (default: every parameter of 2+ dims when density < 1)
+        self.sparse = sparse if sparse is not None else [density < 1 and p.dim() >= 2 for p in self.p]
+        self.m = [torch.zeros_like(p) for p in self.p]
+        self.v = [torch.zeros_like(p) for p in self.p]
+        self.n = [0 for _ in self.p]
+        self.s = 0
+        self.masks = [self._mask(i, 0) for i in range(len(self.p))]
+        self.clipped = [0 for _ in self.p]
+
+    def _mask(self, i, reset_number):
+        p = self.p[i]
+        if not self.sparse[i]:
+            return torch.ones_like(p, dtype=torch.bool)
+        mask = torch.zeros(p.numel(), dtype=torch.bool)
+        mask[kept_indices(p.numel(), mask_key(self.seed, i, reset_number), self.density).long()] = True
+        return mask.view_as(p)
+
+    def step(self, grads):
+        self.s += 1
+        s, T, N, D = self.s, self.T, self.N, self.D
+        k = s % T if T > 0 else s
+        reset = T > 0 and k == 0
+        clip_on = self.theta > 0 and s >= D and (T == 0 or k >= D)
+        if T == 0 or s < T or k >= N:
+            w = 1.0
+        else:
+            w = 1 - 0.99 * (1 + math.cos(math.pi * k / (N + 1))) / 2
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            g = g.detach().double().clone()
+            if self.maximize:
+                g = -g
+            if reset:
+                self.masks[i] = self._mask(i, s // T)
+                self.m[i].zero_()
+                self.v[i].zero_()
+            if not torch.isfinite(g).all():
+                self.clipped[i] = 0
+                continue
+            mask = self.masks[i]
+            p, m, v = self.p[i], self.m[i], self.v[i]
+            self.n[i] += 1
+            n = self.n[i]
+            count = 0
+            flat_g, flat_m, flat_v, flat_mask = g.view(-1), m.view(-1), v.view(-1), mask.view(-1)
+            for j in range(flat_g.numel()):
+                if not flat_mask[j]:
+                    continue
+                gj = flat_g[j].item()
+                vj = flat_v[j].item()
+                if clip_on and vj > 0 and gj * gj > self.theta * vj:
+                    gj = math.copysign(math.sqrt(self.theta * vj), gj)
+                    count += 1
+                flat_m[j] = self.b1 * flat_m[j].item() + (1 - self.b1) * gj
+                flat_v[j] = self.b2 * vj + (1 - self.b2) * gj * gj
+            self.clipped[i] = count
+            step_size = self.lr * w * math.sqrt(1 - self.b2**n) / (1 - self.b1**n)
+            update = torch.where(mask, m / (v.sqrt() + self.eps), torch.zeros_like(m))
+            p -= step_size * update
+            p -= self.lr * self.wd * p
