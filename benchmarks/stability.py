@@ -1,0 +1,303 @@
+"""Stability benchmark: optimizers x regimes x seeds, each a real run of ``trainers.pretrain``.
+
+    python benchmarks/stability.py                          # the CPU grid (results/stability/)
+    python benchmarks/stability.py --quick                  # pipeline check: one seed, a few steps
+    python benchmarks/stability.py --model llama-60m --steps 10000 --seq-len 256 ...   # paper scale, GPUs
+
+Every run writes ``<out>/runs/<regime>/<optimizer>/seed<k>/result.json``; a finished run is never
+repeated, so an interrupted grid continues where it stopped. Learning rates come from a short sweep
+(clean regime, seed 0) whose table is written next to the results. SPAM's schedule is scaled to the run
+as the paper's was to its runs (``--reset-fraction``). ``report`` rows aggregate over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OPTIMIZERS: dict[str, dict[str, Any]] = {
+    "adamw": {"optimizer": "adamw"},
+    "adamw+clip1": {"optimizer": "adamw", "max_grad_norm": 1.0},
+    "spam": {"optimizer": "spam"},
+    "spam+clip1": {"optimizer": "spam", "max_grad_norm": 1.0},
+    "spam-d0.25": {"optimizer": "spam", "density": 0.25},
+    "stable-spam": {"optimizer": "stable-spam"},
+    "adamw+guard": {"optimizer": "adamw", "spike_guard": True},
+}
+REGIMES = ("clean", "spike-tensors", "spike-all", "high-lr")
+# Where LLaMA's gradient spikes concentrate in the SPAM paper: norm weights; plus one attention matrix.
+SPIKE_TENSORS = r"(model\.norm\.weight|layers\.0\.input_layernorm\.weight|layers\.1\.self_attn\.q_proj\.weight)"
+SPIKE_FRACTIONS = (0.3, 0.5, 0.7)  # injections at these fractions of the run, 1000x each
+LR_GRID = (1e-3, 3e-3, 1e-2)
+HIGH_LR_FACTOR = 10.0  # high-lr regime: this times AdamW's swept lr, the same for every optimizer
+
+
+@dataclass
+class Setup:
+    model: str
+    steps: int
+    batch_size: int
+    seq_len: int
+    out: Path
+    reset_fraction: float
+    corpus_mb: float
+
+    def spike_steps(self) -> list[int]:
+        return [max(2, round(f * self.steps)) for f in SPIKE_FRACTIONS]
+
+    def optimizer_kwargs(self, name: str) -> dict[str, Any]:
+        """SPAM's schedule scaled to the run: paper 500/150/20 for ~10k steps -> fractions of the run."""
+        interval = max(4, round(self.reset_fraction * self.steps))
+        if OPTIMIZERS[name]["optimizer"] == "spam":
+            return {"reset_interval": interval, "warmup_steps": max(1, round(0.3 * interval)),
+                    "clip_delay": max(1, round(0.04 * interval))}
+        if OPTIMIZERS[name]["optimizer"] == "stable-spam":
+            return {"reset_interval": 2 * interval, "total_steps": self.steps}
+        return {}
+
+
+def _argv(setup: Setup, name: str, regime: str, seed: int, lr: float, run_dir: Path) -> list[str]:
+    values: dict[str, Any] = {
+        "model": setup.model, "max_steps": setup.steps, "batch_size": setup.batch_size,
+        "seq_len": setup.seq_len, "seed": seed, "lr": lr, "corpus_max_mb": setup.corpus_mb,
+        "warmup_steps": max(1, setup.steps // 20), "eval_every": max(1, setup.steps // 4), "eval_batches": 8,
+        "log_every": 1, "save_every": 0, "output_dir": str(run_dir.parent), "run_name": run_dir.name,
+        "overwrite": True, "trackers": "", "dashboard": False, "progress_bar": False,
+        **OPTIMIZERS[name],
+    }
+    kwargs = setup.optimizer_kwargs(name)
+    if kwargs:
+        values["optimizer_kwargs"] = json.dumps(kwargs)
+    if regime in ("spike-tensors", "spike-all"):
+        values["inject_spike_steps"] = ",".join(map(str, setup.spike_steps()))
+        values["inject_factor"] = 1000.0
+        if regime == "spike-tensors":
+            values["inject_pattern"] = SPIKE_TENSORS
+    argv = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def loss_spikes(losses: list[float], window: int = 20, sigma: float = 6.0, floor: float = 0.1) -> list[int]:
+    """Indices where the loss exceeds the mean of the previous ``window`` by max(sigma std, floor) nats."""
+    spikes = []
+    for t in range(window, len(losses)):
+        prev = losses[t - window:t]
+        mean, std = statistics.fmean(prev), statistics.pstdev(prev)
+        if losses[t] > mean + max(sigma * std, floor):
+            spikes.append(t)
+    return spikes
+
+
+def recovery_steps(steps: list[int], losses: list[float], at: int, before: int = 10, smooth: int = 5) -> int | None:
+    """Steps after an injection at ``at`` until the smoothed loss is back to its mean over ``before`` steps."""
+    index = {s: i for i, s in enumerate(steps)}
+    if at not in index or index[at] < before:
+        return None
+    i0 = index[at]
+    baseline = statistics.fmean(losses[i0 - before:i0])
+    for i in range(i0, len(losses) - smooth + 1):
+        if statistics.fmean(losses[i:i + smooth]) <= baseline:
+            return steps[i] - at
+    return None
+
+
+def optimizer_state_bytes(run_dir: Path) -> int:
+    """Bytes of optimizer state after one step of the run's model with that run's optimizer config."""
+    import torch
+
+    from trainers.config import read_yaml, from_dict
+    from trainers.models import build_model
+    from trainers.optimizers import build_optimizer
+
+    cfg = from_dict(read_yaml(run_dir / "config.yaml"))
+    vocab = json.loads((run_dir / "final" / "config.json").read_text())["vocab_size"]
+    model = build_model(cfg.model, vocab, cfg.seq_len)
+    opt = build_optimizer(cfg, model)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    opt.step()
+    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
+               if torch.is_tensor(t))
+
+
+def run_one(setup: Setup, name: str, regime: str, seed: int, lr: float, run_dir: Path) -> dict[str, Any]:
+    result_path = run_dir / "result.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    from trainers.pretrain import main
+
+    started = time.perf_counter()
+    main(_argv(setup, name, regime, seed, lr, run_dir))
+    wall = time.perf_counter() - started
+    rows = _rows(run_dir / "metrics.jsonl")
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r and "eval_loss" not in r]
+    steps, losses = [s for s, _ in train], [v for _, v in train]
+    evals = [r for r in rows if "eval_loss" in r]
+    finite = [v for v in losses if math.isfinite(v)]
+    result = {
+        "optimizer": name, "regime": regime, "seed": seed, "lr": lr,
+        "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "final_eval_ppl": evals[-1]["eval_ppl"] if evals else None,
+        "loss_spikes": len(loss_spikes(finite)),
+        "recovery": {str(t): recovery_steps(steps, losses, t) for t in setup.spike_steps()}
+        if regime.startswith("spike") else {},
+        "state_bytes": optimizer_state_bytes(run_dir),
+        "wall_s": wall,
+        "curve": train,
+    }
+    result_path.write_text(json.dumps(result))
+    return result
+
+
+def sweep(setup: Setup, names: list[str], lrs: tuple[float, ...]) -> dict[str, float]:
+    """Best clean-regime lr per optimizer (seed 0), by final validation loss."""
+    best: dict[str, float] = {}
+    table = ["| optimizer | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | chosen |", "|---" * (len(lrs) + 2) + "|"]
+    for name in names:
+        scores = {}
+        for lr in lrs:
+            res = run_one(setup, name, "clean", 0, lr, setup.out / "sweep" / name / f"lr{lr:g}")
+            loss = res["final_eval_loss"]
+            scores[lr] = loss if loss is not None and math.isfinite(loss) else math.inf
+        best[name] = min(scores, key=scores.get)
+        table.append(f"| {name} | " + " | ".join(f"{scores[lr]:.4f}" for lr in lrs) + f" | {best[name]:g} |")
+    (setup.out / "lr_sweep.md").write_text("Final validation loss of the clean regime, seed 0.\n\n" + "\n".join(table) + "\n")
+    return best
+
+
+def _mean_spread(values: list[float]) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "diverged"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} ± {statistics.pstdev(values):.4f}"
+
+
+def report(setup: Setup, results: list[dict[str, Any]], command: str) -> None:
+    lines = [f"# Stability benchmark ({setup.model}, {setup.steps} steps, batch {setup.batch_size} x "
+             f"{setup.seq_len} tokens)", "", f"Command: `{command}`", "",
+             "Mean ± std over seeds. Loss spikes: training-loss jumps of more than max(6 std, 0.1 nats) over "
+             "the previous 20 steps. Recovery: steps until the 5-step mean loss is back at its mean over the "
+             "10 steps before each injection (— : never within the run). State: optimizer state bytes.", ""]
+    for regime in REGIMES:
+        rows = [r for r in results if r["regime"] == regime]
+        if not rows:
+            continue
+        lines += [f"## {regime}", "", "| optimizer | lr | val loss | val ppl | loss spikes | recovery steps | "
+                  "state MB | wall s |", "|---|---|---|---|---|---|---|---|"]
+        for name in OPTIMIZERS:
+            runs = [r for r in rows if r["optimizer"] == name]
+            if not runs:
+                continue
+            rec = [v for r in runs for v in r["recovery"].values()]
+            rec_text = "/".join("—" if v is None else str(v) for v in rec) if rec else "n/a"
+            lines.append(
+                f"| {name} | {runs[0]['lr']:g} | {_mean_spread([r['final_eval_loss'] for r in runs])} | "
+                f"{_mean_spread([r['final_eval_ppl'] for r in runs])} | "
+                f"{statistics.fmean([r['loss_spikes'] for r in runs]):.1f} | {rec_text} | "
+                f"{runs[0]['state_bytes'] / 2**20:.2f} | {statistics.fmean([r['wall_s'] for r in runs]):.0f} |")
+        lines.append("")
+    (setup.out / "README.md").write_text("\n".join(lines))
+    (setup.out / "results.json").write_text(json.dumps(results))
+    _plot(setup, results)
+
+
+def _plot(setup: Setup, results: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = [r for r in REGIMES if any(x["regime"] == r for x in results)]
+    fig, axes = plt.subplots(1, len(regimes), figsize=(5 * len(regimes), 4), squeeze=False)
+    for ax, regime in zip(axes[0], regimes):
+        for name in OPTIMIZERS:
+            runs = [r for r in results if r["regime"] == regime and r["optimizer"] == name]
+            if not runs:
+                continue
+            steps = [s for s, _ in runs[0]["curve"]]
+            curves = [[v for _, v in r["curve"]] for r in runs if len(r["curve"]) == len(steps)]
+            mean = [statistics.fmean(vals) for vals in zip(*curves)]
+            ax.plot(steps, mean, label=name, linewidth=1)
+            spikes = loss_spikes(mean)
+            ax.scatter([steps[i] for i in spikes], [mean[i] for i in spikes], marker="x", s=20)
+        if regime.startswith("spike"):
+            for t in setup.spike_steps():
+                ax.axvline(t, color="grey", linestyle=":", linewidth=0.8)
+        ax.set_title(regime)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (mean over seeds)")
+        ax.set_yscale("log")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(setup.out / "loss_curves.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="llama-9m")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--corpus-mb", type=float, default=2.0)
+    parser.add_argument("--reset-fraction", type=float, default=1 / 20,
+                        help="SPAM reset interval as a fraction of the run (paper: 500 of ~10k steps)")
+    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    parser.add_argument("--regimes", default=",".join(REGIMES))
+    parser.add_argument("--out", default="benchmarks/results/stability")
+    parser.add_argument("--quick", action="store_true", help="one seed, 6 steps of llama-tiny, no lr sweep")
+    args = parser.parse_args(argv)
+    names = [n for n in args.optimizers.split(",") if n]
+    regimes = [r for r in args.regimes.split(",") if r]
+    for bad in [n for n in names if n not in OPTIMIZERS] + [r for r in regimes if r not in REGIMES]:
+        parser.error(f"unknown optimizer or regime {bad!r}; known: {', '.join([*OPTIMIZERS, *REGIMES])}")
+    if args.quick:
+        args.model, args.steps, args.seeds, args.batch_size, args.seq_len = "llama-tiny", 6, 1, 2, 32
+        args.corpus_mb = 0.2
+    setup = Setup(args.model, args.steps, args.batch_size, args.seq_len, Path(args.out), args.reset_fraction,
+                  args.corpus_mb)
+    setup.out.mkdir(parents=True, exist_ok=True)
+    lrs = {n: 1e-3 for n in names} if args.quick else sweep(setup, names, LR_GRID)
+    high_lr = HIGH_LR_FACTOR * lrs.get("adamw", 1e-3)
+    results = []
+    for regime in regimes:
+        for seed in range(args.seeds):
+            for name in names:
+                lr = high_lr if regime == "high-lr" else lrs[name]
+                run_dir = setup.out / "runs" / regime / name / f"seed{seed}"
+                results.append(run_one(setup, name, regime, seed, lr, run_dir))
+                print(f"{regime:14s} {name:12s} seed {seed}: val loss {results[-1]['final_eval_loss']}", flush=True)
+    command = "python benchmarks/stability.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    report(setup, results, command.strip())
+    return results
+
+
+if __name__ == "__main__":
+    main()

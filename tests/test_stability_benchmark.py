@@ -1,0 +1,50 @@
+"""The stability benchmark's pipeline end to end (--quick), and its spike and recovery measures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "stability.py"
+
+
+@pytest.fixture(scope="module")
+def stability():
+    spec = importlib.util.spec_from_file_location("stability", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_loss_spike_and_recovery_measures(stability):
+    losses = [3.0 - 0.01 * t for t in range(60)]
+    losses[40] = 6.0  # a spike
+    losses[41], losses[42] = 4.0, 3.0
+    assert stability.loss_spikes(losses) == [40]
+    steps = list(range(1, 61))
+    # the 5-step mean is back under the pre-spike mean a few steps after the injection at step 41
+    assert stability.recovery_steps(steps, losses, at=41) == 2
+    assert stability.recovery_steps(steps, [1.0] * 30 + [9.0] * 30, at=31) is None
+
+
+def test_quick_grid_runs_end_to_end_and_resumes(stability, tmp_path):
+    argv = ["--quick", "--optimizers", "adamw,spam", "--regimes", "clean,spike-tensors", "--out", str(tmp_path)]
+    results = stability.main(argv)
+    assert len(results) == 4
+    spiked = [r for r in results if r["regime"] == "spike-tensors"]
+    assert all(set(r["recovery"]) == {"2", "3", "4"} for r in spiked)
+    assert all(r["final_eval_loss"] is not None and r["state_bytes"] > 0 for r in results)
+    report = (tmp_path / "README.md").read_text()
+    assert "| spam |" in report and "## spike-tensors" in report
+    assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved) == 4
+    # finished runs are not repeated: a second call only reads result.json files
+    first = (tmp_path / "runs" / "clean" / "adamw" / "seed0" / "result.json").stat().st_mtime_ns
+    stability.main(argv)
+    assert (tmp_path / "runs" / "clean" / "adamw" / "seed0" / "result.json").stat().st_mtime_ns == first
