@@ -1,0 +1,237 @@
+"""One self-contained HTML report of a run: loss, gradient norms, spike heat map, clips, LR, firing rates.
+
+Reads what the monitor wrote (``metrics.jsonl``, ``spikes.jsonl``); whatever part of it is unreadable is
+left out with a warning in the report and in ``logging``, so a run killed mid-write still gets a report.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import os
+from bisect import bisect_right
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spam_opt.monitor.events import GRADIENT_KINDS
+from spam_opt.monitor.jsonl import read_jsonl
+
+logger = logging.getLogger(__name__)
+
+MAX_HEATMAP_COLUMNS = 1000  # wider heat maps are binned (max per bin): the report stays a few MB at most
+TOP_EVENTS = 20
+
+
+@dataclass
+class RunData:
+    """What could be read from a run directory, series keyed by metric name as (steps, values)."""
+
+    series: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
+    scores: dict[int, dict[str, float]] = field(default_factory=dict)  # logged step -> param -> score
+    events: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def load_run(run_dir: Path) -> RunData:
+    """Read a run directory; never raises for missing or damaged files (see ``RunData.warnings``)."""
+    run = RunData()
+    if not run_dir.is_dir():
+        run.warnings.append(f"no run directory at {run_dir}: nothing to show")
+        return run
+    rows, warnings = read_jsonl(run_dir / "metrics.jsonl")
+    run.warnings += warnings
+    points: dict[str, dict[int, float]] = defaultdict(dict)
+    for row in sorted(rows, key=lambda r: r["step"]):
+        for key, value in row.items():
+            if key == "grad_score" and isinstance(value, dict):
+                run.scores[row["step"]] = {k: v for k, v in value.items() if _number(v) is not None}
+            elif key != "step" and (v := _number(value)) is not None:
+                points[key][row["step"]] = v
+    run.series = {k: (list(p), list(p.values())) for k, p in points.items()}
+    events, warnings = read_jsonl(run_dir / "spikes.jsonl")
+    run.warnings += warnings
+    run.events = [e for e in events if isinstance(e.get("kind"), str) and isinstance(e.get("param"), str)]
+    if len(run.events) < len(events):
+        run.warnings.append(f"spikes.jsonl: skipped {len(events) - len(run.events)} event(s) without a kind "
+                            "or param")
+    if not rows and not events and not warnings:
+        run.warnings.append(f"{run_dir} holds no logged steps yet")
+    return run
+
+
+def _heatmap(scores: dict[int, dict[str, float]]) -> tuple[list[int], list[str], list[list[float | None]]]:
+    """Steps, parameter names and log10 scores, binned to at most ``MAX_HEATMAP_COLUMNS`` columns."""
+    steps = sorted(scores)
+    names = list(dict.fromkeys(n for s in steps for n in scores[s]))
+    width = math.ceil(len(steps) / MAX_HEATMAP_COLUMNS)
+    bins = [steps[i:i + width] for i in range(0, len(steps), width)]
+    z = []
+    for name in names:
+        line = []
+        for b in bins:
+            values = [scores[s][name] for s in b if name in scores[s]]
+            line.append(math.log10(max(max(values), 1e-6)) if values else None)
+        z.append(line)
+    return [b[-1] for b in bins], names, z
+
+
+def _at(steps: list[int], values: list[float], step: int) -> float | None:
+    """The value logged at or just before ``step`` (the first one when ``step`` comes earlier)."""
+    if not steps:
+        return None
+    return values[max(bisect_right(steps, step) - 1, 0)]
+
+
+def build_figure(run: RunData) -> Any:
+    """The plotly figure: one row per available chart, all sharing the step axis (zooming one zooms all)."""
+    try:
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+    except ImportError as exc:
+        raise ImportError("the dashboard needs plotly: pip install spam-opt[dashboard]") from exc
+    series = run.series
+    clips: dict[int, float] = defaultdict(float)
+    for e in run.events:
+        if e["kind"] == "clip" and isinstance(e.get("step"), int) and _number(e.get("value")) is not None:
+            clips[e["step"]] += e["value"]
+    firing = sorted(k for k in series if k.startswith("firing_rate/"))
+    charts = ["Loss (markers: spikes)", "Gradient norm (global)"]
+    charts += ["Spike score per parameter (log10)"] if run.scores else []
+    charts += ["Entries clipped by the optimizer"] if clips or "clipped" in series else []
+    charts += ["Learning rate (dotted: momentum resets)"] if "lr" in series else []
+    charts += ["Firing rate per layer"] if firing else []
+    heights = [2.0 if c.startswith("Spike score") else 1.0 for c in charts]
+    fig = make_subplots(rows=len(charts), cols=1, shared_xaxes=True, subplot_titles=charts,
+                        vertical_spacing=0.25 / len(charts), row_heights=heights)
+    row = {c.split(" ")[0]: i + 1 for i, c in enumerate(charts)}
+
+    for key, name in (("loss", "train loss"), ("eval_loss", "eval loss")):
+        if key in series:
+            fig.add_trace(go.Scatter(x=series[key][0], y=series[key][1], name=name, mode="lines+markers"
+                                     if key == "eval_loss" else "lines"), row=1, col=1)
+    _spike_markers(fig, go, run, series.get("loss", ([], [])))
+    for key, name in (("grad_norm", "grad norm"), ("grad_norm_max", "grad norm (max of interval)")):
+        if key in series:
+            fig.add_trace(go.Scatter(x=series[key][0], y=series[key][1], name=name, mode="lines"),
+                          row=row["Gradient"], col=1)
+    fig.update_yaxes(type="log", row=row["Gradient"], col=1)
+    if run.scores:
+        steps, names, z = _heatmap(run.scores)
+        low, high = fig.get_subplot(row["Spike"], 1).yaxis.domain  # the color bar sits beside its chart
+        fig.add_trace(go.Heatmap(x=steps, y=names, z=z, colorscale="Inferno", name="spike score",
+                                 colorbar=dict(title="log10", len=high - low, y=(low + high) / 2),
+                                 hovertemplate="step %{x}<br>%{y}<br>log10 score %{z:.2f}<extra></extra>"),
+                      row=row["Spike"], col=1)
+    if "Entries" in row:
+        steps, counts = (sorted(clips), [clips[s] for s in sorted(clips)]) if clips else series["clipped"]
+        fig.add_trace(go.Bar(x=steps, y=counts, name="entries clipped"), row=row["Entries"], col=1)
+    if "Learning" in row:
+        fig.add_trace(go.Scatter(x=series["lr"][0], y=series["lr"][1], name="lr", mode="lines"),
+                      row=row["Learning"], col=1)
+    for key in firing:
+        fig.add_trace(go.Scatter(x=series[key][0], y=series[key][1], name=key.removeprefix("firing_rate/"),
+                                 mode="lines", legendgroup="firing"), row=row["Firing"], col=1)
+    for e in run.events:
+        if e["kind"] == "momentum_reset" and isinstance(e.get("step"), int):
+            fig.add_vline(x=e["step"], line=dict(dash="dot", color="gray", width=1))
+    fig.update_xaxes(title_text="step", row=len(charts), col=1)
+    fig.update_layout(height=260 * sum(heights) + 120, hovermode="closest", template="plotly_white",
+                      margin=dict(l=60, r=30, t=60, b=50),
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom"))
+    return fig
+
+
+def _spike_markers(fig: Any, go: Any, run: RunData, loss: tuple[list[int], list[float]]) -> None:
+    """One marker per step that had spikes, on the loss curve; hover lists where and how big."""
+    by_step: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    marked = (*GRADIENT_KINDS, "loss", "nonfinite")
+    for e in run.events:
+        if e["kind"] in marked and isinstance(e.get("step"), int):
+            by_step[e["step"]].append(e)
+    if not by_step:
+        return
+    steps = sorted(by_step)
+    fallback = 0.0 if not loss[1] else max(loss[1])
+    y = [v if (v := _at(*loss, s)) is not None else fallback for s in steps]
+    text = []
+    for s in steps:
+        events = sorted(by_step[s], key=lambda e: -(_number(e.get("score")) or math.inf))
+        lines = [f"{e['kind']} {e['param']} score {_fmt(e.get('score'))}" for e in events[:5]]
+        more = f"<br>... and {len(events) - 5} more" if len(events) > 5 else ""
+        text.append(f"step {s}<br>" + "<br>".join(html.escape(line) for line in lines) + more)
+    fig.add_trace(go.Scatter(x=steps, y=y, mode="markers", name="spikes", text=text, hoverinfo="text",
+                             marker=dict(symbol="x", size=10, color="crimson")), row=1, col=1)
+
+
+def _fmt(value: Any) -> str:
+    v = _number(value)
+    return "n/a" if v is None else f"{v:.4g}"
+
+
+def _events_table(events: list[dict[str, Any]]) -> str:
+    spikes = [e for e in events if e["kind"] in GRADIENT_KINDS or e["kind"] == "loss"]
+    spikes.sort(key=lambda e: -(_number(e.get("score")) or 0.0))
+    if not spikes:
+        return "<p>No gradient or loss spikes recorded.</p>"
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in
+                         (e.get("step"), e["param"], e["kind"], _fmt(e.get("score")), _fmt(e.get("value"))))
+        + "</tr>" for e in spikes[:TOP_EVENTS])
+    return (f"<h2>Largest spikes ({min(len(spikes), TOP_EVENTS)} of {len(spikes)})</h2><table>"
+            "<tr><th>step</th><th>parameter</th><th>kind</th><th>score</th><th>value</th></tr>"
+            f"{cells}</table>")
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+.warning{background:#fff3cd;border:1px solid #e0c36b;padding:.6em 1em;margin:.4em 0;border-radius:4px}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"""
+
+
+def render_dashboard(run_dir: str | Path, output: str | Path | None = None, *,
+                     refresh_s: float | None = None) -> Path:
+    """Write the report of ``run_dir`` to ``output`` (default ``run_dir/dashboard.html``) and return its path.
+
+    Unreadable parts of the run are skipped with a warning (logged, and shown at the top of the report).
+    ``refresh_s`` makes the page reload itself, for following a run (``spam-dashboard --watch``).
+
+    Example::
+
+        from spam_opt.dashboard import render_dashboard
+        path = render_dashboard("runs/exp1")  # runs/exp1/dashboard.html, works offline
+    """
+    run_dir = Path(run_dir)
+    if output is None:
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"no run directory at {run_dir}: pass the directory the monitor writes "
+                                    "to (it holds metrics.jsonl), or an output path for an empty report")
+        output = run_dir / "dashboard.html"
+    output = Path(output)
+    run = load_run(run_dir)
+    for warning in run.warnings:
+        logger.warning("%s", warning)
+    figure = build_figure(run).to_html(full_html=False, include_plotlyjs=True, config={"responsive": True})
+    steps = [s for keys in run.series.values() for s in keys[0]]
+    summary = (f"steps {min(steps)}–{max(steps)}, " if steps else "no steps logged, ") + \
+        f"{sum(e['kind'] in GRADIENT_KINDS for e in run.events)} gradient spike event(s), " + \
+        f"{sum(e['kind'] == 'loss' for e in run.events)} loss spike(s), " + \
+        f"{sum(e['kind'] == 'momentum_reset' for e in run.events)} momentum reset(s)"
+    refresh = f'<meta http-equiv="refresh" content="{refresh_s:g}">' if refresh_s else ""
+    warnings = "".join(f'<div class="warning">⚠ {html.escape(w)}</div>' for w in run.warnings)
+    title = html.escape(f"spam-opt run: {run_dir.name or run_dir}")
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{refresh}<title>{title}</title>'
+            f"<style>{_STYLE}</style></head><body><h1>{title}</h1><p>{html.escape(summary)}</p>{warnings}"
+            f"{figure}{_events_table(run.events)}</body></html>")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    partial.write_text(page, encoding="utf-8")
+    os.replace(partial, output)  # a browser reloading mid-write sees the old report or the new, never half
+    return output
