@@ -1,0 +1,110 @@
+"""Atomic checkpoints with ``Accelerator.save_state``: keep the last K, resume from the latest good one.
+
+A checkpoint is written into ``checkpoints/.tmp-step_N/``, gets a manifest of its files and their sizes,
+and only then is renamed to ``checkpoints/step_N/`` (a rename is atomic): a run killed mid-save leaves a
+temporary folder that is never taken for a checkpoint. On resume a checkpoint whose files do not match
+its manifest, or that fails to load, is skipped with a warning in favour of the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "checkpoint.json"
+_NAME = re.compile(r"step_(\d+)")
+
+
+class TrainState:
+    """The loop's own position, saved with every checkpoint (``register_for_checkpointing``)."""
+
+    def __init__(self) -> None:
+        self.step = 0  # optimizer steps done; the data position is a function of it
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoint folders, newest first (temporary folders of unfinished saves excluded)."""
+    root = run_dir / "checkpoints"
+    found = [p for p in root.iterdir() if _NAME.fullmatch(p.name)] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(_NAME.fullmatch(p.name).group(1)), reverse=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def save_checkpoint(accelerator: Any, run_dir: Path, step: int, keep: int) -> Path:
+    """Save the full training state as ``checkpoints/step_{step}`` atomically; delete all but ``keep``."""
+    root = run_dir / "checkpoints"
+    tmp, final = root / f".tmp-step_{step}", root / f"step_{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _fsync_tree(tmp)
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoints(run_dir)[keep:] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def verify(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` is unusable, or None when its files match its manifest."""
+    try:
+        manifest = json.loads((checkpoint / MANIFEST).read_text())
+    except (OSError, ValueError) as err:
+        return f"unreadable manifest ({err})"
+    for name, size in manifest["files"].items():
+        path = checkpoint / name
+        if not path.is_file() or path.stat().st_size != size:
+            return f"{name} is missing or truncated"
+    return None
+
+
+def resume_from(accelerator: Any, run_dir: Path, resume: str) -> Path | None:
+    """Load the checkpoint ``resume`` asks for; returns it, or None when there is nothing to resume.
+
+    ``"auto"``: the newest good checkpoint of ``run_dir``, falling back (with a warning) past corrupt ones.
+    Otherwise ``resume`` is a checkpoint directory that must load.
+    """
+    if resume == "none":
+        return None
+    candidates = checkpoints(run_dir) if resume == "auto" else [Path(resume)]
+    if resume != "auto" and not candidates[0].is_dir():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint directory")
+    problems = []
+    for ckpt in candidates:
+        problem = verify(ckpt)
+        if problem is None:
+            try:
+                accelerator.load_state(str(ckpt))
+                return ckpt
+            except Exception as err:  # a corrupt file fails in many ways (pickle, safetensors, torch)
+                problem = f"failed to load: {type(err).__name__}: {err}"
+        problems.append(f"{ckpt}: {problem}")
+        logger.warning("skipping checkpoint %s: %s", ckpt, problem)
+    if problems:
+        raise RuntimeError("no usable checkpoint to resume from:\n  " + "\n  ".join(problems))
+    return None

@@ -1,0 +1,246 @@
+"""The pretraining configuration: one dataclass, set from a YAML file and overridden by CLI flags.
+
+Every field is a flag (``max_steps`` -> ``--max-steps``); the YAML file uses the field names. Unknown keys
+and values of the wrong type are errors that name the key. The run directory gets the merged config back as
+``config.yaml`` (plus a ``launch`` section recording how the run was launched), and that file is a valid
+``--config`` again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OPTIMIZERS = ("spam", "stable-spam", "adamw", "adamw8bit", "adafactor")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+# Written by the trainer into the saved config.yaml; ignored when that file is read back.
+LAUNCH_KEY = "launch"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a pretraining run needs. Defaults are the README's main job (a few minutes on CPU).
+
+    Example::
+
+        cfg = load_config(["--model", "llama-tiny", "--max-steps", "20"])
+    """
+
+    # model and data
+    model: str = "llama-9m"  # a preset of trainers.models, or a directory/path with a config.json
+    dataset: str = "builtin"  # "builtin", local .txt/.jsonl/.json/.parquet files or folder, or a hub name
+    dataset_config: str | None = None  # hub dataset configuration name
+    text_field: str = "text"
+    streaming: bool = False  # read the dataset in one pass instead of downloading/caching it (hub datasets)
+    stream_val_docs: int = 1000  # with streaming: the first documents, held out for evaluation
+    corpus_max_mb: float = 2.0  # built-in corpus: deterministic subset of this many MB (0 = all ~30 MB)
+    val_fraction: float = 0.05  # documents held out for evaluation
+    tokenizer: str = "byte"  # "byte", "bpe" (trained on the corpus), or a local tokenizer directory
+    bpe_vocab_size: int = 4096
+    seq_len: int = 128
+    cache_dir: str | None = None  # datasets cache (default: the Hugging Face cache)
+    # optimization
+    optimizer: str = "spam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    density: float = 1.0  # sparse momentum (spam): block matrices keep this fraction of their moments
+    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the optimizer as is
+    warmup_steps: int = 50  # learning-rate warmup of the cosine schedule
+    max_grad_norm: float = 0.0  # global-norm clipping; 0 disables
+    spike_guard: bool = False
+    guard_sigma: float = 6.0
+    guard_window: int = 128
+    guard_min_history: int = 20
+    guard_action: str = "skip"
+    # batch and loop
+    batch_size: int = 16  # sequences per process per micro-batch
+    grad_accum: int = 1
+    max_steps: int = 600
+    seed: int = 0
+    mixed_precision: str = "no"
+    # evaluation, monitoring, checkpoints
+    eval_every: int = 200  # 0: no evaluation
+    eval_batches: int = 8
+    log_every: int = 10
+    monitor_mode: str = "tensor"
+    gss_threshold: float = 50.0
+    inject_spike_steps: list[int] = field(default_factory=list)  # SpikeInjector: steps to multiply grads at
+    inject_factor: float = 1000.0
+    inject_pattern: str | None = None
+    output_dir: str = "runs"
+    run_name: str | None = None  # default: "<model>-<optimizer>"
+    save_every: int = 200  # 0: no checkpoints
+    keep_checkpoints: int = 2  # 0 keeps all
+    resume: str = "none"  # "none", "auto" (latest good checkpoint of the run), or a checkpoint directory
+    overwrite: bool = False  # start afresh even if the run directory already holds checkpoints
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # accelerate trackers; [] for none
+    dashboard: bool = True
+    progress_bar: bool = True
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / (self.run_name or f"{self.model}-{self.optimizer}".replace("/", "_"))
+
+    def validate(self) -> None:
+        """Raise ValueError naming the option when a value is outside what the trainer accepts."""
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        _choice("guard_action", self.guard_action, ("skip", "scale"))
+        _choice("monitor_mode", self.monitor_mode, ("tensor", "element"))
+        for name in ("seq_len", "batch_size", "grad_accum", "eval_batches", "log_every", "bpe_vocab_size",
+                     "stream_val_docs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"invalid {name}={getattr(self, name)}: must be >= 1")
+        for name in ("max_steps", "warmup_steps", "eval_every", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"invalid {name}={getattr(self, name)}: must be >= 0")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"invalid val_fraction={self.val_fraction}: must be in (0, 1)")
+        if not 0.0 < self.density <= 1.0:
+            raise ValueError(f"invalid density={self.density}: must be in (0, 1]")
+        if self.density < 1.0 and self.optimizer != "spam":
+            raise ValueError(f"density={self.density} is a SPAM option; use --optimizer spam or --density 1")
+        if self.spike_guard and self.mixed_precision == "fp16":
+            raise ValueError("spike_guard does not work with mixed_precision='fp16' (its loss scaler skips "
+                             "steps on its own); use bf16")
+        if self.lr <= 0 or self.max_grad_norm < 0 or self.corpus_max_mb < 0:
+            raise ValueError("lr must be > 0, max_grad_norm and corpus_max_mb must be >= 0")
+
+
+def _choice(name: str, value: str, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ValueError(f"invalid {name}={value!r}: accepted values are {', '.join(accepted)}")
+
+
+_HINTS = typing.get_type_hints(TrainConfig)
+FIELDS = {f.name: _HINTS[f.name] for f in dataclasses.fields(TrainConfig)}
+
+
+def _base_type(hint: Any) -> tuple[Any, bool]:
+    """(the non-None type, whether None is allowed) of ``X`` or ``X | None``."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return hint, False
+
+
+def check_value(key: str, value: Any) -> Any:
+    """``value`` converted to the field's type, or a ValueError naming the key and the expected type."""
+    hint, optional = _base_type(FIELDS[key])
+    if value is None and optional:
+        return None
+    origin = typing.get_origin(hint) or hint
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        list: isinstance(value, list),
+        dict: isinstance(value, dict),
+    }[origin]
+    if ok and origin is list:
+        (item,) = typing.get_args(hint)
+        ok = all(_is_item(item, v) for v in value)
+    if not ok:
+        shown = getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint)
+        raise ValueError(f"config key {key!r} expects {shown}{' or null' if optional else ''}, "
+                         f"got {value!r} ({type(value).__name__})")
+    return float(value) if origin is float else value
+
+
+def _is_item(item: type, value: Any) -> bool:
+    return isinstance(value, item) and not (item is int and isinstance(value, bool))
+
+
+def from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
+    """A validated TrainConfig from a mapping of field names (e.g. a parsed YAML file)."""
+    values = {k: v for k, v in values.items() if k != LAUNCH_KEY}
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; "
+                         f"known keys are: {', '.join(FIELDS)}")
+    cfg = TrainConfig(**{k: check_value(k, v) for k, v in values.items()})
+    cfg.validate()
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of keys to values, "
+                         f"not {type(data).__name__}")
+    return data
+
+
+def _cli_type(key: str) -> Any:
+    """An argparse ``type=`` that parses the flag's string into the field's type."""
+    hint, optional = _base_type(FIELDS[key])
+    origin = typing.get_origin(hint) or hint
+
+    def parse(text: str) -> Any:
+        if optional and text.lower() in ("none", "null"):
+            return None
+        try:
+            if origin is list:
+                (item,) = typing.get_args(hint)
+                return [item(v) for v in text.split(",") if v.strip()]
+            if origin is dict:
+                value = json.loads(text)
+                if not isinstance(value, dict):
+                    raise ValueError("not a JSON object")
+                return value
+            return origin(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"--{key.replace('_', '-')}: {err}") from None
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainers.pretrain",
+        description="Pretrain a causal LM with spam-opt's optimizers (Accelerate). Flags override --config.",
+    )
+    parser.add_argument("--config", help="YAML file of TrainConfig keys (e.g. configs/llama-60m.yaml)")
+    for key, hint in FIELDS.items():
+        flag = "--" + key.replace("_", "-")
+        default = TrainConfig.__dataclass_fields__[key]
+        shown = default.default if default.default is not dataclasses.MISSING else default.default_factory()
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"(default: {shown})")
+        else:
+            parser.add_argument(flag, type=_cli_type(key), default=None, metavar=key.upper(),
+                                help=f"(default: {shown})")
+    return parser
+
+
+def load_config(argv: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the ``--config`` YAML file, then the flags given in ``argv``."""
+    args = vars(build_parser().parse_args(argv))
+    path = args.pop("config")
+    values = read_yaml(path) if path else {}
+    values.update({k: v for k, v in args.items() if v is not None})
+    return from_dict(values, where=str(path) if path else "command line")
+
+
+def save_config(cfg: TrainConfig, path: Path, launch: dict[str, Any]) -> None:
+    import yaml
+
+    data = dataclasses.asdict(cfg)
+    data[LAUNCH_KEY] = launch
+    path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,218 @@
+"""Pretrain a causal LM with spam-opt's optimizers, with Accelerate.
+
+    python -m trainers.pretrain                                   # the README's main job, CPU, a few minutes
+    python -m trainers.pretrain --model llama-tiny --max-steps 50 --optimizer adamw
+    accelerate launch -m trainers.pretrain --config configs/llama-60m.yaml --resume auto
+
+Per optimizer step: ``grad_accum`` micro-batches forward/backward, optional spike injection, optional
+global-norm clipping, the spike monitor reads the gradients, then the optimizer steps (through the spike
+guard when enabled) and the LR schedule advances. Evaluation, checkpoints and logging happen at their
+intervals. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainers.checkpointing import TrainState, resume_from, save_checkpoint
+from trainers.config import TrainConfig, load_config, save_config
+from trainers.data import (
+    BlockBatches,
+    StreamBatches,
+    build_splits,
+    load_documents,
+    make_batches,
+    make_tokenizer,
+)
+from trainers.models import build_model
+from trainers.monitoring import build_injector, build_monitor, trim_jsonl
+from trainers.optimizers import build_optimizer, build_spike_guard
+
+logger = logging.getLogger("trainers.pretrain")
+
+
+def _prepare_run_dir(cfg: TrainConfig, accelerator: Any) -> Path:
+    """The run directory, refusing to mix a new run into an old one's logs and checkpoints."""
+    run_dir = cfg.run_dir
+    if accelerator.is_main_process and run_dir.is_dir() and any(run_dir.iterdir()) and cfg.resume == "none":
+        if not cfg.overwrite:
+            raise FileExistsError(f"run directory {run_dir} is not empty: pass --resume auto to continue it, "
+                                  "--overwrite to start it afresh, or another --run-name")
+        shutil.rmtree(run_dir)
+    accelerator.wait_for_everyone()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: BlockBatches | StreamBatches, num_batches: int,
+             accelerator: Any) -> dict[str, float]:
+    """Mean validation loss over the first ``num_batches`` global batches, and its perplexity."""
+    model.eval()
+    total = torch.zeros((), device=accelerator.device)
+    for i in range(num_batches):
+        batch = batches[i].to(accelerator.device)
+        total += model(input_ids=batch, labels=batch).loss.float()
+    model.train()
+    loss = accelerator.reduce(total / num_batches, "mean").item()
+    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run the training ``cfg`` describes; returns the run directory."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    # Accelerate keeps its state in a process-wide singleton; forget the previous run's (mixed precision,
+    # plugins) so that train() can run again in one process, as the tests do. The process group stays.
+    AcceleratorState._reset_state()
+    project = ProjectConfiguration(project_dir=str(cfg.run_dir), logging_dir=str(cfg.run_dir / "tensorboard"))
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.trackers or None,
+                              project_config=project)
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("trainers").setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
+    set_seed(cfg.seed)
+    run_dir = _prepare_run_dir(cfg, accelerator)
+
+    # Data: the main process fills the datasets cache first, the others then read it.
+    with accelerator.main_process_first():
+        docs = load_documents(cfg.dataset, cfg.text_field, max_mb=cfg.corpus_max_mb,
+                              dataset_config=cfg.dataset_config, cache_dir=cfg.cache_dir,
+                              streaming=cfg.streaming)
+        tokenizer = make_tokenizer(cfg.tokenizer, docs, cfg.bpe_vocab_size, cfg.text_field,
+                                   saved=run_dir / "tokenizer")
+        if accelerator.is_main_process:  # a trained BPE is then loaded, not retrained, by the others
+            tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+        splits = build_splits(docs, tokenizer, cfg.seq_len, cfg.val_fraction, cfg.text_field,
+                              cfg.stream_val_docs)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    train_batches = make_batches(splits.train, cfg.batch_size, cfg.seed, rank, world)
+    val_batches = make_batches(splits.val, cfg.batch_size, cfg.seed, rank, world, shuffle=False,
+                               name="validation")
+    eval_batches = min(cfg.eval_batches, len(val_batches)) if cfg.eval_every else 0
+    if cfg.eval_every and eval_batches == 0:
+        raise ValueError("the validation split is smaller than one global batch; raise --stream-val-docs "
+                         "or --val-fraction, or lower --batch-size")
+
+    model = build_model(cfg.model, len(tokenizer), cfg.seq_len, tokenizer.eos_token_id)
+    optimizer = build_optimizer(cfg, model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_optimizer = optimizer.optimizer  # what the monitor reads and the spike guard wraps
+    scheduler = get_cosine_schedule_with_warmup(raw_optimizer, cfg.warmup_steps, max(cfg.max_steps, 1))
+    guard = build_spike_guard(cfg, raw_optimizer) if cfg.spike_guard else None
+    state = TrainState()
+    # The scheduler is ours, not Accelerate's (which would step it once per process), so it is saved here.
+    stateful = [scheduler, state] + ([guard] if hasattr(guard, "state_dict") else [])
+    accelerator.register_for_checkpointing(*stateful)
+
+    resumed = resume_from(accelerator, run_dir, cfg.resume)
+    if resumed is not None:
+        logger.info("resumed from %s at step %d", resumed, state.step)
+    if accelerator.is_main_process and cfg.resume != "none":  # logged steps after it will be logged again
+        for log in ("metrics.jsonl", "spikes.jsonl"):
+            trim_jsonl(run_dir / log, state.step)
+    if accelerator.is_main_process:
+        launch = dict(num_processes=world, distributed_type=accelerator.distributed_type.value,
+                      device=str(accelerator.device), resumed_from=str(resumed) if resumed else None)
+        save_config(cfg, run_dir / "config.yaml", launch)
+    accelerator.init_trackers(run_dir.name, config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
+    unwrapped = accelerator.unwrap_model(model)
+    monitor = build_monitor(cfg, unwrapped, raw_optimizer, run_dir, accelerator)
+    injector = build_injector(cfg, unwrapped)
+    spike_metrics = getattr(unwrapped, "spike_metrics", None)  # SpikeGPT's firing rates and synops
+
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=cfg.max_steps, initial=state.step, desc="train", dynamic_ncols=True,
+                    disable=not (accelerator.is_main_process and cfg.progress_bar))
+    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * world
+    # Throughput is averaged over the steps since the last log: on a GPU a single step's wall time only
+    # measures the launch of its kernels, while the host syncs at logging steps keep the window honest.
+    window_start, window_steps = time.perf_counter(), 0
+    model.train()
+    while state.step < cfg.max_steps:
+        step = state.step + 1  # 1-based, like the optimizer's own step count
+        loss = torch.zeros((), device=accelerator.device)
+        for micro in range(cfg.grad_accum):
+            batch = train_batches[state.step * cfg.grad_accum + micro].to(accelerator.device)
+            # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+            with nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model):
+                micro_loss = model(input_ids=batch, labels=batch).loss / cfg.grad_accum
+                accelerator.backward(micro_loss)
+            loss += micro_loss.detach().float()
+        if injector is not None:
+            injector.apply(step)
+        if cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        loss = accelerator.reduce(loss, "mean")
+        window_steps += 1
+        tokens_per_s = tokens_per_step * window_steps / (time.perf_counter() - window_start)
+        scalars: dict[str, Any] = {"lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s}
+        if callable(spike_metrics):
+            scalars.update(spike_metrics())
+        if guard is not None and step % cfg.log_every == 0:
+            scalars["guard_skipped"] = guard.num_skipped  # skipped so far; it syncs, so only when logging
+        monitor.observe(step, loss=loss, scalars=scalars)
+        if guard is not None:
+            guard.step(loss=loss)
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step = step
+        progress.update(1)
+        restart_window = step % cfg.log_every == 0
+        if restart_window and not progress.disable:
+            progress.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{tokens_per_s:.0f}",
+                                 lr=f"{scalars['lr']:.2e}")
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            metrics = evaluate(model, val_batches, eval_batches, accelerator)
+            monitor.log_scalars(step, metrics)
+            logger.info("step %d: eval_loss %.4f, eval_ppl %.2f", step, *metrics.values())
+            restart_window = True
+        if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps):
+            save_checkpoint(accelerator, run_dir, step, cfg.keep_checkpoints)
+            restart_window = True
+        if restart_window:
+            window_start, window_steps = time.perf_counter(), 0
+    progress.close()
+    monitor.close()
+
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(str(run_dir / "final"), state_dict=state_dict)
+        tokenizer.save_pretrained(str(run_dir / "final"))
+    accelerator.end_training()
+    if accelerator.is_main_process and cfg.dashboard:
+        _render_dashboard(run_dir)
+    return run_dir
+
+
+def _render_dashboard(run_dir: Path) -> None:
+    from spam_opt.dashboard import render_dashboard
+
+    try:
+        print(f"dashboard: {render_dashboard(run_dir)}")
+    except ImportError as err:  # plotly is an extra; the run itself is complete
+        print(f"run finished in {run_dir}; no dashboard: {err}")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Command-line entry point: ``argv`` as for ``python -m trainers.pretrain`` (None: ``sys.argv``)."""
+    return train(load_config(argv))
+
+
+if __name__ == "__main__":
+    main()
