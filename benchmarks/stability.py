@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,10 @@ OPTIMIZERS: dict[str, dict[str, Any]] = {
 }
 REGIMES = ("clean", "spike-tensors", "spike-all", "high-lr")
 # Where LLaMA's gradient spikes concentrate in the SPAM paper: norm weights; plus one attention matrix.
-SPIKE_TENSORS = r"(model\.norm\.weight|layers\.0\.input_layernorm\.weight|layers\.1\.self_attn\.q_proj\.weight)"
+SPIKE_TENSORS = (r"(model\.norm\.weight|layers\.0\.input_layernorm\.weight"
+                 r"|layers\.1\.self_attn\.q_proj\.weight)")
 SPIKE_FRACTIONS = (0.3, 0.5, 0.7)  # injections at these fractions of the run, 1000x each
-LR_GRID = (1e-3, 3e-3, 1e-2)
+LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
 HIGH_LR_FACTOR = 10.0  # high-lr regime: this times AdamW's swept lr, the same for every optimizer
 
 
@@ -112,8 +114,9 @@ def loss_spikes(losses: list[float], window: int = 20, sigma: float = 6.0, floor
     return spikes
 
 
-def recovery_steps(steps: list[int], losses: list[float], at: int, before: int = 10, smooth: int = 5) -> int | None:
-    """Steps after an injection at ``at`` until the smoothed loss is back to its mean over ``before`` steps."""
+def recovery_steps(steps: list[int], losses: list[float], at: int, before: int = 10,
+                   smooth: int = 5) -> int | None:
+    """Steps after an injection at ``at`` until the smoothed loss is back at its mean of ``before`` steps."""
     index = {s: i for i, s in enumerate(steps)}
     if at not in index or index[at] < before:
         return None
@@ -129,7 +132,7 @@ def optimizer_state_bytes(run_dir: Path) -> int:
     """Bytes of optimizer state after one step of the run's model with that run's optimizer config."""
     import torch
 
-    from trainers.config import read_yaml, from_dict
+    from trainers.config import from_dict, read_yaml
     from trainers.models import build_model
     from trainers.optimizers import build_optimizer
 
@@ -147,7 +150,9 @@ def optimizer_state_bytes(run_dir: Path) -> int:
 def run_one(setup: Setup, name: str, regime: str, seed: int, lr: float, run_dir: Path) -> dict[str, Any]:
     result_path = run_dir / "result.json"
     if result_path.is_file():
-        return json.loads(result_path.read_text())
+        done = json.loads(result_path.read_text())
+        if done["lr"] == lr:  # the same run; a changed sweep outcome reruns it
+            return done
     from trainers.pretrain import main
 
     started = time.perf_counter()
@@ -176,7 +181,8 @@ def run_one(setup: Setup, name: str, regime: str, seed: int, lr: float, run_dir:
 def sweep(setup: Setup, names: list[str], lrs: tuple[float, ...]) -> dict[str, float]:
     """Best clean-regime lr per optimizer (seed 0), by final validation loss."""
     best: dict[str, float] = {}
-    table = ["| optimizer | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | chosen |", "|---" * (len(lrs) + 2) + "|"]
+    header = "| optimizer | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | chosen |"
+    table = [header, "|---" * (len(lrs) + 2) + "|"]
     for name in names:
         scores = {}
         for lr in lrs:
@@ -184,8 +190,10 @@ def sweep(setup: Setup, names: list[str], lrs: tuple[float, ...]) -> dict[str, f
             loss = res["final_eval_loss"]
             scores[lr] = loss if loss is not None and math.isfinite(loss) else math.inf
         best[name] = min(scores, key=scores.get)
-        table.append(f"| {name} | " + " | ".join(f"{scores[lr]:.4f}" for lr in lrs) + f" | {best[name]:g} |")
-    (setup.out / "lr_sweep.md").write_text("Final validation loss of the clean regime, seed 0.\n\n" + "\n".join(table) + "\n")
+        cells = " | ".join(f"{scores[lr]:.4f}" for lr in lrs)
+        table.append(f"| {name} | {cells} | {best[name]:g} |")
+    intro = "Final validation loss of the clean regime, seed 0.\n\n"
+    (setup.out / "lr_sweep.md").write_text(intro + "\n".join(table) + "\n")
     return best
 
 
@@ -198,6 +206,9 @@ def _mean_spread(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f} ± {statistics.pstdev(values):.4f}"
 
 
+_TABLE_HEADER = "| optimizer | lr | val loss | val ppl | loss spikes | recovery steps | state MB | wall s |"
+
+
 def report(setup: Setup, results: list[dict[str, Any]], command: str) -> None:
     lines = [f"# Stability benchmark ({setup.model}, {setup.steps} steps, batch {setup.batch_size} x "
              f"{setup.seq_len} tokens)", "", f"Command: `{command}`", "",
@@ -208,8 +219,7 @@ def report(setup: Setup, results: list[dict[str, Any]], command: str) -> None:
         rows = [r for r in results if r["regime"] == regime]
         if not rows:
             continue
-        lines += [f"## {regime}", "", "| optimizer | lr | val loss | val ppl | loss spikes | recovery steps | "
-                  "state MB | wall s |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {regime}", "", _TABLE_HEADER, "|---" * 8 + "|"]
         for name in OPTIMIZERS:
             runs = [r for r in rows if r["optimizer"] == name]
             if not runs:
@@ -220,7 +230,8 @@ def report(setup: Setup, results: list[dict[str, Any]], command: str) -> None:
                 f"| {name} | {runs[0]['lr']:g} | {_mean_spread([r['final_eval_loss'] for r in runs])} | "
                 f"{_mean_spread([r['final_eval_ppl'] for r in runs])} | "
                 f"{statistics.fmean([r['loss_spikes'] for r in runs]):.1f} | {rec_text} | "
-                f"{runs[0]['state_bytes'] / 2**20:.2f} | {statistics.fmean([r['wall_s'] for r in runs]):.0f} |")
+                f"{runs[0]['state_bytes'] / 2**20:.2f} | "
+                f"{statistics.fmean([r['wall_s'] for r in runs]):.0f} |")
         lines.append("")
     (setup.out / "README.md").write_text("\n".join(lines))
     (setup.out / "results.json").write_text(json.dumps(results))
@@ -293,8 +304,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 lr = high_lr if regime == "high-lr" else lrs[name]
                 run_dir = setup.out / "runs" / regime / name / f"seed{seed}"
                 results.append(run_one(setup, name, regime, seed, lr, run_dir))
-                print(f"{regime:14s} {name:12s} seed {seed}: val loss {results[-1]['final_eval_loss']}", flush=True)
-    command = "python benchmarks/stability.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+                loss = results[-1]["final_eval_loss"]
+                print(f"{regime:14s} {name:12s} seed {seed}: val loss {loss}", flush=True)
+    command = "python benchmarks/stability.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report(setup, results, command.strip())
     return results
 

@@ -33,7 +33,8 @@ def test_loss_spike_and_recovery_measures(stability):
 
 
 def test_quick_grid_runs_end_to_end_and_resumes(stability, tmp_path):
-    argv = ["--quick", "--optimizers", "adamw,spam", "--regimes", "clean,spike-tensors", "--out", str(tmp_path)]
+    argv = ["--quick", "--optimizers", "adamw,spam", "--regimes", "clean,spike-tensors",
+            "--out", str(tmp_path)]
     results = stability.main(argv)
     assert len(results) == 4
     spiked = [r for r in results if r["regime"] == "spike-tensors"]
