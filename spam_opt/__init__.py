@@ -8,7 +8,9 @@ Example::
 
 from spam_opt.param_groups import param_groups
 from spam_opt.spam import SPAM
+from spam_opt.spike_guard import SpikeGuard
+from spam_opt.stable_spam import StableSPAM
 from spam_opt.stats import SpikeStats
 
-__all__ = ["SPAM", "SpikeStats", "param_groups"]
+__all__ = ["SPAM", "SpikeGuard", "SpikeStats", "StableSPAM", "param_groups"]
 __version__ = "0.1.0"

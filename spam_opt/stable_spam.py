@@ -1,0 +1,250 @@
+"""Stable-SPAM ("How to Train in 4-Bit More Stably than 16-Bit Adam"): AdaClip, AdaGN and MoRet around Adam.
+
+The class owns validation, state and the schedule (global step, momentum resets, the cosine decay of beta1
+and gamma1); the arithmetic lives in ``_stable_spam_functional``. DESIGN.md ("Stable-SPAM") gives the rule.
+The order of operations and the step counts follow the authors' published code; deliberate differences:
+
+- at a reset step the moments are zeroed before the update uses them (theirs applies the old moments, with
+  the restarted bias correction, and discards them afterwards);
+- ``p.grad`` is never written (their AdaClip rescales it in place);
+- state is float32 whatever the parameter dtype, and the global step is saved in ``state_dict()``;
+- a NaN/Inf gradient leaves its tensor and state untouched (theirs poisons the EMAs for good); a reset due
+  on that step (or on a ``gate=False`` step, or while the tensor has no gradient) still zeroes the moments;
+- the cosine decay of beta1/gamma1 holds ``eta_min`` after ``total_steps`` (theirs climbs back up);
+- under FSDP2 the per-tensor max|g| and norm are all-reduced over the shards, as for the full tensor;
+- ``eps`` must be > 0, and their ``amsgrad`` and ``gamma1=-1`` options are not offered.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from spam_opt import _stable_spam_functional as F
+from spam_opt._validation import check_betas, check_int, check_known_keys, check_number
+from spam_opt.stats import SpikeStats, stack_counts
+
+_STEP_KEY = "stable_spam_step"  # the optimizer's global step, written into every saved param group
+_SCALAR_KEYS = ("step", "max_ema", "norm_ema", "norm_sq_ema")
+_STATE_KEYS = ("exp_avg", "exp_avg_sq", *_SCALAR_KEYS, "reset_number")
+_ALLOWED_GROUP_KEYS = frozenset(
+    ["params", "name", "initial_lr", "lr", "betas", "eps", "weight_decay", "gamma1", "gamma2", "theta",
+     "total_steps", "eta_min", "reset_interval", "foreach", "fused"]
+)
+
+
+def _local(t: Tensor) -> Tensor:
+    """The rank-local tensor of a DTensor (FSDP2 shards), the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _shard_groups(p: Tensor) -> F.ShardGroups:
+    """The process groups over which a DTensor's entries are split: per-tensor statistics reduce over them."""
+    if not hasattr(p, "device_mesh"):
+        return ()
+    return tuple(p.device_mesh.get_group(dim) for dim, placement in enumerate(p.placements)
+                 if placement.is_shard())
+
+
+def decay_factor(s: int, total_steps: int | None, eta_min: float) -> float:
+    """The factor on beta1 and gamma1 at global step ``s``: cosine from 1 to ``eta_min``.
+
+    As in the authors' code the cosine has period ``total_steps + 1``; past its end the factor stays at
+    ``eta_min`` (theirs would climb back up).
+    """
+    if total_steps is None:
+        return 1.0
+    t = min(s, total_steps + 1)
+    return eta_min + (1.0 - eta_min) * (1.0 + math.cos(math.pi * t / (total_steps + 1))) / 2.0
+
+
+class StableSPAM(Optimizer):
+    """Stable-SPAM: Adam with AdaClip, AdaGN and momentum reset (MoRet).
+
+    Per tensor, before the Adam moments: AdaClip scales the entries above a bias-corrected EMA of max|g|
+    (factor ``theta``) down by (that EMA / max|g|); AdaGN rescales the gradient to the norm given by EMAs of
+    its norm (``gamma1``) and squared norm (``gamma2``). Every ``reset_interval`` steps the moments are zeroed
+    and the per-tensor count restarts (0 disables resets). With ``total_steps`` set, beta1 and gamma1 are
+    multiplied by a cosine decay from 1 to ``eta_min``. Then Adam with decoupled weight decay.
+    ``step(gate=...)`` takes an optional 0-dim bool device tensor: False skips the update on device.
+
+    Example::
+
+        from spam_opt.stable_spam import StableSPAM
+        opt = StableSPAM(model.parameters(), lr=1e-3, total_steps=10_000)
+        model(x).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        scaled = opt.spike_stats().clipped  # entries AdaClip scaled down, per parameter, on device
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        gamma1: float = 0.7,
+        gamma2: float = 0.9,
+        theta: float = 0.999,
+        total_steps: int | None = None,
+        eta_min: float = 0.5,
+        reset_interval: int = 1000,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, gamma1=gamma1, gamma2=gamma2,
+                        theta=theta, total_steps=total_steps, eta_min=eta_min, reset_interval=reset_interval,
+                        foreach=foreach, fused=fused)
+        _validate_group(defaults, "StableSPAM()")
+        self._global_step = 0
+        self._last_stats: SpikeStats | None = None
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        check_known_keys(param_group, _ALLOWED_GROUP_KEYS, "a StableSPAM param group")
+        super().add_param_group(param_group)
+        _validate_group(self.param_groups[-1], f"StableSPAM param group {len(self.param_groups) - 1}")
+
+    @property
+    def global_step(self) -> int:
+        """Number of ``step()`` calls so far: the clock of resets and of the beta1/gamma1 decay."""
+        return self._global_step
+
+    # -- state dict -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        # Kept in every param group, because distributed checkpointing keeps groups but drops unknown keys.
+        for group in sd["param_groups"]:
+            group[_STEP_KEY] = self._global_step
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        groups = state_dict.get("param_groups")
+        if not isinstance(groups, list) or not isinstance(state_dict.get("state"), dict):
+            raise ValueError("not an optimizer state dict: expected the keys 'state' and 'param_groups'")
+        steps = {g.get(_STEP_KEY) for g in groups}
+        if len(steps) != 1 or not isinstance(next(iter(steps)), int):
+            raise ValueError(
+                "this state dict was not written by StableSPAM (param groups lack a consistent "
+                f"{_STEP_KEY!r}); "
+                "load a checkpoint saved from a StableSPAM optimizer"
+            )
+        saved_state = state_dict["state"]
+        for key, entry in saved_state.items():
+            missing = [k for k in _STATE_KEYS if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                raise ValueError(f"corrupt StableSPAM state for parameter {key}: missing {missing}")
+        stripped = dict(state_dict)
+        stripped["param_groups"] = [{k: v for k, v in g.items() if k != _STEP_KEY} for g in groups]
+        super().load_state_dict(stripped)
+        # torch casts floating state to the parameter's dtype; ours stays float32, so restore what was saved.
+        saved_ids = chain.from_iterable(g["params"] for g in groups)
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for saved_id, p in zip(saved_ids, params):
+            if saved_id in saved_state:
+                self.state[p] = {k: v.to(device=_local(p).device, copy=True) if isinstance(v, Tensor) else v
+                                 for k, v in saved_state[saved_id].items()}
+        for i, group in enumerate(self.param_groups):
+            _validate_group(group, f"loaded StableSPAM param group {i}")
+        self._global_step = next(iter(steps))
+
+    # -- the step -------------------------------------------------------------------------------------
+
+    def spike_stats(self) -> SpikeStats | None:
+        """Entries AdaClip scaled down and non-finite gradients, per parameter, of the last step."""
+        return self._last_stats
+
+    @staticmethod
+    def _init_state(p: Tensor, state: dict[str, Any]) -> None:
+        local = _local(p)
+        for key in ("exp_avg", "exp_avg_sq"):
+            state[key] = torch.zeros_like(local, dtype=torch.float32, memory_format=torch.preserve_format)
+        for key in _SCALAR_KEYS:
+            state[key] = torch.zeros((), dtype=torch.float32, device=local.device)
+        state["reset_number"] = 0
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None, *, gate: Tensor | None = None) -> Any:
+        """Perform one optimization step; ``gate`` (0-dim bool tensor) False skips it on device."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._global_step += 1
+        s = self._global_step
+        stepped, clipped, nonfinite = [], [], []
+        for group in self.param_groups:
+            interval = group["reset_interval"]
+            reset_number = s // interval if interval > 0 else 0
+            params, grads, states, resets, shard_groups = [], [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("StableSPAM does not support sparse gradients; use dense gradients")
+                state = self.state[p]
+                if not state:
+                    self._init_state(p, state)
+                # A parameter without a gradient on a reset step is reset at its next step with one.
+                resets.append(state["reset_number"] != reset_number)
+                state["reset_number"] = reset_number
+                stepped.append(p)
+                params.append(_local(p))
+                grads.append(_local(p.grad))
+                states.append(F.TensorState(*(state[k] for k in ("exp_avg", "exp_avg_sq", *_SCALAR_KEYS))))
+                shard_groups.append(_shard_groups(p))
+            if not params:
+                continue
+            factor = decay_factor(s, group["total_steps"], group["eta_min"])
+            beta1, beta2 = group["betas"]
+            scalars = F.StepScalars(
+                lr=float(group["lr"]), beta1=beta1 * factor, beta2=beta2, gamma1=group["gamma1"] * factor,
+                gamma2=group["gamma2"], theta=group["theta"], eps=group["eps"],
+                weight_decay=group["weight_decay"],
+            )
+            kernel = _select_kernel(group["foreach"], group["fused"])
+            result = kernel(params, grads, states, resets, shard_groups, gate, scalars)
+            clipped.extend(result.clipped)
+            nonfinite.extend(result.nonfinite)
+        device = _local(stepped[0]).device if stepped else torch.device("cpu")
+        self._last_stats = SpikeStats(step=s, params=stepped, clipped=stack_counts(clipped, device),
+                                      nonfinite=stack_counts(nonfinite, device))
+        return loss
+
+
+def _select_kernel(foreach: bool | None, fused: bool | None) -> Callable[..., F.KernelResult]:
+    if fused:
+        raise ValueError("fused=True is not available for StableSPAM; use foreach=True (the default) or "
+                         "foreach=False for the single-tensor reference path")
+    return F.stable_spam_reference if foreach is False else F.stable_spam_foreach
+
+
+def _validate_group(group: dict[str, Any], where: str) -> None:
+    """Check every hyperparameter of a group; errors name the option and its accepted range."""
+    lr = group["lr"]
+    check_number(f"lr ({where})", float(lr) if isinstance(lr, Tensor) else lr, low=0.0)
+    check_betas(f"betas ({where})", group["betas"])
+    # eps > 0: an entry whose gradient is 0 since a reset would otherwise get 0/0.
+    check_number(f"eps ({where})", group["eps"], low=0.0, low_open=True)
+    check_number(f"weight_decay ({where})", group["weight_decay"], low=0.0)
+    for name in ("gamma1", "gamma2", "theta"):
+        check_number(f"{name} ({where})", group[name], low=0.0, high=1.0, high_open=True)
+    if group["total_steps"] is not None:
+        check_int(f"total_steps ({where})", group["total_steps"], low=1)
+    check_number(f"eta_min ({where})", group["eta_min"], low=0.0, high=1.0)
+    check_int(f"reset_interval ({where})", group["reset_interval"])
+    for flag in ("foreach", "fused"):
+        if group[flag] not in (None, True, False):
+            raise ValueError(f"invalid {flag}={group[flag]!r} ({where}): accepted values are None, True, "
+                             "False")
+    _select_kernel(group["foreach"], group["fused"])
