@@ -73,7 +73,8 @@ def build_model(name: str, vocab_size: int, seq_len: int, eos_token_id: int | No
                              bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=eos_token_id)
         model = LlamaForCausalLM(config)
     elif name in SPIKEGPT_PRESETS:
-        model = SpikeGPTForCausalLM(SpikeGPTConfig(**{**SPIKEGPT_PRESETS[name], "vocab_size": vocab_size}))
+        model = SpikeGPTForCausalLM(SpikeGPTConfig(**SPIKEGPT_PRESETS[name], vocab_size=vocab_size,
+                                                   bos_token_id=eos_token_id, eos_token_id=eos_token_id))
     elif Path(name).exists():
         model = _from_local(Path(name), vocab_size)
     else:
