@@ -114,18 +114,30 @@ def loss_spikes(losses: list[float], window: int = 20, sigma: float = 6.0, floor
     return spikes
 
 
-def recovery_steps(steps: list[int], losses: list[float], at: int, before: int = 10,
-                   smooth: int = 5) -> int | None:
-    """Steps after an injection at ``at`` until the smoothed loss is back at its mean of ``before`` steps."""
+def recovery_steps(steps: list[int], losses: list[float], at: int, smooth: int = 5) -> int | None:
+    """Steps after an injection at step ``at`` until the ``smooth``-step mean loss is back at its prior level.
+
+    The injected gradient acts on the update of step ``at``, so the first loss that can show it is that of
+    step ``at + 1``; the level before is the mean of the ``smooth`` losses up to step ``at``.
+    """
     index = {s: i for i, s in enumerate(steps)}
-    if at not in index or index[at] < before:
+    if at not in index or index[at] < smooth - 1:
         return None
     i0 = index[at]
-    baseline = statistics.fmean(losses[i0 - before:i0])
-    for i in range(i0, len(losses) - smooth + 1):
+    baseline = statistics.fmean(losses[i0 - smooth + 1:i0 + 1])
+    for i in range(i0 + 1, len(losses) - smooth + 1):
         if statistics.fmean(losses[i:i + smooth]) <= baseline:
             return steps[i] - at
     return None
+
+
+def loss_jump(steps: list[int], losses: list[float], at: int, smooth: int = 5) -> float | None:
+    """Largest loss in the ``smooth`` steps after an injection minus the mean of the ``smooth`` before."""
+    index = {s: i for i, s in enumerate(steps)}
+    if at not in index or index[at] < smooth - 1:
+        return None
+    i0 = index[at]
+    return max(losses[i0 + 1:i0 + 1 + smooth]) - statistics.fmean(losses[i0 - smooth + 1:i0 + 1])
 
 
 def optimizer_state_bytes(run_dir: Path) -> int:
@@ -160,16 +172,11 @@ def run_one(setup: Setup, name: str, regime: str, seed: int, lr: float, run_dir:
     wall = time.perf_counter() - started
     rows = _rows(run_dir / "metrics.jsonl")
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r and "eval_loss" not in r]
-    steps, losses = [s for s, _ in train], [v for _, v in train]
     evals = [r for r in rows if "eval_loss" in r]
-    finite = [v for v in losses if math.isfinite(v)]
     result = {
         "optimizer": name, "regime": regime, "seed": seed, "lr": lr,
         "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
         "final_eval_ppl": evals[-1]["eval_ppl"] if evals else None,
-        "loss_spikes": len(loss_spikes(finite)),
-        "recovery": {str(t): recovery_steps(steps, losses, t) for t in setup.spike_steps()}
-        if regime.startswith("spike") else {},
         "state_bytes": optimizer_state_bytes(run_dir),
         "wall_s": wall,
         "curve": train,
@@ -197,6 +204,13 @@ def sweep(setup: Setup, names: list[str], lrs: tuple[float, ...]) -> dict[str, f
     return best
 
 
+def _median_text(values: list[int | None]) -> str:
+    """Median recovery over injections x seeds; a run that never recovered counts as the longest."""
+    median = statistics.median([math.inf if v is None else v for v in values])
+    never = sum(v is None for v in values)
+    return ("never" if median == math.inf else f"{median:g}") + (f" ({never} never)" if never else "")
+
+
 def _mean_spread(values: list[float]) -> str:
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
@@ -206,30 +220,46 @@ def _mean_spread(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f} ± {statistics.pstdev(values):.4f}"
 
 
-_TABLE_HEADER = "| optimizer | lr | val loss | val ppl | loss spikes | recovery steps | state MB | wall s |"
+_TABLE_HEADER = ("| optimizer | lr | val loss | val ppl | loss spikes | recovery steps | worst jump "
+                 "| state MB | wall s |")
+
+
+def spike_measures(setup: Setup, result: dict[str, Any]) -> dict[str, Any]:
+    """Loss spikes, and recovery and loss jump per injection, from a run's training-loss curve."""
+    steps = [s for s, _ in result["curve"]]
+    losses = [v if v is not None and math.isfinite(v) else math.inf for _, v in result["curve"]]
+    injected = setup.spike_steps() if result["regime"].startswith("spike") else []
+    return {"loss_spikes": len(loss_spikes([v for v in losses if math.isfinite(v)])),
+            "recovery": [recovery_steps(steps, losses, t) for t in injected],
+            "jump": [loss_jump(steps, losses, t) for t in injected]}
 
 
 def report(setup: Setup, results: list[dict[str, Any]], command: str) -> None:
+    results = [r | spike_measures(setup, r) for r in results]
     lines = [f"# Stability benchmark ({setup.model}, {setup.steps} steps, batch {setup.batch_size} x "
              f"{setup.seq_len} tokens)", "", f"Command: `{command}`", "",
              "Mean ± std over seeds. Loss spikes: training-loss jumps of more than max(6 std, 0.1 nats) over "
-             "the previous 20 steps. Recovery: steps until the 5-step mean loss is back at its mean over the "
-             "10 steps before each injection (— : never within the run). State: optimizer state bytes.", ""]
+             "the previous 20 steps (mean per run). Recovery: median over injections x seeds of the steps "
+             "until the 5-step mean loss is back at its mean over the 5 steps up to the injection. Worst "
+             "jump: largest loss rise (nats) in the 5 steps after an injection. State: optimizer state "
+             "bytes after one step.", ""]
     for regime in REGIMES:
         rows = [r for r in results if r["regime"] == regime]
         if not rows:
             continue
-        lines += [f"## {regime}", "", _TABLE_HEADER, "|---" * 8 + "|"]
+        lines += [f"## {regime}", "", _TABLE_HEADER, "|---" * 9 + "|"]
         for name in OPTIMIZERS:
             runs = [r for r in rows if r["optimizer"] == name]
             if not runs:
                 continue
-            rec = [v for r in runs for v in r["recovery"].values()]
-            rec_text = "/".join("—" if v is None else str(v) for v in rec) if rec else "n/a"
+            rec = [v for r in runs for v in r["recovery"]]
+            rec_text = _median_text(rec) if rec else "n/a"
+            jumps = [v for r in runs for v in r["jump"] if v is not None]
+            jump_text = f"{max(jumps):.2f}" if jumps else "n/a"
             lines.append(
                 f"| {name} | {runs[0]['lr']:g} | {_mean_spread([r['final_eval_loss'] for r in runs])} | "
                 f"{_mean_spread([r['final_eval_ppl'] for r in runs])} | "
-                f"{statistics.fmean([r['loss_spikes'] for r in runs]):.1f} | {rec_text} | "
+                f"{statistics.fmean([r['loss_spikes'] for r in runs]):.1f} | {rec_text} | {jump_text} | "
                 f"{runs[0]['state_bytes'] / 2**20:.2f} | "
                 f"{statistics.fmean([r['wall_s'] for r in runs]):.0f} |")
         lines.append("")
