@@ -73,7 +73,8 @@ def spam_reference(
         m_new = m * h.beta1 + g * (1 - h.beta1)
         v_new = v * h.beta2 + g * g * (1 - h.beta2)
         n_new = n + 1
-        update = m_new / (v_new.sqrt() + h.eps) * (h.lr * h.warmup_scale * _bias_scale(n_new, h.beta1, h.beta2))
+        step_size = h.lr * h.warmup_scale * _bias_scale(n_new, h.beta1, h.beta2)
+        update = m_new / (v_new.sqrt() + h.eps) * step_size
         p32 = p.float()
         if idx is None:
             p_new = p32 - update

@@ -26,7 +26,7 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """Param groups as the SPAM paper's runs set them up.
 
-    * ``"blocks"``: the 2-D (or higher) weights of attention and MLP blocks, with ``density`` (sparse momentum);
+    * ``"blocks"``: the 2-D (or higher) weights of attention and MLP blocks, with ``density``;
     * ``"dense"``: input embeddings, the output head, and 1-D parameters (norms, biases);
     * ``"no_decay"``: norms and biases without weight decay, when ``no_decay_norms_and_biases`` is set.
 

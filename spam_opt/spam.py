@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from spam_opt import _spam_functional as F
+from spam_opt._spam_fused import fused_unavailable_reason, spam_fused
 from spam_opt._validation import check_betas, check_int, check_known_keys, check_number
 from spam_opt.sparse import kept_indices, mask_key
 from spam_opt.stats import SpikeStats, stack_counts
@@ -189,8 +190,9 @@ class SPAM(Optimizer):
             state["exp_avg_sq"] = torch.zeros(shape, dtype=torch.float32, device=local.device)
         else:
             state.pop("kept", None)
-            state["exp_avg"] = torch.zeros_like(local, dtype=torch.float32, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(local, dtype=torch.float32, memory_format=torch.preserve_format)
+            fmt = torch.preserve_format
+            state["exp_avg"] = torch.zeros_like(local, dtype=torch.float32, memory_format=fmt)
+            state["exp_avg_sq"] = torch.zeros_like(local, dtype=torch.float32, memory_format=fmt)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, *, gate: Tensor | None = None) -> Any:
@@ -230,7 +232,7 @@ class SPAM(Optimizer):
                 clip_threshold=float(group["threshold"]) if sched.clip_on else None,
                 maximize=group["maximize"],
             )
-            kernel = _select_kernel(group["foreach"], group["fused"])
+            kernel = _select_kernel(group["foreach"], group["fused"], params)
             result = kernel(params, grads, exp_avgs, exp_avg_sqs, counts, kept, gate, scalars)
             clipped.extend(result.clipped)
             nonfinite.extend(result.nonfinite)
@@ -246,12 +248,24 @@ _ALLOWED_GROUP_KEYS = frozenset(
 )
 
 
-def _select_kernel(foreach: bool | None, fused: bool | None) -> Callable[..., F.KernelResult]:
+# Below this many entries in a group the compile time of the fused step outweighs what it saves.
+_FUSED_MIN_NUMEL = 1 << 20
+
+
+def _select_kernel(foreach: bool | None, fused: bool | None,
+                   params: list[Tensor]) -> Callable[..., F.KernelResult]:
+    """Honour explicit flags; with neither set, the fastest kernel that is available for these tensors."""
+    device = params[0].device
     if fused:
-        raise ValueError("fused=True is not available for SPAM yet; use foreach=True (the default) "
-                         "or foreach=False for the single-tensor reference path")
+        reason = fused_unavailable_reason(device)
+        if reason is not None:
+            raise RuntimeError(f"fused=True cannot run: {reason}; use fused=None (automatic) or foreach=True")
+        return spam_fused
     if foreach is False:
         return F.spam_reference
+    if (foreach is None and fused is None and sum(p.numel() for p in params) >= _FUSED_MIN_NUMEL
+            and fused_unavailable_reason(device) is None):
+        return spam_fused
     return F.spam_foreach
 
 
@@ -275,7 +289,8 @@ def _validate_group(group: dict[str, Any], where: str) -> None:
         )
     for flag in ("foreach", "fused"):
         if group[flag] not in (None, True, False):
-            raise ValueError(f"invalid {flag}={group[flag]!r} ({where}): accepted values are None, True, False")
+            raise ValueError(f"invalid {flag}={group[flag]!r} ({where}): accepted values are None, True, "
+                             "False")
     if group["foreach"] and group["fused"]:
         raise ValueError(f"foreach=True and fused=True ({where}): choose at most one of them")
     if not isinstance(group["maximize"], bool):

@@ -62,7 +62,8 @@ def kept_indices(numel: int, key: int, density: float, *, offset: int = 0,
     threshold = keep_threshold(density)
     parts = []
     for start in range(0, numel, chunk):
-        flat = torch.arange(offset + start, offset + min(numel, start + chunk), device=device, dtype=torch.int64)
+        stop = offset + min(numel, start + chunk)
+        flat = torch.arange(offset + start, stop, device=device, dtype=torch.int64)
         h = _mix32((flat & _MASK32) ^ key)
         h = _mix32(h ^ (flat >> 32))
         parts.append(torch.nonzero(h < threshold).squeeze(1) + start)

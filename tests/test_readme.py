@@ -20,7 +20,8 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
 
 
 def test_readme_opens_with_the_two_commands():
-    first_block = re.search(r"```bash\n(.*?)```", README.read_text(), flags=re.S).group(1).strip().splitlines()
+    match = re.search(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    first_block = match.group(1).strip().splitlines()
     assert first_block[0].split("#")[0].strip().endswith("-m trainers.pretrain")
     assert first_block[1].split("#")[0].strip().endswith("-m pytest -q")
     ci = (README.parent / ".ci" / "run").read_text()

@@ -1,0 +1,202 @@
+"""Time one optimizer step and count optimizer-state bytes on the parameter shapes of small LLaMA models.
+
+Every optimizer steps the same parameters and gradients in one process; the timed steps are interleaved
+(one step of each optimizer per round), so a burst of load from elsewhere hits them all alike. The first
+step (state creation, and the compile for ``torch.compile`` based paths) is reported on its own.
+
+    python benchmarks/optimizer_step.py                       # 20M, 60M, 130M on CPU, writes the results
+    python benchmarks/optimizer_step.py --sizes 20m --rounds 3 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+# The LLaMA configs of the SPAM paper (hidden, intermediate, layers), vocabulary 32000, untied head.
+SIZES = {"20m": (256, 688, 4), "60m": (512, 1376, 8), "130m": (768, 2048, 12)}
+VOCAB = 32000
+
+
+def llama_shapes(hidden: int, intermediate: int, layers: int) -> list[tuple[int, ...]]:
+    mlp = [(intermediate, hidden), (intermediate, hidden), (hidden, intermediate)]
+    layer = [(hidden, hidden)] * 4 + mlp + [(hidden,), (hidden,)]  # q k v o, gate up down, two norms
+    return [(VOCAB, hidden)] + layer * layers + [(hidden,), (VOCAB, hidden)]
+
+
+Factory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def optimizers(include_reference: bool) -> dict[str, Factory]:
+    """Name -> factory. Peers that are not installed are left out with a note on stderr."""
+    from spam_opt.spam import SPAM
+
+    table: dict[str, Factory] = {
+        "torch AdamW fused": lambda ps: torch.optim.AdamW(ps, fused=True),
+        "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, foreach=True),
+        "SPAM (default flags)": lambda ps: SPAM(ps),
+        "SPAM foreach": lambda ps: SPAM(ps, foreach=True),
+        "SPAM density 0.25 (default flags)": lambda ps: SPAM(ps, density=0.25),
+        "SPAM density 0.25 foreach": lambda ps: SPAM(ps, density=0.25, foreach=True),
+    }
+    if include_reference:
+        table["SPAM reference (foreach=False)"] = lambda ps: SPAM(ps, foreach=False)
+    try:
+        from spam_opt.stable_spam import StableSPAM
+
+        table["Stable-SPAM (spam_opt, default flags)"] = lambda ps: StableSPAM(ps)
+    except ImportError as err:
+        print(f"skipping spam_opt StableSPAM: {err}", file=sys.stderr)
+    try:
+        import pytorch_optimizer as po
+
+        table["pytorch-optimizer SPAM foreach"] = lambda ps: po.SPAM(ps, foreach=True)
+        table["pytorch-optimizer SPAM"] = lambda ps: po.SPAM(ps)
+        table["pytorch-optimizer StableSPAM"] = lambda ps: po.StableSPAM(ps)
+    except ImportError as err:
+        print(f"skipping pytorch-optimizer: {err}", file=sys.stderr)
+    try:
+        import bitsandbytes as bnb
+
+        table["bitsandbytes AdamW8bit"] = lambda ps: bnb.optim.AdamW8bit(ps)
+    except ImportError as err:
+        print(f"skipping bitsandbytes: {err}", file=sys.stderr)
+    return table
+
+
+def state_bytes(opt: torch.optim.Optimizer) -> int:
+    total = 0
+    for state in opt.state.values():
+        if not isinstance(state, dict):  # some peers keep counters keyed by name next to per-tensor state
+            continue
+        for value in state.values():
+            if torch.is_tensor(value) and value.dim() > 0:
+                total += value.numel() * value.element_size()
+    return total
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_size(name: str, device: torch.device, rounds: int, include_reference: bool) -> list[dict]:
+    hidden, intermediate, layers = SIZES[name]
+    gen = torch.Generator().manual_seed(0)
+    shapes = llama_shapes(hidden, intermediate, layers)
+    # One set of parameters and gradients shared by every optimizer: the step's cost does not depend on
+    # the values, and sharing keeps the 130M run within a few GB.
+    params = [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(device)) for s in shapes]
+    grads = [(torch.randn(s, generator=gen) * 1e-3).to(device) for s in shapes]
+    numel = sum(p.numel() for p in params)
+    rows = []
+    opts = {}
+    for label, factory in optimizers(include_reference).items():
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        try:
+            opt = factory(params)
+            _sync(device)
+            start = time.perf_counter()
+            opt.step()
+            _sync(device)
+            first = time.perf_counter() - start
+            opt.step()  # a second untimed step: lazily created buffers, the second-step code paths
+        except Exception as err:  # a peer that does not run on this device: report it, keep going
+            print(f"{name} {label}: {type(err).__name__}: {err}", file=sys.stderr)
+            rows.append(dict(size=name, label=label, error=f"{type(err).__name__}"))
+            continue
+        opts[label] = (opt, first)
+    times: dict[str, list[float]] = {label: [] for label in opts}
+    for _ in range(rounds):
+        for label, (opt, _) in opts.items():
+            for p, g in zip(params, grads):
+                p.grad = g.clone()  # some peers clip into p.grad; every step sees the same gradient
+            _sync(device)
+            start = time.perf_counter()
+            opt.step()
+            _sync(device)
+            times[label].append(time.perf_counter() - start)
+    for label, (opt, first) in opts.items():
+        rows.append(dict(size=name, label=label, numel=numel, median=statistics.median(times[label]),
+                         first=first, state=state_bytes(opt)))
+        median_ms = rows[-1]["median"] * 1e3
+        print(f"{name:>5} {label:<40} {median_ms:9.1f} ms  first {first:6.1f} s", file=sys.stderr)
+    return rows
+
+
+def render(rows: list[dict], command: str, device: torch.device, rounds: int) -> str:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"Device: {device.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch threads {torch.get_num_threads()}), torch {torch.__version__}, {rounds} interleaved rounds, "
+        f"load average after the run {', '.join(f'{x:.2f}' for x in load)}.",
+        "Step: median ms of the timed steps. Ratios against torch AdamW fused (step) and AdamW's state "
+        "bytes, measured in the same process. First step: state creation plus any compile, in seconds.",
+        "",
+    ]
+    for size in dict.fromkeys(r["size"] for r in rows):
+        group = [r for r in rows if r["size"] == size]
+        ref = next((r for r in group if r["label"] == "torch AdamW fused" and "median" in r), None)
+        numel = next(r["numel"] for r in group if "numel" in r)
+        lines += [f"## LLaMA {size} shapes ({numel / 1e6:.1f}M parameters)", "",
+                  "| optimizer | step ms | x fused AdamW | state MB | x AdamW state | first step s |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in group:
+            if "error" in r:
+                lines.append(f"| {r['label']} | failed: {r['error']} | | | | |")
+                continue
+            ratio = r["median"] / ref["median"] if ref else float("nan")
+            state_ratio = r["state"] / ref["state"] if ref else float("nan")
+            lines.append(f"| {r['label']} | {r['median'] * 1e3:.1f} | {ratio:.2f} | {r['state'] / 2**20:.1f} "
+                         f"| {state_ratio:.3f} | {r['first']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="20m,60m,130m", help=f"comma-separated, from {','.join(SIZES)}")
+    parser.add_argument("--rounds", type=int, default=7, help="timed steps per optimizer (interleaved)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-reference", action="store_true", help="leave out SPAM's slow reference path")
+    parser.add_argument("--out", default=None, help="results file (default benchmarks/results/"
+                                                     "optimizer_step_<device>.md; '-' prints only)")
+    args = parser.parse_args(argv)
+    sizes = [s.strip().lower() for s in args.sizes.split(",")]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        parser.error(f"unknown size(s) {unknown}; choose from {sorted(SIZES)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rows = []
+    for size in sizes:
+        rows += bench_size(size, device, args.rounds, not args.no_reference)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:  # a fresh cache dir makes the first-step times cold compiles
+        command = f"TORCHINDUCTOR_CACHE_DIR={os.environ['TORCHINDUCTOR_CACHE_DIR']} {command}"
+    text = render(rows, command, device, args.rounds)
+    print(text)
+    if args.out != "-":
+        out = Path(args.out or Path(__file__).parent / "results" / f"optimizer_step_{device.type}.md")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

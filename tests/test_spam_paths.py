@@ -1,0 +1,167 @@
+"""The fused (torch.compile) SPAM path against the float64 transcription and the single-tensor reference path,
+plus the rules that pick a path."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from reference_spam import ReferenceSPAM
+from torch import nn
+
+from spam_opt import _spam_functional as F
+from spam_opt._spam_fused import spam_fused
+from spam_opt.spam import SPAM, _select_kernel
+
+SCHEDULE = dict(reset_interval=20, warmup_steps=6, clip_delay=4, threshold=50.0)
+# 2-D, 1-D, 3-D and 0-dim parameters: every layout the fused path views as rows.
+SHAPES = [(6, 5), (7,), (4, 3, 2), ()]
+
+
+def _stream(shapes, steps, seed=0):
+    """Gradients with 1000x single-entry spikes, so that the clip fires on every path."""
+    gen = torch.Generator().manual_seed(seed)
+    stream = []
+    for t in range(steps):
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        if t % 9 == 8:
+            grads[t % 3].view(-1)[t % 5] *= 1000.0
+        stream.append(grads)
+    return stream
+
+
+def _params(shapes, dtype=torch.float32):
+    return [nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i)).to(dtype))
+            for i, s in enumerate(shapes)]
+
+
+@pytest.mark.parametrize("density", [1.0, 0.5])
+def test_fused_matches_float64_reference_including_resets_and_spike_counts(density):
+    params = _params(SHAPES)
+    hyper = dict(lr=1e-2, weight_decay=0.1, density=density, seed=4, **SCHEDULE)
+    opt = SPAM(params, fused=True, **hyper)
+    ref = ReferenceSPAM([p.detach() for p in params], **hyper)
+    total = 0
+    for grads in _stream(SHAPES, 45):
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        ref.step(grads)
+        assert opt.spike_stats().clipped.tolist() == ref.clipped
+        total += sum(ref.clipped)
+        for p, r in zip(params, ref.p):
+            torch.testing.assert_close(p.detach().double(), r, rtol=2e-5, atol=2e-6)
+    assert total >= 3, "the stream must exercise the clip"
+    assert opt.state[params[0]]["reset_number"] == 2
+
+
+def test_fused_matches_reference_path_on_nan_closed_gate_maximize_bf16_and_strided_sparse():
+    """Same inputs through the fused and the single-tensor path: equal counts, equal within fp32 rounding."""
+    shapes = [(6, 5), (7,), (5, 6)]
+    runs = {}
+    for fused in (True, False):
+        params = _params(shapes)
+        params.append(nn.Parameter(torch.randn(8, 4, generator=torch.Generator().manual_seed(9)).bfloat16()))
+        # a transposed (non-contiguous) parameter under sparse momentum
+        params.append(nn.Parameter(torch.randn(6, 5, generator=torch.Generator().manual_seed(8)).t()))
+        opt = SPAM(params, lr=1e-2, weight_decay=0.05, density=0.5, maximize=True,
+                   foreach=None if fused else False, fused=fused or None, **SCHEDULE)
+        gen = torch.Generator().manual_seed(3)
+        counts, grads_seen = [], []
+        for t in range(30):
+            grads = [torch.randn(p.shape, generator=gen).to(p.dtype) for p in params]
+            if t == 12:
+                grads[0][2, 3] = float("nan")
+            if t == 17:
+                grads[4][1, 1] = float("inf")
+            if t % 7 == 6:
+                grads[t % 5].view(-1)[0] *= 1000.0
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            gate = torch.tensor(t != 15)
+            before = [p.detach().clone() for p in params]
+            opt.step(gate=gate)
+            stats = opt.spike_stats()
+            counts.append((stats.clipped.tolist(), stats.nonfinite.tolist()))
+            grads_seen.append(all(torch.allclose(p.grad, g, rtol=0, atol=0, equal_nan=True)
+                                  for p, g in zip(params, grads)))
+            if t == 15:
+                assert all(torch.equal(p, b) for p, b in zip(params, before)), "closed gate moved a parameter"
+            if t == 12:
+                assert torch.equal(params[0], before[0]) and stats.nonfinite.tolist()[0] == 1
+        runs[fused] = ([p.detach().float() for p in params], counts, grads_seen)
+    assert runs[True][1] == runs[False][1]
+    assert sum(sum(c) for c, _ in runs[False][1]) >= 3
+    assert all(runs[True][2]), "the fused path wrote into p.grad"
+    for a, b in zip(runs[True][0], runs[False][0]):
+        # bf16 parameters round to 8 bits after each step: one ulp of difference may persist
+        tol = dict(rtol=1e-2, atol=1e-2) if a is runs[True][0][3] else dict(rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, **tol)
+        assert torch.isfinite(a).all()
+
+
+def _train(params, opt, stream):
+    for grads in stream:
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+
+
+@pytest.mark.parametrize("save_at", [19, 20])
+def test_fused_resume_is_bit_exact_and_state_moves_between_paths(save_at):
+    hyper = dict(lr=1e-2, weight_decay=0.05, density=0.5, seed=2, **SCHEDULE)
+    stream = _stream(SHAPES, 30, seed=1)
+    full = _params(SHAPES)
+    _train(full, SPAM(full, fused=True, **hyper), stream)
+
+    head = _params(SHAPES)
+    opt = SPAM(head, fused=True, **hyper)
+    _train(head, opt, stream[:save_at])
+    buffer = io.BytesIO()
+    torch.save({"params": [p.detach() for p in head], "opt": opt.state_dict()}, buffer)
+    for foreach, fused in ((None, True), (True, None)):
+        buffer.seek(0)
+        ckpt = torch.load(buffer, weights_only=True)
+        tail = [nn.Parameter(t.clone()) for t in ckpt["params"]]
+        resumed = SPAM(tail, foreach=foreach, fused=fused, **hyper)
+        resumed.load_state_dict(ckpt["opt"])
+        _train(tail, resumed, stream[save_at:])
+        for a, b in zip(full, tail):
+            if fused:
+                assert torch.equal(a, b)
+            else:  # the foreach path rounds differently, nothing else
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_step_does_not_recompile_as_lr_warmup_counts_and_masks_change():
+    from torch._dynamo.utils import counters
+
+    params = _params(SHAPES)
+    opt = SPAM(params, fused=True, lr=1e-2, density=0.5, weight_decay=0.1, **SCHEDULE)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    stream = _stream(SHAPES, 50, seed=5)
+    _train(params, opt, stream[:21])  # past the first reset: new masks, new state sizes
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0, "the fused path compiled nothing: this test would be vacuous"
+    for grads in stream[21:]:
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        sched.step()
+    assert opt.global_step == 50 and opt.state[params[0]]["reset_number"] == 2
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_default_flags_pick_fused_for_large_groups_and_explicit_flags_are_honoured():
+    small, large = [torch.zeros(10, 10)], [torch.zeros(1024, 1024)]
+    assert _select_kernel(None, None, small) is F.spam_foreach  # compiling would cost more than it saves
+    assert _select_kernel(None, None, large) is spam_fused
+    assert _select_kernel(True, None, large) is F.spam_foreach
+    assert _select_kernel(None, False, large) is F.spam_foreach
+    assert _select_kernel(False, None, large) is F.spam_reference
+    assert _select_kernel(None, True, small) is spam_fused
+    meta = [torch.zeros(4, device="meta")]
+    assert _select_kernel(None, None, meta) is F.spam_foreach
+    with pytest.raises(RuntimeError, match="fused=True cannot run.*meta"):
+        _select_kernel(None, True, meta)
