@@ -10,21 +10,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from spam_opt import _spam_functional as F
+from spam_opt._global_step import GlobalStepOptimizer, local_tensor
 from spam_opt._spam_fused import fused_unavailable_reason, spam_fused
-from spam_opt._validation import check_betas, check_int, check_known_keys, check_number
+from spam_opt._validation import check_betas, check_int, check_number
 from spam_opt.sparse import kept_indices, mask_key
 from spam_opt.stats import SpikeStats, stack_counts
-
-_STEP_KEY = "spam_step"  # the optimizer's global step, written into every saved param group
-_STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "reset_number")
 
 
 @dataclass(frozen=True)
@@ -47,11 +43,6 @@ def _schedule(s: int, group: dict[str, Any]) -> _Schedule:
     return _Schedule(s // interval if interval > 0 else 0, scale, clip_on)
 
 
-def _local(t: Tensor) -> Tensor:
-    """The rank-local tensor of a DTensor (FSDP2 shards), the tensor itself otherwise."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
 def _kept_entries(p: Tensor, key: int, density: float, device: torch.device) -> Tensor:
     """Kept flat indices of this rank's block, relative to the block (see ``spam_opt.sparse``)."""
     if not hasattr(p, "device_mesh"):
@@ -70,7 +61,13 @@ def _kept_entries(p: Tensor, key: int, density: float, device: torch.device) -> 
     )
 
 
-class SPAM(Optimizer):
+_ALLOWED_GROUP_KEYS = frozenset(
+    ["params", "name", "initial_lr", "lr", "betas", "eps", "weight_decay", "threshold", "reset_interval",
+     "warmup_steps", "clip_delay", "density", "seed", "foreach", "fused", "maximize"]
+)
+
+
+class SPAM(GlobalStepOptimizer):
     """Spike-Aware Adam with Momentum Reset.
 
     Adam with decoupled weight decay, plus: momentum reset every ``reset_interval`` steps followed by a
@@ -90,6 +87,10 @@ class SPAM(Optimizer):
         opt.zero_grad()
         clipped = opt.spike_stats().clipped  # entries clipped per parameter, on device
     """
+
+    step_key = "spam_step"
+    state_keys = ("step", "exp_avg", "exp_avg_sq", "reset_number")
+    allowed_group_keys = _ALLOWED_GROUP_KEYS
 
     def __init__(
         self,
@@ -112,71 +113,18 @@ class SPAM(Optimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, threshold=threshold,
                         reset_interval=reset_interval, warmup_steps=warmup_steps, clip_delay=clip_delay,
                         density=density, seed=seed, foreach=foreach, fused=fused, maximize=maximize)
-        _validate_group(defaults, "SPAM()")
-        self._global_step = 0
-        self._last_stats: SpikeStats | None = None
         super().__init__(params, defaults)
 
-    # -- param groups and validation ------------------------------------------------------------------
+    def _check_group(self, group: dict[str, Any], where: str) -> None:
+        _validate_group(group, where)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        check_known_keys(param_group, _ALLOWED_GROUP_KEYS, "a SPAM param group")
-        super().add_param_group(param_group)
-        _validate_group(self.param_groups[-1], f"SPAM param group {len(self.param_groups) - 1}")
-
-    @property
-    def global_step(self) -> int:
-        """Number of ``step()`` calls so far: the clock of resets, warmups and the clip delay."""
-        return self._global_step
-
-    # -- state dict -----------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        # Kept in every param group, because distributed checkpointing keeps groups but drops unknown keys.
-        for group in sd["param_groups"]:
-            group[_STEP_KEY] = self._global_step
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        groups = state_dict.get("param_groups")
-        if not isinstance(groups, list) or not isinstance(state_dict.get("state"), dict):
-            raise ValueError("not an optimizer state dict: expected the keys 'state' and 'param_groups'")
-        steps = {g.get(_STEP_KEY) for g in groups}
-        if len(steps) != 1 or not isinstance(next(iter(steps)), int):
-            raise ValueError(
-                f"this state dict was not written by SPAM (param groups lack a consistent {_STEP_KEY!r}); "
-                "load a checkpoint saved from a SPAM optimizer"
-            )
-        saved_state = state_dict["state"]
-        for key, entry in saved_state.items():
-            missing = [k for k in _STATE_KEYS if not isinstance(entry, dict) or k not in entry]
-            if missing:
-                raise ValueError(f"corrupt SPAM state for parameter {key}: missing {missing}")
-        stripped = dict(state_dict)
-        stripped["param_groups"] = [{k: v for k, v in g.items() if k != _STEP_KEY} for g in groups]
-        super().load_state_dict(stripped)
-        # torch casts floating state to the parameter dtype; ours stays float32 (and indices stay integers).
-        saved_ids = chain.from_iterable(g["params"] for g in groups)
-        params = chain.from_iterable(g["params"] for g in self.param_groups)
-        for saved_id, p in zip(saved_ids, params):
-            if saved_id in saved_state:
-                self.state[p] = {k: v.to(device=_local(p).device) if isinstance(v, Tensor) else v
-                                 for k, v in saved_state[saved_id].items()}
-        for i, group in enumerate(self.param_groups):
-            _validate_group(group, f"loaded SPAM param group {i}")
-        self._global_step = next(iter(steps))
 
     # -- the step -------------------------------------------------------------------------------------
-
-    def spike_stats(self) -> SpikeStats | None:
-        """Clip and non-finite counts per parameter of the last step, on device; None before any step."""
-        return self._last_stats
 
     def _init_or_reset(self, p: Tensor, state: dict[str, Any], group: dict[str, Any], index: int,
                        reset_number: int) -> None:
         """Create the state of a parameter, or start a new reset interval for it (zero moments, new mask)."""
-        local = _local(p)
+        local = local_tensor(p)
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=local.device)
         elif state["reset_number"] == reset_number:
@@ -217,8 +165,8 @@ class SPAM(Optimizer):
                 state = self.state[p]
                 self._init_or_reset(p, state, group, index, sched.reset_number)
                 stepped.append(p)
-                params.append(_local(p))
-                grads.append(_local(p.grad))
+                params.append(local_tensor(p))
+                grads.append(local_tensor(p.grad))
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 counts.append(state["step"])
@@ -236,16 +184,12 @@ class SPAM(Optimizer):
             result = kernel(params, grads, exp_avgs, exp_avg_sqs, counts, kept, gate, scalars)
             clipped.extend(result.clipped)
             nonfinite.extend(result.nonfinite)
-        device = _local(stepped[0]).device if stepped else torch.device("cpu")
+        device = local_tensor(stepped[0]).device if stepped else torch.device("cpu")
         self._last_stats = SpikeStats(step=s, params=stepped, clipped=stack_counts(clipped, device),
                                       nonfinite=stack_counts(nonfinite, device))
         return loss
 
 
-_ALLOWED_GROUP_KEYS = frozenset(
-    ["params", "name", "initial_lr", "lr", "betas", "eps", "weight_decay", "threshold", "reset_interval",
-     "warmup_steps", "clip_delay", "density", "seed", "foreach", "fused", "maximize"]
-)
 
 
 # Below this many entries in a group the compile time of the fused step outweighs what it saves.

@@ -19,29 +19,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from itertools import chain
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from spam_opt import _stable_spam_functional as F
-from spam_opt._validation import check_betas, check_int, check_known_keys, check_number
+from spam_opt._global_step import GlobalStepOptimizer, local_tensor
+from spam_opt._validation import check_betas, check_int, check_number
 from spam_opt.stats import SpikeStats, stack_counts
 
-_STEP_KEY = "stable_spam_step"  # the optimizer's global step, written into every saved param group
 _SCALAR_KEYS = ("step", "max_ema", "norm_ema", "norm_sq_ema")
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", *_SCALAR_KEYS, "reset_number")
 _ALLOWED_GROUP_KEYS = frozenset(
     ["params", "name", "initial_lr", "lr", "betas", "eps", "weight_decay", "gamma1", "gamma2", "theta",
      "total_steps", "eta_min", "reset_interval", "foreach", "fused"]
 )
-
-
-def _local(t: Tensor) -> Tensor:
-    """The rank-local tensor of a DTensor (FSDP2 shards), the tensor itself otherwise."""
-    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _shard_groups(p: Tensor) -> F.ShardGroups:
@@ -64,7 +57,7 @@ def decay_factor(s: int, total_steps: int | None, eta_min: float) -> float:
     return eta_min + (1.0 - eta_min) * (1.0 + math.cos(math.pi * t / (total_steps + 1))) / 2.0
 
 
-class StableSPAM(Optimizer):
+class StableSPAM(GlobalStepOptimizer):
     """Stable-SPAM: Adam with AdaClip, AdaGN and momentum reset (MoRet).
 
     Per tensor, before the Adam moments: AdaClip scales the entries above a bias-corrected EMA of max|g|
@@ -83,6 +76,10 @@ class StableSPAM(Optimizer):
         opt.zero_grad()
         scaled = opt.spike_stats().clipped  # entries AdaClip scaled down, per parameter, on device
     """
+
+    step_key = "stable_spam_step"
+    state_keys = _STATE_KEYS
+    allowed_group_keys = _ALLOWED_GROUP_KEYS
 
     def __init__(
         self,
@@ -104,69 +101,15 @@ class StableSPAM(Optimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, gamma1=gamma1, gamma2=gamma2,
                         theta=theta, total_steps=total_steps, eta_min=eta_min, reset_interval=reset_interval,
                         foreach=foreach, fused=fused)
-        _validate_group(defaults, "StableSPAM()")
-        self._global_step = 0
-        self._last_stats: SpikeStats | None = None
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        check_known_keys(param_group, _ALLOWED_GROUP_KEYS, "a StableSPAM param group")
-        super().add_param_group(param_group)
-        _validate_group(self.param_groups[-1], f"StableSPAM param group {len(self.param_groups) - 1}")
+    def _check_group(self, group: dict[str, Any], where: str) -> None:
+        _validate_group(group, where)
 
-    @property
-    def global_step(self) -> int:
-        """Number of ``step()`` calls so far: the clock of resets and of the beta1/gamma1 decay."""
-        return self._global_step
-
-    # -- state dict -----------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        # Kept in every param group, because distributed checkpointing keeps groups but drops unknown keys.
-        for group in sd["param_groups"]:
-            group[_STEP_KEY] = self._global_step
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        groups = state_dict.get("param_groups")
-        if not isinstance(groups, list) or not isinstance(state_dict.get("state"), dict):
-            raise ValueError("not an optimizer state dict: expected the keys 'state' and 'param_groups'")
-        steps = {g.get(_STEP_KEY) for g in groups}
-        if len(steps) != 1 or not isinstance(next(iter(steps)), int):
-            raise ValueError(
-                "this state dict was not written by StableSPAM (param groups lack a consistent "
-                f"{_STEP_KEY!r}); "
-                "load a checkpoint saved from a StableSPAM optimizer"
-            )
-        saved_state = state_dict["state"]
-        for key, entry in saved_state.items():
-            missing = [k for k in _STATE_KEYS if not isinstance(entry, dict) or k not in entry]
-            if missing:
-                raise ValueError(f"corrupt StableSPAM state for parameter {key}: missing {missing}")
-        stripped = dict(state_dict)
-        stripped["param_groups"] = [{k: v for k, v in g.items() if k != _STEP_KEY} for g in groups]
-        super().load_state_dict(stripped)
-        # torch casts floating state to the parameter's dtype; ours stays float32, so restore what was saved.
-        saved_ids = chain.from_iterable(g["params"] for g in groups)
-        params = chain.from_iterable(g["params"] for g in self.param_groups)
-        for saved_id, p in zip(saved_ids, params):
-            if saved_id in saved_state:
-                self.state[p] = {k: v.to(device=_local(p).device, copy=True) if isinstance(v, Tensor) else v
-                                 for k, v in saved_state[saved_id].items()}
-        for i, group in enumerate(self.param_groups):
-            _validate_group(group, f"loaded StableSPAM param group {i}")
-        self._global_step = next(iter(steps))
-
-    # -- the step -------------------------------------------------------------------------------------
-
-    def spike_stats(self) -> SpikeStats | None:
-        """Entries AdaClip scaled down and non-finite gradients, per parameter, of the last step."""
-        return self._last_stats
 
     @staticmethod
     def _init_state(p: Tensor, state: dict[str, Any]) -> None:
-        local = _local(p)
+        local = local_tensor(p)
         for key in ("exp_avg", "exp_avg_sq"):
             state[key] = torch.zeros_like(local, dtype=torch.float32, memory_format=torch.preserve_format)
         for key in _SCALAR_KEYS:
@@ -199,8 +142,8 @@ class StableSPAM(Optimizer):
                 resets.append(state["reset_number"] != reset_number)
                 state["reset_number"] = reset_number
                 stepped.append(p)
-                params.append(_local(p))
-                grads.append(_local(p.grad))
+                params.append(local_tensor(p))
+                grads.append(local_tensor(p.grad))
                 states.append(F.TensorState(*(state[k] for k in ("exp_avg", "exp_avg_sq", *_SCALAR_KEYS))))
                 shard_groups.append(_shard_groups(p))
             if not params:
@@ -216,7 +159,7 @@ class StableSPAM(Optimizer):
             result = kernel(params, grads, states, resets, shard_groups, gate, scalars)
             clipped.extend(result.clipped)
             nonfinite.extend(result.nonfinite)
-        device = _local(stepped[0]).device if stepped else torch.device("cpu")
+        device = local_tensor(stepped[0]).device if stepped else torch.device("cpu")
         self._last_stats = SpikeStats(step=s, params=stepped, clipped=stack_counts(clipped, device),
                                       nonfinite=stack_counts(nonfinite, device))
         return loss

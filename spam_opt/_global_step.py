@@ -1,0 +1,93 @@
+"""What SPAM and StableSPAM share: one global step per optimizer and state that survives a reload as saved."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from itertools import chain
+from typing import Any
+
+from torch import Tensor
+from torch.optim import Optimizer
+
+from spam_opt._validation import check_known_keys
+from spam_opt.stats import SpikeStats
+
+
+def local_tensor(t: Tensor) -> Tensor:
+    """The rank-local tensor of a DTensor (FSDP2 shards), the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+class GlobalStepOptimizer(Optimizer):
+    """Base of the spam-opt optimizers.
+
+    The global step (number of ``step()`` calls) is the clock of resets and schedules, one per optimizer,
+    so a group added later joins the same schedule. ``state_dict()`` writes it into every param group
+    (distributed checkpointing keeps groups but drops unknown top-level keys) under ``step_key``, which
+    differs per optimizer so that one cannot load another's state. ``load_state_dict()`` checks the state
+    and keeps it in its saved dtypes: torch would cast float32 moments to a bf16 parameter's dtype.
+    Subclasses set ``step_key``, ``state_keys``, ``allowed_group_keys`` and implement ``_check_group``.
+    """
+
+    step_key: str
+    state_keys: tuple[str, ...]
+    allowed_group_keys: frozenset[str]
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]) -> None:
+        self._check_group(defaults, f"{type(self).__name__}()")
+        self._global_step = 0
+        self._last_stats: SpikeStats | None = None
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any], where: str) -> None:
+        raise NotImplementedError
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        name = type(self).__name__
+        check_known_keys(param_group, self.allowed_group_keys, f"a {name} param group")
+        super().add_param_group(param_group)
+        self._check_group(self.param_groups[-1], f"{name} param group {len(self.param_groups) - 1}")
+
+    @property
+    def global_step(self) -> int:
+        """Number of ``step()`` calls so far: the clock of resets and schedules."""
+        return self._global_step
+
+    def spike_stats(self) -> SpikeStats | None:
+        """Per-parameter clip and non-finite counts of the last step, on device; None before any step."""
+        return self._last_stats
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        for group in sd["param_groups"]:
+            group[self.step_key] = self._global_step
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        name = type(self).__name__
+        groups = state_dict.get("param_groups")
+        if not isinstance(groups, list) or not isinstance(state_dict.get("state"), dict):
+            raise ValueError("not an optimizer state dict: expected the keys 'state' and 'param_groups'")
+        steps = {g.get(self.step_key) for g in groups}
+        if len(steps) != 1 or not isinstance(next(iter(steps)), int):
+            raise ValueError(
+                f"this state dict was not written by {name} (param groups lack a consistent "
+                f"{self.step_key!r}); load a checkpoint saved from a {name} optimizer"
+            )
+        saved_state = state_dict["state"]
+        for key, entry in saved_state.items():
+            missing = [k for k in self.state_keys if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                raise ValueError(f"corrupt {name} state for parameter {key}: missing {missing}")
+        stripped = dict(state_dict)
+        stripped["param_groups"] = [{k: v for k, v in g.items() if k != self.step_key} for g in groups]
+        super().load_state_dict(stripped)
+        saved_ids = chain.from_iterable(g["params"] for g in groups)
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for saved_id, p in zip(saved_ids, params):
+            if saved_id in saved_state:
+                self.state[p] = {k: v.to(device=local_tensor(p).device, copy=True) if isinstance(v, Tensor)
+                                 else v for k, v in saved_state[saved_id].items()}
+        for i, group in enumerate(self.param_groups):
+            self._check_group(group, f"loaded {name} param group {i}")
+        self._global_step = next(iter(steps))
