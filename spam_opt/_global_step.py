@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -47,6 +48,15 @@ class GlobalStepOptimizer(Optimizer):
         check_known_keys(param_group, self.allowed_group_keys, f"a {name} param group")
         super().add_param_group(param_group)
         self._check_group(self.param_groups[-1], f"{name} param group {len(self.param_groups) - 1}")
+
+    def _advance(self, closure: Callable[[], Any] | None) -> tuple[Any, int]:
+        """Run the closure (with gradients enabled), then count this step; returns (loss, global step)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._global_step += 1
+        return loss, self._global_step
 
     @property
     def global_step(self) -> int:

@@ -145,12 +145,7 @@ class SPAM(GlobalStepOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, *, gate: Tensor | None = None) -> Any:
         """Perform one optimization step; ``gate`` (0-dim bool tensor) False skips it on device."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._global_step += 1
-        s = self._global_step
+        loss, s = self._advance(closure)
         stepped, clipped, nonfinite = [], [], []
         index = -1
         for group in self.param_groups:
