@@ -31,11 +31,18 @@ OPTIMIZERS: dict[str, dict[str, Any]] = {
     "stable-spam": {"optimizer": "stable-spam"},
     "adamw+guard": {"optimizer": "adamw", "spike_guard": True},
 }
-REGIMES = ("clean", "spike-tensors", "spike-all", "high-lr")
+REGIMES = ("clean", "spike-tensors", "spike-all", "spike-burst", "high-lr")
 # Where LLaMA's gradient spikes concentrate in the SPAM paper: norm weights; plus one attention matrix.
-SPIKE_TENSORS = (r"(model\.norm\.weight|layers\.0\.input_layernorm\.weight"
-                 r"|layers\.1\.self_attn\.q_proj\.weight)")
+# SpikeGPT gets the matching tensors of its own architecture (LayerNorms and the key of one block).
+SPIKE_TENSORS = {
+    "llama": (r"(model\.norm\.weight|layers\.0\.input_layernorm\.weight"
+              r"|layers\.1\.self_attn\.q_proj\.weight)"),
+    "spikegpt": r"(ln_out\.weight|blocks\.0\.ln1\.weight|blocks\.1\.att\.key\.weight)",
+}
 SPIKE_FRACTIONS = (0.3, 0.5, 0.7)  # injections at these fractions of the run, 1000x each
+# spike-burst: the whole model at 1000x for this many consecutive steps from each injection point. One
+# scaled step is undone by a global-norm clip; a burst inflates Adam's second moments step after step.
+BURST_STEPS = 5
 LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
 HIGH_LR_FACTOR = 10.0  # high-lr regime: this times AdamW's swept lr, the same for every optimizer
 
@@ -52,6 +59,17 @@ class Setup:
 
     def spike_steps(self) -> list[int]:
         return [max(2, round(f * self.steps)) for f in SPIKE_FRACTIONS]
+
+    def injected_steps(self, regime: str) -> list[int]:
+        """Every step whose gradient the regime multiplies."""
+        return [t for first, last in self.injections(regime) for t in range(first, last + 1)]
+
+    def injections(self, regime: str) -> list[tuple[int, int]]:
+        """First and last injected step of each injection."""
+        if not regime.startswith("spike"):
+            return []
+        length = BURST_STEPS if regime == "spike-burst" else 1
+        return [(t, t + length - 1) for t in self.spike_steps()]
 
     def optimizer_kwargs(self, name: str) -> dict[str, Any]:
         """SPAM's schedule scaled to the run: paper 500/150/20 for ~10k steps -> fractions of the run."""
@@ -76,11 +94,12 @@ def _argv(setup: Setup, name: str, regime: str, seed: int, lr: float, run_dir: P
     kwargs = setup.optimizer_kwargs(name)
     if kwargs:
         values["optimizer_kwargs"] = json.dumps(kwargs)
-    if regime in ("spike-tensors", "spike-all"):
-        values["inject_spike_steps"] = ",".join(map(str, setup.spike_steps()))
+    if regime.startswith("spike"):
+        values["inject_spike_steps"] = ",".join(map(str, setup.injected_steps(regime)))
         values["inject_factor"] = 1000.0
         if regime == "spike-tensors":
-            values["inject_pattern"] = SPIKE_TENSORS
+            family = next((f for f in SPIKE_TENSORS if setup.model.startswith(f)), "llama")
+            values["inject_pattern"] = SPIKE_TENSORS[family]
     argv = []
     for key, value in values.items():
         flag = "--" + key.replace("_", "-")
@@ -114,30 +133,35 @@ def loss_spikes(losses: list[float], window: int = 20, sigma: float = 6.0, floor
     return spikes
 
 
-def recovery_steps(steps: list[int], losses: list[float], at: int, smooth: int = 5) -> int | None:
-    """Steps after an injection at step ``at`` until the ``smooth``-step mean loss is back at its prior level.
+def recovery_steps(steps: list[int], losses: list[float], at: int, smooth: int = 5,
+                   last: int | None = None) -> int | None:
+    """Steps after an injection until the ``smooth``-step mean loss is back at its prior level.
 
-    The injected gradient acts on the update of step ``at``, so the first loss that can show it is that of
-    step ``at + 1``; the level before is the mean of the ``smooth`` losses up to step ``at``.
+    The injection hits steps ``at``..``last`` (one step when ``last`` is None). An injected gradient acts
+    on the update of its step, so the first loss that can show it is that of step ``at + 1``; the level
+    before is the mean of the ``smooth`` losses up to step ``at``, and steps are counted from ``last``.
     """
+    last = at if last is None else last
     index = {s: i for i, s in enumerate(steps)}
-    if at not in index or index[at] < smooth - 1:
+    if at not in index or last not in index or index[at] < smooth - 1:
         return None
     i0 = index[at]
     baseline = statistics.fmean(losses[i0 - smooth + 1:i0 + 1])
-    for i in range(i0 + 1, len(losses) - smooth + 1):
+    for i in range(index[last] + 1, len(losses) - smooth + 1):
         if statistics.fmean(losses[i:i + smooth]) <= baseline:
-            return steps[i] - at
+            return steps[i] - last
     return None
 
 
-def loss_jump(steps: list[int], losses: list[float], at: int, smooth: int = 5) -> float | None:
-    """Largest loss in the ``smooth`` steps after an injection minus the mean of the ``smooth`` before."""
+def loss_jump(steps: list[int], losses: list[float], at: int, smooth: int = 5,
+              last: int | None = None) -> float | None:
+    """Largest loss from step ``at + 1`` to ``smooth`` steps after ``last``, minus the mean before ``at``."""
+    last = at if last is None else last
     index = {s: i for i, s in enumerate(steps)}
-    if at not in index or index[at] < smooth - 1:
+    if at not in index or last not in index or index[at] < smooth - 1:
         return None
     i0 = index[at]
-    return max(losses[i0 + 1:i0 + 1 + smooth]) - statistics.fmean(losses[i0 - smooth + 1:i0 + 1])
+    return max(losses[i0 + 1:index[last] + 1 + smooth]) - statistics.fmean(losses[i0 - smooth + 1:i0 + 1])
 
 
 def optimizer_state_bytes(run_dir: Path) -> int:
@@ -228,10 +252,10 @@ def spike_measures(setup: Setup, result: dict[str, Any]) -> dict[str, Any]:
     """Loss spikes, and recovery and loss jump per injection, from a run's training-loss curve."""
     steps = [s for s, _ in result["curve"]]
     losses = [v if v is not None and math.isfinite(v) else math.inf for _, v in result["curve"]]
-    injected = setup.spike_steps() if result["regime"].startswith("spike") else []
+    injected = setup.injections(result["regime"])
     return {"loss_spikes": len(loss_spikes([v for v in losses if math.isfinite(v)])),
-            "recovery": [recovery_steps(steps, losses, t) for t in injected],
-            "jump": [loss_jump(steps, losses, t) for t in injected]}
+            "recovery": [recovery_steps(steps, losses, t, last=end) for t, end in injected],
+            "jump": [loss_jump(steps, losses, t, last=end) for t, end in injected]}
 
 
 def report(setup: Setup, results: list[dict[str, Any]], command: str) -> None:
@@ -240,9 +264,10 @@ def report(setup: Setup, results: list[dict[str, Any]], command: str) -> None:
              f"{setup.seq_len} tokens)", "", f"Command: `{command}`", "",
              "Mean ± std over seeds. Loss spikes: training-loss jumps of more than max(6 std, 0.1 nats) over "
              "the previous 20 steps (mean per run). Recovery: median over injections x seeds of the steps "
-             "until the 5-step mean loss is back at its mean over the 5 steps up to the injection. Worst "
-             "jump: largest loss rise (nats) in the 5 steps after an injection. State: optimizer state "
-             "bytes after one step.", ""]
+             "until the 5-step mean loss is back at its mean over the 5 steps up to the injection, "
+             f"counted from its last injected step (spike-burst: {BURST_STEPS} consecutive steps). "
+             "Worst jump: largest loss rise (nats) from the injection to 5 steps after it. State: "
+             "optimizer state bytes after one step.", ""]
     for regime in REGIMES:
         rows = [r for r in results if r["regime"] == regime]
         if not rows:

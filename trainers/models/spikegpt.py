@@ -76,6 +76,7 @@ class SpikeGPTConfig(PretrainedConfig):
 # 12 x 512 with a byte-level vocabulary (enwik8); its 216M one is 18 x 768 with the 50k GPT-NeoX vocabulary.
 SPIKEGPT_PRESETS: dict[str, dict[str, Any]] = {
     "spikegpt-tiny": dict(n_embd=64, n_layer=2, ctx_len=256),  # tests: about 0.13M parameters with bytes
+    "spikegpt-1m": dict(n_embd=128, n_layer=4, ctx_len=256),  # the stability grid: llama-9m's size, 0.9M
     "spikegpt-small": dict(n_embd=256, n_layer=4, ctx_len=256),  # 3.5M with bytes, the size of llama-20m
     "spikegpt-45m": dict(n_embd=512, n_layer=12, ctx_len=1024),
     "spikegpt-216m": dict(n_embd=768, n_layer=18, ctx_len=1024),
