@@ -7,7 +7,9 @@ normative update rule.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spam_opt import _spam_cpu
 from spam_opt import _spam_functional as F
 from spam_opt._global_step import GlobalStepOptimizer, local_tensor
 from spam_opt._spam_fused import fused_unavailable_reason, spam_fused
@@ -187,8 +190,17 @@ class SPAM(GlobalStepOptimizer):
 
 
 
-# Below this many entries in a group the compile time of the fused step outweighs what it saves.
+# On CUDA, below this many entries in a group the compile time of the fused step outweighs what it saves.
 _FUSED_MIN_NUMEL = 1 << 20
+
+
+def _fused_kernel(device: torch.device) -> tuple[Callable[..., F.KernelResult] | None, str | None]:
+    """The fused kernel for ``device`` (C++ on CPU, torch.compile elsewhere), or None and the reason."""
+    if device.type == "cpu":
+        reason = _spam_cpu.load()
+        return (None, reason) if reason else (_spam_cpu.spam_cpu, None)
+    reason = fused_unavailable_reason(device)
+    return (None, reason) if reason else (spam_fused, None)
 
 
 def _select_kernel(foreach: bool | None, fused: bool | None,
@@ -196,16 +208,24 @@ def _select_kernel(foreach: bool | None, fused: bool | None,
     """Honour explicit flags; with neither set, the fastest kernel that is available for these tensors."""
     device = params[0].device
     if fused:
-        reason = fused_unavailable_reason(device)
-        if reason is not None:
+        kernel, reason = _fused_kernel(device)
+        if kernel is None:
             raise RuntimeError(f"fused=True cannot run: {reason}; use fused=None (automatic) or foreach=True")
-        return spam_fused
+        return kernel
     if foreach is False:
         return F.spam_reference
-    if (foreach is None and fused is None and sum(p.numel() for p in params) >= _FUSED_MIN_NUMEL
-            and fused_unavailable_reason(device) is None):
-        return spam_fused
+    if foreach is None and fused is None and (device.type == "cpu"
+                                              or sum(p.numel() for p in params) >= _FUSED_MIN_NUMEL):
+        kernel, reason = _fused_kernel(device)
+        if kernel is not None:
+            return kernel
+        _warn_once(f"SPAM falls back to the slower foreach step: {reason}")
     return F.spam_foreach
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def _validate_group(group: dict[str, Any], where: str) -> None:

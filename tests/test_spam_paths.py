@@ -1,5 +1,5 @@
-"""The fused (torch.compile) SPAM path against the float64 transcription and the single-tensor reference path,
-plus the rules that pick a path."""
+"""The fused SPAM paths against the float64 transcription and the single-tensor reference path, plus the rules
+that pick a path. On CPU ``fused`` is the C++ kernel; the torch.compile kernel (CUDA's) is tested here too."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import torch
 from reference_spam import ReferenceSPAM
 from torch import nn
 
+import spam_opt.spam
+from spam_opt import _spam_cpu
 from spam_opt import _spam_functional as F
 from spam_opt._spam_fused import spam_fused
 from spam_opt.spam import SPAM, _select_kernel
@@ -17,6 +19,14 @@ from spam_opt.spam import SPAM, _select_kernel
 SCHEDULE = dict(reset_interval=20, warmup_steps=6, clip_delay=4, threshold=50.0)
 # 2-D, 1-D, 3-D and 0-dim parameters: every layout the fused path views as rows.
 SHAPES = [(6, 5), (7,), (4, 3, 2), ()]
+
+
+@pytest.fixture(params=["cpp", "compile"])
+def fused_kernel(request, monkeypatch):
+    """Run a test through the C++ CPU kernel, then through the torch.compile kernel that CUDA uses."""
+    if request.param == "compile":
+        monkeypatch.setattr(spam_opt.spam, "_fused_kernel", lambda device: (spam_fused, None))
+    return request.param
 
 
 def _stream(shapes, steps, seed=0):
@@ -37,7 +47,7 @@ def _params(shapes, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("density", [1.0, 0.5])
-def test_fused_matches_float64_reference_including_resets_and_spike_counts(density):
+def test_fused_matches_float64_reference_including_resets_and_spike_counts(density, fused_kernel):
     params = _params(SHAPES)
     hyper = dict(lr=1e-2, weight_decay=0.1, density=density, seed=4, **SCHEDULE)
     opt = SPAM(params, fused=True, **hyper)
@@ -56,7 +66,7 @@ def test_fused_matches_float64_reference_including_resets_and_spike_counts(densi
     assert opt.state[params[0]]["reset_number"] == 2
 
 
-def test_fused_matches_reference_path_on_nan_closed_gate_maximize_bf16_and_strided_sparse():
+def test_fused_matches_reference_path_on_nan_closed_gate_maximize_bf16_and_strided_sparse(fused_kernel):
     """Same inputs through the fused and the single-tensor path: equal counts, equal within fp32 rounding."""
     shapes = [(6, 5), (7,), (5, 6)]
     runs = {}
@@ -109,7 +119,7 @@ def _train(params, opt, stream):
 
 
 @pytest.mark.parametrize("save_at", [19, 20])
-def test_fused_resume_is_bit_exact_and_state_moves_between_paths(save_at):
+def test_fused_resume_is_bit_exact_and_state_moves_between_paths(save_at, fused_kernel):
     hyper = dict(lr=1e-2, weight_decay=0.05, density=0.5, seed=2, **SCHEDULE)
     stream = _stream(SHAPES, 30, seed=1)
     full = _params(SHAPES)
@@ -134,9 +144,10 @@ def test_fused_resume_is_bit_exact_and_state_moves_between_paths(save_at):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_fused_step_does_not_recompile_as_lr_warmup_counts_and_masks_change():
+def test_compiled_step_does_not_recompile_as_lr_warmup_counts_and_masks_change(monkeypatch):
     from torch._dynamo.utils import counters
 
+    monkeypatch.setattr(spam_opt.spam, "_fused_kernel", lambda device: (spam_fused, None))
     params = _params(SHAPES)
     opt = SPAM(params, fused=True, lr=1e-2, density=0.5, weight_decay=0.1, **SCHEDULE)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
@@ -153,15 +164,64 @@ def test_fused_step_does_not_recompile_as_lr_warmup_counts_and_masks_change():
     assert counters["stats"]["unique_graphs"] == graphs
 
 
-def test_default_flags_pick_fused_for_large_groups_and_explicit_flags_are_honoured():
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("density", [1.0, 0.25])
+def test_cpp_kernel_matches_reference_path_on_large_tensors(threads, density):
+    """Tensors of several work chunks (split over threads) and 4-way NaN checks; sparse gaps get the decay."""
+    shapes = [(300, 257), (70001,), (3,)]
+    hyper = dict(lr=1e-2, weight_decay=0.1, density=density, reset_interval=8, warmup_steps=3, clip_delay=2)
+    runs = []
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for fused in (True, False):
+            params = _params(shapes)
+            opt = SPAM(params, foreach=None if fused else False, fused=fused or None, **hyper)
+            gen = torch.Generator().manual_seed(7)
+            counts = []
+            for t in range(20):
+                grads = [torch.randn(s, generator=gen) for s in shapes]
+                grads[t % 3].view(-1)[(t * 7919) % grads[t % 3].numel()::997] *= 1000.0
+                if t == 9:
+                    grads[1][-1] = float("inf")  # in the remainder after the four NaN-check streams
+                for p, g in zip(params, grads):
+                    p.grad = g
+                opt.step()
+                stats = opt.spike_stats()
+                counts.append((stats.clipped.tolist(), stats.nonfinite.tolist()))
+            runs.append(([p.detach() for p in params], counts))
+    finally:
+        torch.set_num_threads(previous)
+    assert runs[0][1] == runs[1][1]
+    assert sum(c for step, _ in runs[1][1] for c in step) > 100
+    assert runs[1][1][9][1] == [False, True, False]
+    for a, b in zip(runs[0][0], runs[1][0]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_default_flags_pick_the_fused_kernel_and_explicit_flags_are_honoured():
     small, large = [torch.zeros(10, 10)], [torch.zeros(1024, 1024)]
-    assert _select_kernel(None, None, small) is F.spam_foreach  # compiling would cost more than it saves
-    assert _select_kernel(None, None, large) is spam_fused
+    assert _select_kernel(None, None, small) is _spam_cpu.spam_cpu  # built once per machine, fast at any size
+    assert _select_kernel(None, None, large) is _spam_cpu.spam_cpu
     assert _select_kernel(True, None, large) is F.spam_foreach
     assert _select_kernel(None, False, large) is F.spam_foreach
     assert _select_kernel(False, None, large) is F.spam_reference
-    assert _select_kernel(None, True, small) is spam_fused
+    assert _select_kernel(None, True, small) is _spam_cpu.spam_cpu
     meta = [torch.zeros(4, device="meta")]
     assert _select_kernel(None, None, meta) is F.spam_foreach
     with pytest.raises(RuntimeError, match="fused=True cannot run.*meta"):
         _select_kernel(None, True, meta)
+
+
+def test_a_failed_kernel_build_is_reported_and_automatic_selection_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPAM_OPT_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    reason = _spam_cpu.load.__wrapped__()
+    assert reason.startswith("building the CPU kernel failed (false, exit 1)")
+    assert not list(tmp_path.glob("*.so")), "a failed build must not leave a kernel behind"
+    monkeypatch.setattr(_spam_cpu, "load", lambda: reason)
+    with pytest.raises(RuntimeError, match="fused=True cannot run: building the CPU kernel failed"):
+        _select_kernel(None, True, [torch.zeros(3)])
+    spam_opt.spam._warn_once.cache_clear()
+    with pytest.warns(RuntimeWarning, match="falls back to the slower foreach step"):
+        assert _select_kernel(None, None, [torch.zeros(3)]) is F.spam_foreach

@@ -1,0 +1,123 @@
+"""The C++ SPAM step for CPU tensors (``csrc/spam_cpu.cpp``): built on first use, then cached.
+
+torch.compile's CPU code for the step made two passes per tensor and paid Python overhead per parameter;
+this kernel makes one pass (after a read-only NaN/Inf check of the gradient) and takes a whole param group
+per call. It is compiled with the machine's C++ compiler against torch's headers, for the SIMD level torch
+itself runs at, into a cache keyed by the source, the flags and the torch version. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from spam_opt._spam_functional import KernelResult, StepScalars, spam_foreach
+
+_SOURCE = Path(__file__).with_name("csrc") / "spam_cpu.cpp"
+# Vector ISA flags per torch CPU capability: the kernel is built for what torch itself dispatches to here.
+_ISA_FLAGS = {
+    "AVX2": ["-mavx2", "-mfma"],
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
+}
+# -fno-math-errno lets sqrt vectorise. No -ffast-math (NaN, Inf and signed zeros must behave as in torch)
+# and no FMA contraction, so that each operation rounds as the reference path's tensor ops do.
+_BASE_FLAGS = ["-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", "-ffp-contract=off",
+               "-DNDEBUG"]
+
+
+def cache_dir() -> Path:
+    """Where built kernels live: $SPAM_OPT_CACHE, else ~/.cache/spam_opt."""
+    root = os.environ.get("SPAM_OPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "spam_opt")
+    return Path(root)
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+
+
+def _command(compiler: str, output: Path) -> list[str]:
+    from torch.utils import cpp_extension
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()]
+    libs = [f"-L{p}" for p in cpp_extension.library_paths()]
+    rpath = [f"-Wl,-rpath,{p}" for p in cpp_extension.library_paths()]
+    return [compiler, *_BASE_FLAGS, *_ISA_FLAGS.get(capability, []), f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+            *includes, str(_SOURCE), "-o", str(output), *libs, *rpath, "-lc10", "-ltorch_cpu"]
+
+
+@functools.cache
+def load() -> str | None:
+    """Build (once per machine and torch version) and load the kernel; the reason it cannot run, or None."""
+    compiler = _compiler()
+    if compiler is None:
+        return "building the CPU kernel needs a C++ compiler (g++ or clang++ on PATH, or $CXX)"
+    probe = _command(compiler, Path("kernel.so"))
+    key = hashlib.sha256("\0".join([_SOURCE.read_text(), *probe, torch.__version__, sys.version]).encode())
+    target = cache_dir() / f"spam_cpu_{key.hexdigest()[:16]}.so"
+    if not target.is_file():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Build under a temporary name, then rename: concurrent builders (DDP ranks) never see half
+            # a file.
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                partial = Path(tmp) / target.name
+                done = subprocess.run(_command(compiler, partial), capture_output=True, text=True)
+                if done.returncode != 0:
+                    return (f"building the CPU kernel failed ({compiler}, exit {done.returncode}): "
+                            f"{done.stderr.strip()[-2000:]}")
+                os.replace(partial, target)
+        except OSError as exc:
+            return f"building the CPU kernel failed: {exc} (set $SPAM_OPT_CACHE to a writable directory)"
+    torch.ops.load_library(str(target))
+    return None
+
+
+def handles(p: Tensor, g: Tensor, m: Tensor, kept: Tensor | None) -> bool:
+    """Whether the kernel takes this parameter: contiguous float32 CPU parameter, gradient and moments."""
+    return (p.device.type == "cpu" and p.dtype == torch.float32 and g.dtype == torch.float32
+            and p.is_contiguous() and g.is_contiguous() and m.is_contiguous()
+            and (kept is None or kept.is_contiguous()))
+
+
+def spam_cpu(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    counts: list[Tensor],
+    kept: list[Tensor | None],
+    gate: Tensor | None,
+    h: StepScalars,
+) -> KernelResult:
+    """The group's float32 contiguous tensors in one kernel call; any others (bf16, strided) through foreach.
+
+    ``load()`` must have succeeded.
+    """
+    columns = (params, grads, exp_avgs, exp_avg_sqs, counts, kept)
+    fast = [i for i, (p, g, m, idx) in enumerate(zip(params, grads, exp_avgs, kept)) if handles(p, g, m, idx)]
+    slow = [i for i in range(len(params)) if i not in set(fast)]
+    clipped: list[Tensor] = [torch.zeros((), dtype=torch.int64)] * len(params)
+    nonfinite: list[Tensor] = [torch.zeros((), dtype=torch.bool)] * len(params)
+    if fast:
+        clip = float("inf") if h.clip_threshold is None else h.clip_threshold
+        scalars = (h.lr * h.warmup_scale, h.beta1, h.beta2, h.eps, 1 - h.lr * h.weight_decay, clip,
+                   -1.0 if h.maximize else 1.0)
+        c, f = torch.ops.spam_opt.spam_step_(*([col[i] for i in fast] for col in columns), gate, *scalars)
+        for i, ci, fi in zip(fast, c.unbind(), f.unbind()):
+            clipped[i], nonfinite[i] = ci, fi
+    if slow:
+        rest = spam_foreach(*([col[i] for i in slow] for col in columns), gate, h)
+        for i, ci, fi in zip(slow, rest.clipped, rest.nonfinite):
+            clipped[i], nonfinite[i] = ci, fi
+    return KernelResult(clipped, nonfinite)
