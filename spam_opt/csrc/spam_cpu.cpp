@@ -21,6 +21,8 @@ namespace {
 constexpr int64_t kGrain = 1 << 15;
 // Entries per inner loop of the update (whose clip count fits an int32).
 constexpr int64_t kBlock = 1 << 12;
+// Kept entries gathered per block under sparse momentum (two float buffers of this size on the stack).
+constexpr int64_t kGather = 1 << 10;
 
 // Each constant is rounded to float32 once, from double, as torch rounds a Python scalar operand; with
 // -ffp-contract=off every operation below then rounds exactly as the reference path's tensor ops do.
@@ -91,35 +93,48 @@ int64_t dense_update(float* p, const float* g, float* m, float* v, int64_t n, co
 }
 
 // Sparse momentum: m and v hold the kept entries only, idx (sorted) their flat positions. Adam moves the
-// kept entries, the decoupled decay shrinks every entry; one walk over idx does both, so the entries in
-// between are touched only when there is decay.
+// kept entries and the decoupled decay shrinks every entry. Per block of kept entries: gather their p and
+// g into small contiguous buffers, update those with the dense (vectorised) loop, decay the stretch of p
+// the block spans (vectorised, in cache), then scatter the kept entries' new values over it.
 template <typename Index>
 int64_t sparse_update(float* p, const float* g, float* m, float* v, const Index* idx, int64_t k,
                       int64_t numel, const Hyper& h) {
   const bool decay = h.decay != 1.f;
+  auto decay_range = [=](int64_t lo, int64_t hi) {
+    float* __restrict pr = p;
+    const float d = h.decay;
+#pragma omp simd
+    for (int64_t q = lo; q < hi; ++q) pr[q] *= d;
+  };
   if (k == 0) {
-    if (decay) {
-      at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) p[i] *= h.decay;
-      });
-    }
+    if (decay) at::parallel_for(0, numel, kGrain, decay_range);
     return 0;
   }
   return at::parallel_reduce(
       0, k, kGrain / 4, int64_t(0),
-      [&](int64_t begin, int64_t end, int64_t ident) {
+      [=](int64_t begin, int64_t end, int64_t ident) {
+        const Hyper hh = h;
+        float pk[kGather];
+        float gk[kGather];
         int64_t count = 0;
-        int64_t gap = begin == 0 ? 0 : static_cast<int64_t>(idx[begin - 1]) + 1;
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t j = idx[i];
-          if (decay) {
-            for (int64_t q = gap; q < j; ++q) p[q] *= h.decay;
+        int64_t lo = begin == 0 ? 0 : static_cast<int64_t>(idx[begin - 1]) + 1;
+        for (int64_t start = begin; start < end; start += kGather) {
+          const int64_t len = std::min(end - start, kGather);
+          const Index* __restrict ix = idx + start;
+          for (int64_t j = 0; j < len; ++j) {
+            pk[j] = p[ix[j]];
+            gk[j] = g[ix[j]];
           }
-          count += update_entry(p[j], g[j], m[i], v[i], h);
-          gap = j + 1;
-        }
-        if (decay && end == k) {
-          for (int64_t q = gap; q < numel; ++q) p[q] *= h.decay;
+          float* __restrict mr = m + start;
+          float* __restrict vr = v + start;
+          int32_t block = 0;
+#pragma omp simd reduction(+ : block)
+          for (int64_t j = 0; j < len; ++j) block += update_entry(pk[j], gk[j], mr[j], vr[j], hh);
+          count += block;
+          const int64_t hi = start + len == k ? numel : static_cast<int64_t>(ix[len - 1]) + 1;
+          if (decay) decay_range(lo, hi);
+          for (int64_t j = 0; j < len; ++j) p[ix[j]] = pk[j];
+          lo = hi;
         }
         return ident + count;
       },
