@@ -1,4 +1,4 @@
-"""The C++ SPAM step for CPU tensors (``csrc/spam_cpu.cpp``): built on first use, then cached.
+"""The C++ SPAM and Stable-SPAM steps for CPU tensors (``csrc/spam_cpu.cpp``): built on first use, cached.
 
 torch.compile's CPU code for the step made two passes per tensor and paid Python overhead per parameter;
 this kernel makes one pass (after a read-only NaN/Inf check of the gradient) and takes a whole param group
@@ -15,11 +15,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from spam_opt import _stable_spam_functional as S
 from spam_opt._spam_functional import KernelResult, StepScalars, spam_foreach
 
 _SOURCE = Path(__file__).with_name("csrc") / "spam_cpu.cpp"
@@ -28,9 +30,11 @@ _ISA_FLAGS = {
     "AVX2": ["-mavx2", "-mfma"],
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
 }
-# -fno-math-errno lets sqrt vectorise. No -ffast-math (NaN, Inf and signed zeros must behave as in torch)
-# and no FMA contraction, so that each operation rounds as the reference path's tensor ops do.
-_BASE_FLAGS = ["-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", "-ffp-contract=off",
+# -fno-math-errno lets sqrt vectorise, -fno-trapping-math lets a select between two computed values
+# vectorise (nothing reads the FP exception flags). No -ffast-math (NaN, Inf and signed zeros must behave
+# as in torch) and no FMA contraction, so that each operation rounds as the reference path's ops do.
+_BASE_FLAGS = ["-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
+               "-ffp-contract=off",
                "-DNDEBUG"]
 
 
@@ -83,6 +87,12 @@ def load() -> str | None:
     return None
 
 
+@functools.cache
+def warn_fallback(message: str) -> None:
+    """Warn once per distinct message that an optimizer runs a slower path than it could."""
+    warnings.warn(message, RuntimeWarning, stacklevel=5)
+
+
 def handles(p: Tensor, g: Tensor, m: Tensor, kept: Tensor | None) -> bool:
     """Whether the kernel takes this parameter: contiguous float32 CPU parameter, gradient and moments."""
     return (p.device.type == "cpu" and p.dtype == torch.float32 and g.dtype == torch.float32
@@ -121,3 +131,36 @@ def spam_cpu(
         for i, ci, fi in zip(slow, rest.clipped, rest.nonfinite):
             clipped[i], nonfinite[i] = ci, fi
     return KernelResult(clipped, nonfinite)
+
+
+def stable_spam_cpu(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[S.TensorState],
+    resets: list[bool],
+    shard_groups: list[S.ShardGroups],
+    gate: Tensor | None,
+    h: S.StepScalars,
+) -> S.KernelResult:
+    """Stable-SPAM: unsharded float32 contiguous tensors in one call (three reads of g, one update pass);
+    sharded (FSDP2), low-precision or strided ones through foreach. ``load()`` must have succeeded."""
+    fast = [i for i, (p, g, st, groups) in enumerate(zip(params, grads, states, shard_groups))
+            if not groups and handles(p, g, st.exp_avg, None)]
+    slow = [i for i in range(len(params)) if i not in set(fast)]
+    clipped: list[Tensor] = [torch.zeros((), dtype=torch.int64)] * len(params)
+    nonfinite: list[Tensor] = [torch.zeros((), dtype=torch.bool)] * len(params)
+    if fast:
+        sts = [states[i] for i in fast]
+        fields = [[getattr(st, f) for st in sts] for f in
+                  ("exp_avg", "exp_avg_sq", "step", "max_ema", "norm_ema", "norm_sq_ema")]
+        c, f = torch.ops.spam_opt.stable_spam_step_(
+            [params[i] for i in fast], [grads[i] for i in fast], *fields, [resets[i] for i in fast], gate,
+            h.lr, h.beta1, h.beta2, h.gamma1, h.gamma2, h.theta, h.eps, h.weight_decay)
+        for i, ci, fi in zip(fast, c.unbind(), f.unbind()):
+            clipped[i], nonfinite[i] = ci, fi
+    if slow:
+        rest = S.stable_spam_foreach(*([col[i] for i in slow] for col in (params, grads, states, resets,
+                                                                          shard_groups)), gate, h)
+        for i, ci, fi in zip(slow, rest.clipped, rest.nonfinite):
+            clipped[i], nonfinite[i] = ci, fi
+    return S.KernelResult(clipped, nonfinite)

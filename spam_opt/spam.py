@@ -7,9 +7,7 @@ normative update rule.
 
 from __future__ import annotations
 
-import functools
 import math
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -219,13 +217,8 @@ def _select_kernel(foreach: bool | None, fused: bool | None,
         kernel, reason = _fused_kernel(device)
         if kernel is not None:
             return kernel
-        _warn_once(f"SPAM falls back to the slower foreach step: {reason}")
+        _spam_cpu.warn_fallback(f"SPAM falls back to the slower foreach step: {reason}")
     return F.spam_foreach
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def _validate_group(group: dict[str, Any], where: str) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spam_opt import _spam_cpu
 from spam_opt import _stable_spam_functional as F
 from spam_opt._global_step import GlobalStepOptimizer, local_tensor
 from spam_opt._validation import check_betas, check_int, check_number
@@ -150,7 +151,7 @@ class StableSPAM(GlobalStepOptimizer):
                 gamma2=group["gamma2"], theta=group["theta"], eps=group["eps"],
                 weight_decay=group["weight_decay"],
             )
-            kernel = _select_kernel(group["foreach"], group["fused"])
+            kernel = _select_kernel(group["foreach"], group["fused"], params[0].device)
             result = kernel(params, grads, states, resets, shard_groups, gate, scalars)
             clipped.extend(result.clipped)
             nonfinite.extend(result.nonfinite)
@@ -160,11 +161,20 @@ class StableSPAM(GlobalStepOptimizer):
         return loss
 
 
-def _select_kernel(foreach: bool | None, fused: bool | None) -> Callable[..., F.KernelResult]:
-    if fused:
-        raise ValueError("fused=True is not available for StableSPAM; use foreach=True (the default) or "
-                         "foreach=False for the single-tensor reference path")
-    return F.stable_spam_reference if foreach is False else F.stable_spam_foreach
+def _select_kernel(foreach: bool | None, fused: bool | None,
+                   device: torch.device) -> Callable[..., F.KernelResult]:
+    """Honour explicit flags; with neither set, the C++ step on CPU (when it builds), else foreach."""
+    if foreach is False and not fused:
+        return F.stable_spam_reference
+    if fused or (foreach is None and device.type == "cpu"):
+        reason = (_spam_cpu.load() if device.type == "cpu"
+                  else f"StableSPAM's fused step runs on CPU tensors only, got {device.type}")
+        if reason is None:
+            return _spam_cpu.stable_spam_cpu
+        if fused:
+            raise RuntimeError(f"fused=True cannot run: {reason}; use fused=None (automatic) or foreach=True")
+        _spam_cpu.warn_fallback(f"StableSPAM falls back to the slower foreach step: {reason}")
+    return F.stable_spam_foreach
 
 
 def _validate_group(group: dict[str, Any], where: str) -> None:
@@ -185,4 +195,5 @@ def _validate_group(group: dict[str, Any], where: str) -> None:
         if group[flag] not in (None, True, False):
             raise ValueError(f"invalid {flag}={group[flag]!r} ({where}): accepted values are None, True, "
                              "False")
-    _select_kernel(group["foreach"], group["fused"])
+    if group["foreach"] and group["fused"]:
+        raise ValueError(f"foreach=True and fused=True ({where}): choose at most one of them")

@@ -222,6 +222,6 @@ def test_a_failed_kernel_build_is_reported_and_automatic_selection_falls_back(tm
     monkeypatch.setattr(_spam_cpu, "load", lambda: reason)
     with pytest.raises(RuntimeError, match="fused=True cannot run: building the CPU kernel failed"):
         _select_kernel(None, True, [torch.zeros(3)])
-    spam_opt.spam._warn_once.cache_clear()
+    _spam_cpu.warn_fallback.cache_clear()
     with pytest.warns(RuntimeWarning, match="falls back to the slower foreach step"):
         assert _select_kernel(None, None, [torch.zeros(3)]) is F.spam_foreach

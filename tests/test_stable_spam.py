@@ -12,7 +12,8 @@ from torch import nn
 
 from spam_opt.stable_spam import StableSPAM
 
-PATHS = [pytest.param(False, id="reference"), pytest.param(True, id="foreach")]
+PATHS = [pytest.param(dict(foreach=False), id="reference"), pytest.param(dict(foreach=True), id="foreach"),
+         pytest.param(dict(fused=True), id="fused")]
 
 
 class Float64StableSPAM:
@@ -76,12 +77,12 @@ def _grad_stream(shapes, steps, seed=0, spikes=((20, 0, 3), (55, 3, 7), (56, 0, 
     return stream
 
 
-@pytest.mark.parametrize("foreach", PATHS)
-def test_matches_float64_reference_over_120_steps_with_spikes(foreach):
+@pytest.mark.parametrize("path", PATHS)
+def test_matches_float64_reference_over_120_steps_with_spikes(path):
     shapes = [(6, 5), (7,), (4, 3, 2), (9, 4)]
     init = [torch.randn(s, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(shapes)]
     params = [nn.Parameter(t.clone()) for t in init]
-    opt = StableSPAM(params, foreach=foreach, **HYPER)
+    opt = StableSPAM(params, **path, **HYPER)
     ref = Float64StableSPAM(init, **HYPER)
     spiked_steps_clipped = 0
     for t, grads in enumerate(_grad_stream(shapes, 120), start=1):
@@ -113,15 +114,15 @@ def test_adaclip_scales_exactly_the_spiked_entry_and_never_writes_grad():
     assert opt.spike_stats().clipped.tolist() == [1]
 
 
-@pytest.mark.parametrize("foreach", PATHS)
-def test_momentum_reset_zeroes_moments_before_they_are_used(foreach):
+@pytest.mark.parametrize("path", PATHS)
+def test_momentum_reset_zeroes_moments_before_they_are_used(path):
     """On a reset step the update is Adam's first step, lr * g / |g| per entry: the old moments play no part.
 
     The authors' code would apply the old moments with a restarted bias correction instead (a step of the
     other sign here, since the old momentum points the other way)."""
     p = nn.Parameter(torch.zeros(20))
     lr = 1e-2
-    opt = StableSPAM([p], lr=lr, reset_interval=10, foreach=foreach)
+    opt = StableSPAM([p], lr=lr, reset_interval=10, **path)
     gen = torch.Generator().manual_seed(0)
     for _ in range(9):
         p.grad = torch.rand(20, generator=gen) + 0.5  # old momentum: all positive
@@ -153,11 +154,11 @@ def _train(model, opt, steps, start=0):
         opt.zero_grad()
 
 
-@pytest.mark.parametrize("foreach", PATHS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("save_at", [9, 10, 17])
-def test_resume_is_bit_exact(save_at, foreach):
+def test_resume_is_bit_exact(save_at, path):
     """Save before a reset (9), on it (10), after it (17), mid-decay; continue; compare bitwise."""
-    hyper = dict(lr=1e-2, weight_decay=0.05, reset_interval=10, total_steps=20, foreach=foreach)
+    hyper = dict(lr=1e-2, weight_decay=0.05, reset_interval=10, total_steps=20, **path)
     model = _model()
     opt = StableSPAM(model.parameters(), **hyper)
     _train(model, opt, 30)
@@ -179,11 +180,11 @@ def test_resume_is_bit_exact(save_at, foreach):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("foreach", PATHS)
-def test_bf16_params_keep_float32_state_across_load_and_follow_fp32(foreach):
+@pytest.mark.parametrize("path", PATHS)
+def test_bf16_params_keep_float32_state_across_load_and_follow_fp32(path):
     init = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
     p32, plow = nn.Parameter(init.clone()), nn.Parameter(init.to(torch.bfloat16))
-    opts = [StableSPAM([p], lr=1e-2, foreach=foreach) for p in (p32, plow)]
+    opts = [StableSPAM([p], lr=1e-2, **path) for p in (p32, plow)]
     gen = torch.Generator().manual_seed(1)
     for _ in range(15):
         g = torch.randn(16, 8, generator=gen)
@@ -191,18 +192,18 @@ def test_bf16_params_keep_float32_state_across_load_and_follow_fp32(foreach):
             p.grad = g.to(p.dtype)
             opt.step()
     torch.testing.assert_close(plow.float(), p32.detach(), rtol=5e-2, atol=3e-2)
-    opt2 = StableSPAM([plow], foreach=foreach)
+    opt2 = StableSPAM([plow], **path)
     opt2.load_state_dict(copy.deepcopy(opts[1].state_dict()))
     for key, value in opts[1].state[plow].items():
         if torch.is_tensor(value):
             assert opt2.state[plow][key].dtype == torch.float32 and torch.equal(opt2.state[plow][key], value)
 
 
-@pytest.mark.parametrize("foreach", PATHS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_nonfinite_gradient_leaves_that_parameter_and_its_state_untouched(foreach, bad):
+def test_nonfinite_gradient_leaves_that_parameter_and_its_state_untouched(path, bad):
     a, b = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(6))
-    opt = StableSPAM([a, b], lr=1e-2, foreach=foreach)
+    opt = StableSPAM([a, b], lr=1e-2, **path)
     for _ in range(3):
         a.grad, b.grad = torch.randn(4, 4), torch.randn(6)
         opt.step()
@@ -224,10 +225,10 @@ def test_nonfinite_gradient_leaves_that_parameter_and_its_state_untouched(foreac
             assert torch.isfinite(t).all()
 
 
-@pytest.mark.parametrize("foreach", PATHS)
-def test_closed_gate_skips_the_update_on_device(foreach):
+@pytest.mark.parametrize("path", PATHS)
+def test_closed_gate_skips_the_update_on_device(path):
     p = nn.Parameter(torch.randn(5, 5))
-    opt = StableSPAM([p], foreach=foreach)
+    opt = StableSPAM([p], **path)
     p.grad = torch.randn(5, 5)
     opt.step()
     snapshot = {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)}
@@ -279,7 +280,7 @@ def test_closure_lr_scheduler_and_added_group():
         (dict(eta_min=2.0), "eta_min"),
         (dict(reset_interval=-1), "reset_interval"),
         (dict(foreach="yes"), "foreach"),
-        (dict(fused=True), "fused"),
+        (dict(foreach=True, fused=True), "foreach=True and fused=True"),
     ],
 )
 def test_invalid_hyperparameters_name_the_option(kwargs, name):
@@ -296,3 +297,36 @@ def test_unknown_group_options_and_foreign_state_dicts_are_refused():
     adamw.step()
     with pytest.raises(ValueError, match="not written by StableSPAM"):
         StableSPAM([p]).load_state_dict(adamw.state_dict())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_matches_foreach_on_large_tensors_with_resets_and_nan(threads):
+    """Tensors of several work chunks, split over threads: the C++ reductions against torch's."""
+    shapes = [(300, 257), (70001,), (3,)]
+    runs = []
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for path in (dict(fused=True), dict(foreach=True)):
+            params = [nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i)))
+                      for i, s in enumerate(shapes)]
+            opt = StableSPAM(params, lr=1e-2, weight_decay=0.1, reset_interval=7, total_steps=20, **path)
+            gen = torch.Generator().manual_seed(3)
+            counts = []
+            for t in range(20):
+                grads = [torch.randn(s, generator=gen) for s in shapes]
+                grads[t % 3].view(-1)[(t * 7919) % grads[t % 3].numel()] *= 1000.0
+                if t == 9:
+                    grads[1][-1] = float("nan")
+                for p, g in zip(params, grads):
+                    p.grad = g
+                opt.step()
+                stats = opt.spike_stats()
+                counts.append((stats.clipped.tolist(), stats.nonfinite.tolist()))
+            runs.append(([p.detach() for p in params], counts))
+    finally:
+        torch.set_num_threads(previous)
+    assert runs[0][1] == runs[1][1]
+    assert runs[1][1][9][1] == [False, True, False]
+    for a, b in zip(runs[0][0], runs[1][0]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

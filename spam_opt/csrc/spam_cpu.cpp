@@ -1,15 +1,18 @@
-// The fused SPAM step on CPU: one pass over p, g, m, v per tensor, vectorised and multi-threaded.
+// The fused SPAM and Stable-SPAM steps on CPU: vectorised, multi-threaded, a whole param group per call.
 //
-// Per parameter it first checks the gradient for NaN/Inf (a read of g only: a parameter whose gradient is
-// not finite must be left untouched, so the check has to finish before the first write), then clips,
-// updates the moments and the parameter, and counts the clipped entries in the same loop. Registered as
-// torch.ops.spam_opt.spam_step_; spam_opt/_spam_cpu.py builds and loads this file.
+// SPAM, per parameter: a read of g that checks it for NaN/Inf (a parameter whose gradient is not finite
+// must be left untouched, so the check has to finish before the first write), then one pass that clips,
+// updates the moments and the parameter, and counts the clipped entries. Stable-SPAM needs two reductions
+// before its update (max|g| with the NaN check, then AdaClip's count and the clipped norm for AdaGN).
+// Registered as torch.ops.spam_opt.spam_step_ and stable_spam_step_; spam_opt/_spam_cpu.py builds and
+// loads this file.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -30,25 +33,40 @@ struct Hyper {
   float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step, decay, clip, sign;
 };
 
-bool all_finite(const float* g, int64_t n) {
-  return at::parallel_reduce(
-      0, n, kGrain, true,
-      [=](int64_t begin, int64_t end, bool ident) {
-        // Four streams a quarter of the range apart: one sequential read stream leaves most of the memory
-        // bandwidth unused (measured 1.7x slower), and this read is pure overhead on top of the update.
+struct AbsMax {
+  float amax;
+  bool finite;
+};
+
+// max|g| and whether g is all finite, in one read of g. Four streams a quarter of the range apart: one
+// sequential stream leaves much of the memory bandwidth unused, and this read comes on top of the update
+// pass. |x| as IEEE bits orders like an unsigned
+// integer, and NaN and Inf are exactly the bit patterns from 0x7f800000 up: an integer max reduction (which
+// vectorises, unlike a float max with NaN semantics) answers both questions.
+AbsMax abs_max(const float* g, int64_t n) {
+  const uint32_t top = at::parallel_reduce(
+      0, n, kGrain, uint32_t(0),
+      [=](int64_t begin, int64_t end, uint32_t ident) {
+        const uint32_t* bits = reinterpret_cast<const uint32_t*>(g);
         const int64_t q = (end - begin) / 4;
-        const float* __restrict a = g + begin;
-        const float* __restrict b = a + q;
-        const float* __restrict c = b + q;
-        const float* __restrict d = c + q;
-        // x * 0 is 0 for a finite x and NaN for NaN or Inf; one NaN makes the sum NaN.
-        float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t i = 0; i < q; ++i) acc += (a[i] * 0.f + b[i] * 0.f) + (c[i] * 0.f + d[i] * 0.f);
-        for (int64_t i = begin + 4 * q; i < end; ++i) acc += g[i] * 0.f;
-        return ident && acc == 0.f;
+        const uint32_t* __restrict a = bits + begin;
+        const uint32_t* __restrict b = a + q;
+        const uint32_t* __restrict c = b + q;
+        const uint32_t* __restrict d = c + q;
+        constexpr uint32_t kAbs = 0x7fffffffu;
+        uint32_t top = ident;
+#pragma omp simd reduction(max : top)
+        for (int64_t i = 0; i < q; ++i) {
+          const uint32_t x = (a[i] & kAbs) > (b[i] & kAbs) ? (a[i] & kAbs) : (b[i] & kAbs);
+          const uint32_t y = (c[i] & kAbs) > (d[i] & kAbs) ? (c[i] & kAbs) : (d[i] & kAbs);
+          const uint32_t z = x > y ? x : y;
+          top = z > top ? z : top;
+        }
+        for (int64_t i = begin + 4 * q; i < end; ++i) top = std::max(top, bits[i] & kAbs);
+        return top;
       },
-      [](bool x, bool y) { return x && y; });
+      [](uint32_t x, uint32_t y) { return std::max(x, y); });
+  return AbsMax{std::bit_cast<float>(top), top < 0x7f800000u};
 }
 
 // The update of one entry; returns whether its gradient was clipped. clip is +inf when clipping is off.
@@ -172,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
     check_float32(exp_avg_sqs[i], "exp_avg_sqs", i);
     TORCH_CHECK(g.numel() == p.numel(), "spam_step_: grads[", i, "] has ", g.numel(), " entries, params[", i,
                 "] ", p.numel());
-    const bool finite = all_finite(g.const_data_ptr<float>(), g.numel());
+    const bool finite = abs_max(g.const_data_ptr<float>(), g.numel()).finite;
     nonfinite_out[i] = !finite;
     if (!finite || !open) continue;
     float* count = counts[i].data_ptr<float>();
@@ -206,6 +224,143 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
   return {clipped, nonfinite};
 }
 
+// ---- Stable-SPAM (see _stable_spam_functional.py for the rule) ------------------------------------------
+
+struct ClipSum {
+  int64_t clipped;
+  double sum_sq;
+};
+
+// AdaClip's count and the squared norm of the clipped gradient.
+ClipSum clip_sum(const float* g, int64_t n, float bound, float ratio) {
+  return at::parallel_reduce(
+      0, n, kGrain, ClipSum{0, 0.0},
+      [=](int64_t begin, int64_t end, ClipSum ident) {
+        const float* __restrict gr = g;
+        for (int64_t start = begin; start < end; start += kBlock) {
+          const int64_t stop = std::min(end, start + kBlock);
+          int32_t count = 0;
+          float sum = 0.f;
+#pragma omp simd reduction(+ : count, sum)
+          for (int64_t i = start; i < stop; ++i) {
+            const float gi = gr[i];
+            const bool spike = std::fabs(gi) > bound;
+            const float x = spike ? gi * ratio : gi;
+            count += spike;
+            sum += x * x;
+          }
+          ident.clipped += count;
+          ident.sum_sq += sum;
+        }
+        return ident;
+      },
+      [](ClipSum x, ClipSum y) { return ClipSum{x.clipped + y.clipped, x.sum_sq + y.sum_sq}; });
+}
+
+struct StableHyper {
+  float bound, ratio, scale, beta1, one_minus_beta1, beta2, one_minus_beta2, inv_bias2_sqrt, eps, step, decay;
+  float keep;  // 0 on a reset step, else 1
+};
+
+void stable_update(float* p, const float* g, float* m, float* v, int64_t n, const StableHyper& h) {
+  at::parallel_for(0, n, kGrain, [=](int64_t begin, int64_t end) {
+    const StableHyper hh = h;
+    float* __restrict pr = p;
+    const float* __restrict gr = g;
+    float* __restrict mr = m;
+    float* __restrict vr = v;
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      // Branch-free, so that it vectorises (and times 0 after a reset rather than a branch).
+      const float gi = gr[i];
+      const bool spike = std::fabs(gi) > hh.bound;
+      const float x = (spike ? gi * hh.ratio : gi) * hh.scale;
+      const float m0 = mr[i] * hh.keep;
+      const float v0 = vr[i] * hh.keep;
+      const float m_new = m0 * hh.beta1 + x * hh.one_minus_beta1;
+      const float v_new = v0 * hh.beta2 + x * x * hh.one_minus_beta2;
+      mr[i] = m_new;
+      vr[i] = v_new;
+      pr[i] = pr[i] * hh.decay - hh.step * m_new / (std::sqrt(v_new) * hh.inv_bias2_sqrt + hh.eps);
+    }
+  });
+}
+
+float* scalar(const at::Tensor& t) { return t.data_ptr<float>(); }
+
+std::tuple<at::Tensor, at::Tensor> stable_spam_step(
+    at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+    at::TensorList steps, at::TensorList max_emas, at::TensorList norm_emas, at::TensorList norm_sq_emas,
+    const c10::List<bool>& resets, const std::optional<at::Tensor>& gate, double lr, double beta1, double beta2,
+    double gamma1, double gamma2, double theta, double eps, double weight_decay) {
+  const int64_t n = static_cast<int64_t>(params.size());
+  for (auto size : {grads.size(), exp_avgs.size(), exp_avg_sqs.size(), steps.size(), max_emas.size(),
+                    norm_emas.size(), norm_sq_emas.size(), resets.size()}) {
+    TORCH_CHECK(static_cast<int64_t>(size) == n, "stable_spam_step_: all lists need one entry per parameter");
+  }
+  auto clipped = at::zeros({n}, at::kLong);
+  auto nonfinite = at::zeros({n}, at::kBool);
+  const bool open = !gate.has_value() || gate->item<bool>();
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    const at::Tensor& g = grads[i];
+    for (const auto* t : {&p, &g, &exp_avgs[i], &exp_avg_sqs[i]}) check_float32(*t, "stable-spam tensors", i);
+    TORCH_CHECK(g.numel() == p.numel() && exp_avgs[i].numel() == p.numel() &&
+                    exp_avg_sqs[i].numel() == p.numel(),
+                "stable_spam_step_: params[", i, "] and its gradient and moments differ in size");
+    const int64_t numel = p.numel();
+    const float* gp = g.const_data_ptr<float>();
+    const AbsMax am = numel ? abs_max(gp, numel) : AbsMax{0.f, true};
+    nonfinite.data_ptr<bool>()[i] = !am.finite;
+    float* count = scalar(steps[i]);
+    if (!am.finite || !open) {
+      // A due reset belongs to the schedule and still happens on a skipped step.
+      if (resets.get(i)) {
+        exp_avgs[i].zero_();
+        exp_avg_sqs[i].zero_();
+        *count = 0.f;
+      }
+      continue;
+    }
+    const double n_c = static_cast<double>(*count) + 1.0;
+    // AdaClip's bound in float32, operation by operation as the reference path computes it: entries right
+    // at the bound then count the same on both paths.
+    const float theta_f = static_cast<float>(theta);
+    const float max_ema = *scalar(max_emas[i]) * theta_f + am.amax * static_cast<float>(1.0 - theta);
+    const float max_hat = max_ema / (1.f - std::pow(theta_f, static_cast<float>(n_c)));
+    const float ratio = max_hat / am.amax;  // only used where |g| > max_hat, so amax > 0 there
+    const ClipSum cs = clip_sum(gp, numel, max_hat, ratio);
+    const double norm = std::sqrt(cs.sum_sq);
+    const double norm_ema = *scalar(norm_emas[i]) * gamma1 + norm * (1.0 - gamma1);
+    const double norm_sq_ema = *scalar(norm_sq_emas[i]) * gamma2 + norm * norm * (1.0 - gamma2);
+    const double target = (norm_ema / (1.0 - std::pow(gamma1, n_c))) /
+                          (std::sqrt(norm_sq_ema / (1.0 - std::pow(gamma2, n_c))) + eps);
+    const double steps_now = resets.get(i) ? 1.0 : n_c;
+    const double bias1 = 1.0 - std::pow(beta1, steps_now);
+    const double bias2 = 1.0 - std::pow(beta2, steps_now);
+    const StableHyper h{max_hat,
+                        ratio,
+                        static_cast<float>(norm > 0 ? target / norm : 1.0),
+                        static_cast<float>(beta1),
+                        static_cast<float>(1.0 - beta1),
+                        static_cast<float>(beta2),
+                        static_cast<float>(1.0 - beta2),
+                        static_cast<float>(1.0 / std::sqrt(bias2)),
+                        static_cast<float>(eps),
+                        static_cast<float>(lr / bias1),
+                        static_cast<float>(1.0 - lr * weight_decay),
+                        resets.get(i) ? 0.f : 1.f};
+    stable_update(p.data_ptr<float>(), gp, exp_avgs[i].data_ptr<float>(), exp_avg_sqs[i].data_ptr<float>(),
+                  numel, h);
+    *count = static_cast<float>(steps_now);
+    *scalar(max_emas[i]) = max_ema;
+    *scalar(norm_emas[i]) = static_cast<float>(norm_ema);
+    *scalar(norm_sq_emas[i]) = static_cast<float>(norm_sq_ema);
+    clipped.data_ptr<int64_t>()[i] = cs.clipped;
+  }
+  return {clipped, nonfinite};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(spam_opt, m) {
@@ -213,6 +368,14 @@ TORCH_LIBRARY(spam_opt, m) {
       "spam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
       "Tensor(d!)[] counts, Tensor?[] kept, Tensor? gate, float lr_w, float beta1, float beta2, float eps, "
       "float decay, float clip, float sign) -> (Tensor, Tensor)");
+  m.def(
+      "stable_spam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] steps, Tensor(e!)[] max_emas, Tensor(f!)[] norm_emas, Tensor(g!)[] norm_sq_emas, "
+      "bool[] resets, Tensor? gate, float lr, float beta1, float beta2, float gamma1, float gamma2, "
+      "float theta, float eps, float weight_decay) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(spam_opt, CPU, m) { m.impl("spam_step_", &spam_step); }
+TORCH_LIBRARY_IMPL(spam_opt, CPU, m) {
+  m.impl("spam_step_", &spam_step);
+  m.impl("stable_spam_step_", &stable_spam_step);
+}
