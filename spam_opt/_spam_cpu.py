@@ -23,6 +23,7 @@ from torch import Tensor
 
 from spam_opt import _stable_spam_functional as S
 from spam_opt._spam_functional import KernelResult, StepScalars, spam_foreach
+from spam_opt.sparse import KeptEntries
 
 _SOURCE = Path(__file__).with_name("csrc") / "spam_cpu.cpp"
 # Vector ISA flags per torch CPU capability: the kernel is built for what torch itself dispatches to here.
@@ -93,11 +94,10 @@ def warn_fallback(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=5)
 
 
-def handles(p: Tensor, g: Tensor, m: Tensor, kept: Tensor | None) -> bool:
+def handles(p: Tensor, g: Tensor, m: Tensor) -> bool:
     """Whether the kernel takes this parameter: contiguous float32 CPU parameter, gradient and moments."""
     return (p.device.type == "cpu" and p.dtype == torch.float32 and g.dtype == torch.float32
-            and p.is_contiguous() and g.is_contiguous() and m.is_contiguous()
-            and (kept is None or kept.is_contiguous()))
+            and p.is_contiguous() and g.is_contiguous() and m.is_contiguous())
 
 
 def spam_cpu(
@@ -106,7 +106,7 @@ def spam_cpu(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     counts: list[Tensor],
-    kept: list[Tensor | None],
+    kept: list[KeptEntries | None],
     gate: Tensor | None,
     h: StepScalars,
 ) -> KernelResult:
@@ -114,8 +114,8 @@ def spam_cpu(
 
     ``load()`` must have succeeded.
     """
-    columns = (params, grads, exp_avgs, exp_avg_sqs, counts, kept)
-    fast = [i for i, (p, g, m, idx) in enumerate(zip(params, grads, exp_avgs, kept)) if handles(p, g, m, idx)]
+    columns = (params, grads, exp_avgs, exp_avg_sqs, counts)
+    fast = [i for i, (p, g, m) in enumerate(zip(params, grads, exp_avgs)) if handles(p, g, m)]
     slow = [i for i in range(len(params)) if i not in set(fast)]
     clipped: list[Tensor] = [torch.zeros((), dtype=torch.int64)] * len(params)
     nonfinite: list[Tensor] = [torch.zeros((), dtype=torch.bool)] * len(params)
@@ -123,11 +123,14 @@ def spam_cpu(
         clip = float("inf") if h.clip_threshold is None else h.clip_threshold
         scalars = (h.lr * h.warmup_scale, h.beta1, h.beta2, h.eps, 1 - h.lr * h.weight_decay, clip,
                    -1.0 if h.maximize else 1.0)
-        c, f = torch.ops.spam_opt.spam_step_(*([col[i] for i in fast] for col in columns), gate, *scalars)
+        low = [None if kept[i] is None else kept[i].low for i in fast]
+        starts = [None if kept[i] is None else kept[i].starts for i in fast]
+        c, f = torch.ops.spam_opt.spam_step_(*([col[i] for i in fast] for col in columns), low, starts, gate,
+                                             *scalars)
         for i, ci, fi in zip(fast, c.unbind(), f.unbind()):
             clipped[i], nonfinite[i] = ci, fi
     if slow:
-        rest = spam_foreach(*([col[i] for i in slow] for col in columns), gate, h)
+        rest = spam_foreach(*([col[i] for i in slow] for col in (*columns, kept)), gate, h)
         for i, ci, fi in zip(slow, rest.clipped, rest.nonfinite):
             clipped[i], nonfinite[i] = ci, fi
     return KernelResult(clipped, nonfinite)
@@ -145,7 +148,7 @@ def stable_spam_cpu(
     """Stable-SPAM: unsharded float32 contiguous tensors in one call (three reads of g, one update pass);
     sharded (FSDP2), low-precision or strided ones through foreach. ``load()`` must have succeeded."""
     fast = [i for i, (p, g, st, groups) in enumerate(zip(params, grads, states, shard_groups))
-            if not groups and handles(p, g, st.exp_avg, None)]
+            if not groups and handles(p, g, st.exp_avg)]
     slow = [i for i in range(len(params)) if i not in set(fast)]
     clipped: list[Tensor] = [torch.zeros((), dtype=torch.int64)] * len(params)
     nonfinite: list[Tensor] = [torch.zeros((), dtype=torch.bool)] * len(params)

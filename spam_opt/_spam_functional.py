@@ -5,8 +5,8 @@ hands each kernel one param group's tensors plus the scalars of this step. A ker
 moments, applies the bias-corrected Adam update and the decoupled weight decay, and leaves a parameter
 and its moments untouched when its gradient holds NaN/Inf or when ``gate`` is False.
 
-Moments are float32 whatever the parameter dtype. For a sparse parameter (``kept`` is an index tensor)
-the moments hold only the kept entries, in the order of ``kept``.
+Moments are float32 whatever the parameter dtype. For a sparse parameter (``kept`` is a ``KeptEntries``)
+the moments hold only the kept entries, in ascending order of their flat index.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from spam_opt.sparse import KeptEntries
 
 
 @dataclass(frozen=True)
@@ -47,13 +49,14 @@ def spam_reference(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     counts: list[Tensor],
-    kept: list[Tensor | None],
+    kept: list[KeptEntries | None],
     gate: Tensor | None,
     h: StepScalars,
 ) -> KernelResult:
     """One tensor at a time, everything decided on device: the oracle the fast paths are tested against."""
     clipped, nonfinite = [], []
-    for p, grad, m, v, n, idx in zip(params, grads, exp_avgs, exp_avg_sqs, counts, kept):
+    for p, grad, m, v, n, entries in zip(params, grads, exp_avgs, exp_avg_sqs, counts, kept):
+        idx = None if entries is None else entries.indices()
         g = grad.float()
         g = -g if h.maximize else g
         finite = torch.isfinite(g).all()
@@ -96,7 +99,7 @@ def spam_foreach(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     counts: list[Tensor],
-    kept: list[Tensor | None],
+    kept: list[KeptEntries | None],
     gate: Tensor | None,
     h: StepScalars,
 ) -> KernelResult:
@@ -106,6 +109,7 @@ def spam_foreach(
     per step elsewhere; the ``fused`` path keeps it on device.
     """
     device = params[0].device
+    flat = [None if k is None else k.indices() for k in kept]
     g32 = [g.float() for g in grads]
     if h.maximize:
         g32 = torch._foreach_neg(g32)
@@ -119,7 +123,7 @@ def spam_foreach(
         return KernelResult(clipped, nonfinite)
 
     p_, m_, v_, n_ = ([seq[i] for i in active] for seq in (params, exp_avgs, exp_avg_sqs, counts))
-    g_ = [g32[i] if kept[i] is None else g32[i].reshape(-1).index_select(0, kept[i]) for i in active]
+    g_ = [g32[i] if flat[i] is None else g32[i].reshape(-1).index_select(0, flat[i]) for i in active]
 
     if h.clip_threshold is not None:
         bounds = torch._foreach_sqrt(torch._foreach_mul(v_, h.clip_threshold))
@@ -157,7 +161,7 @@ def spam_foreach(
         # Sparse or low-precision parameters: update in float32, round once.
         p = p_[j]
         p32 = p.float().reshape(-1)
-        p32 = p32 + updates[j].reshape(-1) if kept[i] is None else p32.index_add(0, kept[i], updates[j])
+        p32 = p32 + updates[j].reshape(-1) if flat[i] is None else p32.index_add(0, flat[i], updates[j])
         if decay != 1:
             p32 = p32 * decay
         p.copy_(p32.view(p.shape))

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from spam_opt._spam_functional import KernelResult, StepScalars, spam_reference
+from spam_opt.sparse import KeptEntries
 
 # Row sums of 0/1 values in float32 are exact up to 2**24 entries per row; longer rows count in int64.
 _EXACT_ROW = 1 << 24
@@ -113,7 +114,7 @@ def _as_rows(*tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(t.view(shape) for t in tensors)
 
 
-def _handles(p: Tensor, kept: Tensor | None) -> bool:
+def _handles(p: Tensor, kept: KeptEntries | None) -> bool:
     # A sparse entry is addressed by its flat index in the full tensor, which needs a flat view of p.
     # A 0-dim parameter would cost a graph of its own (sizes 0 and 1 are specialised) for one entry.
     return p.dim() > 0 and (kept is None or p.is_contiguous())
@@ -125,7 +126,7 @@ def spam_fused(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     counts: list[Tensor],
-    kept: list[Tensor | None],
+    kept: list[KeptEntries | None],
     gate: Tensor | None,
     h: StepScalars,
 ) -> KernelResult:
@@ -147,17 +148,17 @@ def spam_fused(
     clipped: list[Tensor] = []
     nonfinite: list[Tensor] = []
     with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-        for i, (p, g, m, v, n, idx) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, counts, kept)):
-            if not _handles(p, idx):
-                result = spam_reference([p], [g], [m], [v], [n], [idx], gate, h)
+        for i, (p, g, m, v, n, entries) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, counts, kept)):
+            if not _handles(p, entries):
+                result = spam_reference([p], [g], [m], [v], [n], [entries], gate, h)
                 c, f = result.clipped[0], result.nonfinite[0]
-            elif idx is None:
+            elif entries is None:
                 p, g, m, v = _as_rows(p, g, m, v)
                 c, f = dense(p, g, m, v, n, step_sizes[i], gate, decay, clip, sign, h.beta1, h.beta2, h.eps,
                              p.shape[-1] <= _EXACT_ROW)
             else:
-                c, f = sparse(p, g, m, v, n, idx, step_sizes[i], gate, decay, clip, sign, h.beta1, h.beta2,
-                              h.eps)
+                c, f = sparse(p, g, m, v, n, entries.indices(), step_sizes[i], gate, decay, clip, sign,
+                              h.beta1, h.beta2, h.eps)
             clipped.append(c)
             nonfinite.append(f)
     return KernelResult(clipped, nonfinite)

@@ -20,7 +20,7 @@ from spam_opt import _spam_functional as F
 from spam_opt._global_step import GlobalStepOptimizer, local_tensor
 from spam_opt._spam_fused import fused_unavailable_reason, spam_fused
 from spam_opt._validation import check_betas, check_int, check_number
-from spam_opt.sparse import kept_indices, mask_key
+from spam_opt.sparse import KeptEntries, kept_indices, mask_key
 from spam_opt.stats import SpikeStats, stack_counts
 
 
@@ -44,18 +44,19 @@ def _schedule(s: int, group: dict[str, Any]) -> _Schedule:
     return _Schedule(s // interval if interval > 0 else 0, scale, clip_on)
 
 
-def _kept_entries(p: Tensor, key: int, density: float, device: torch.device) -> Tensor:
-    """Kept flat indices of this rank's block, relative to the block (see ``spam_opt.sparse``)."""
+def _kept_entries(p: Tensor, key: int, density: float, device: torch.device) -> KeptEntries:
+    """Kept entries of this rank's block, relative to the block (see ``spam_opt.sparse``)."""
     if not hasattr(p, "device_mesh"):
-        return kept_indices(p.numel(), key, density, device=device)
+        return KeptEntries.from_indices(kept_indices(p.numel(), key, density, device=device), p.numel())
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     local_shape, offsets = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
     trailing = tuple(p.shape[1:])
     if tuple(local_shape[1:]) == trailing and all(o == 0 for o in offsets[1:]):
         # Row-sharded (FSDP2's Shard(0)): the block is a contiguous run of the flattened full tensor.
-        return kept_indices(math.prod(local_shape), key, density, offset=offsets[0] * math.prod(trailing),
-                            device=device)
+        numel = math.prod(local_shape)
+        indices = kept_indices(numel, key, density, offset=offsets[0] * math.prod(trailing), device=device)
+        return KeptEntries.from_indices(indices, numel)
     raise NotImplementedError(
         f"sparse momentum supports parameters sharded along dim 0 only, got placements {p.placements}; "
         "use density=1.0 for this parameter"
@@ -133,12 +134,14 @@ class SPAM(GlobalStepOptimizer):
         state["reset_number"] = reset_number
         if group["density"] < 1.0 and p.dim() >= 2:
             key = mask_key(group["seed"], index, reset_number)
-            state["kept"] = _kept_entries(p, key, group["density"], local.device)
-            shape: tuple[int, ...] = (state["kept"].numel(),)
+            kept = _kept_entries(p, key, group["density"], local.device)
+            state["kept_low"], state["kept_starts"] = kept.low, kept.starts
+            shape: tuple[int, ...] = (kept.numel(),)
             state["exp_avg"] = torch.zeros(shape, dtype=torch.float32, device=local.device)
             state["exp_avg_sq"] = torch.zeros(shape, dtype=torch.float32, device=local.device)
         else:
-            state.pop("kept", None)
+            state.pop("kept_low", None)
+            state.pop("kept_starts", None)
             fmt = torch.preserve_format
             state["exp_avg"] = torch.zeros_like(local, dtype=torch.float32, memory_format=fmt)
             state["exp_avg_sq"] = torch.zeros_like(local, dtype=torch.float32, memory_format=fmt)
@@ -166,7 +169,8 @@ class SPAM(GlobalStepOptimizer):
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 counts.append(state["step"])
-                kept.append(state.get("kept"))
+                kept.append(KeptEntries(state["kept_low"], state["kept_starts"]) if "kept_low" in state
+                            else None)
             if not params:
                 continue
             beta1, beta2 = group["betas"]

@@ -11,7 +11,7 @@ from reference_spam import ReferenceSPAM
 from torch import nn
 
 from spam_opt import SPAM, param_groups
-from spam_opt.sparse import kept_indices, mask_key
+from spam_opt.sparse import KeptEntries, kept_indices, mask_key
 
 SCHEDULE = dict(reset_interval=25, warmup_steps=8, clip_delay=5, threshold=50.0)
 PATHS = [pytest.param(False, id="reference"), pytest.param(True, id="foreach")]
@@ -166,7 +166,7 @@ def test_state_stays_float32_for_bf16_params_across_load():
     opt2.load_state_dict(sd)
     state = opt2.state[p]
     assert state["exp_avg"].dtype == torch.float32 and state["exp_avg_sq"].dtype == torch.float32
-    assert state["kept"].dtype == torch.int32
+    assert state["kept_low"].dtype == torch.int16 and state["kept_starts"].dtype == torch.int64
     assert torch.equal(state["exp_avg"], opt.state[p]["exp_avg"])
 
 
@@ -317,7 +317,17 @@ def test_sparse_state_memory_scales_with_density():
         return sum(t.numel() * t.element_size() for t in opt.state[p].values() if torch.is_tensor(t))
 
     dense, sparse = state_bytes(1.0), state_bytes(0.25)
-    assert sparse <= 0.4 * dense, (sparse, dense)
+    # m and v at 0.25x, plus two bytes of index per kept entry (0.0625x) and a few block counts
+    assert sparse <= 0.33 * dense, (sparse, dense)
+
+
+def test_kept_entries_round_trip_through_the_compact_layout():
+    for numel, density in ((300_000, 0.25), (400_000, 1e-5), (70_000, 1.0), (10, 0.5)):
+        idx = kept_indices(numel, mask_key(3, 1, 0), density)
+        kept = KeptEntries.from_indices(idx, numel)
+        assert kept.low.dtype == torch.int16 and kept.numel() == idx.numel()
+        assert torch.equal(kept.indices(), idx.long()), (numel, density)
+        assert kept.starts[-1] == idx.numel() and kept.starts.numel() == numel // 2**16 + 2
 
 
 def test_masks_are_deterministic_redrawn_at_resets_and_shard_consistent():

@@ -165,10 +165,11 @@ def test_compiled_step_does_not_recompile_as_lr_warmup_counts_and_masks_change(m
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("density", [1.0, 0.25])
+@pytest.mark.parametrize("density", [1.0, 0.25, 1e-5])
 def test_cpp_kernel_matches_reference_path_on_large_tensors(threads, density):
-    """Tensors of several work chunks (split over threads) and 4-way NaN checks; sparse gaps get the decay."""
-    shapes = [(300, 257), (70001,), (3,)]
+    """Tensors of several work chunks (split over threads) and 4-way NaN checks; sparse gaps get the decay,
+    and at density 1e-5 most 2**16-entry index blocks are empty."""
+    shapes = [(300, 257), (70001,), (3,), (4, 100_000)]
     hyper = dict(lr=1e-2, weight_decay=0.1, density=density, reset_interval=8, warmup_steps=3, clip_delay=2)
     runs = []
     previous = torch.get_num_threads()
@@ -182,6 +183,7 @@ def test_cpp_kernel_matches_reference_path_on_large_tensors(threads, density):
             for t in range(20):
                 grads = [torch.randn(s, generator=gen) for s in shapes]
                 grads[t % 3].view(-1)[(t * 7919) % grads[t % 3].numel()::997] *= 1000.0
+                grads[3][:, t::97] *= 1000.0
                 if t == 9:
                     grads[1][-1] = float("inf")  # in the remainder after the four NaN-check streams
                 for p, g in zip(params, grads):
@@ -194,7 +196,7 @@ def test_cpp_kernel_matches_reference_path_on_large_tensors(threads, density):
         torch.set_num_threads(previous)
     assert runs[0][1] == runs[1][1]
     assert sum(c for step, _ in runs[1][1] for c in step) > 100
-    assert runs[1][1][9][1] == [False, True, False]
+    assert runs[1][1][9][1] == [False, True, False, False]
     for a, b in zip(runs[0][0], runs[1][0]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 

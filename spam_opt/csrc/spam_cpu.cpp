@@ -24,8 +24,10 @@ namespace {
 constexpr int64_t kGrain = 1 << 15;
 // Entries per inner loop of the update (whose clip count fits an int32).
 constexpr int64_t kBlock = 1 << 12;
-// Kept entries gathered per block under sparse momentum (two float buffers of this size on the stack).
+// Kept entries gathered per batch under sparse momentum (buffers of this size on the stack).
 constexpr int64_t kGather = 1 << 10;
+// Sparse momentum stores flat indices per block of 2**kBlockBits entries (spam_opt/sparse.py, BLOCK_BITS).
+constexpr int64_t kBlockBits = 16;
 
 // Each constant is rounded to float32 once, from double, as torch rounds a Python scalar operand; with
 // -ffp-contract=off every operation below then rounds exactly as the reference path's tensor ops do.
@@ -110,13 +112,14 @@ int64_t dense_update(float* p, const float* g, float* m, float* v, int64_t n, co
       std::plus<int64_t>());
 }
 
-// Sparse momentum: m and v hold the kept entries only, idx (sorted) their flat positions. Adam moves the
-// kept entries and the decoupled decay shrinks every entry. Per block of kept entries: gather their p and
-// g into small contiguous buffers, update those with the dense (vectorised) loop, decay the stretch of p
-// the block spans (vectorised, in cache), then scatter the kept entries' new values over it.
-template <typename Index>
-int64_t sparse_update(float* p, const float* g, float* m, float* v, const Index* idx, int64_t k,
-                      int64_t numel, const Hyper& h) {
+// Sparse momentum: m and v hold the kept entries only, in ascending order of flat index. The indices come
+// compact (spam_opt/sparse.py): low[j] is index j modulo 2**16, starts[b] the number of kept entries before
+// block b of 2**16 entries. Adam moves the kept entries and the decoupled decay shrinks every entry. Per
+// batch of kept entries: gather their p and g into small contiguous buffers, update those with the dense
+// (vectorised) loop, decay the stretch of p the batch spans (vectorised, in cache), then scatter the kept
+// entries' new values over it.
+int64_t sparse_update(float* p, const float* g, float* m, float* v, const int16_t* low, const int64_t* starts,
+                      int64_t blocks, int64_t k, int64_t numel, const Hyper& h) {
   const bool decay = h.decay != 1.f;
   auto decay_range = [=](int64_t lo, int64_t hi) {
     float* __restrict pr = p;
@@ -128,28 +131,40 @@ int64_t sparse_update(float* p, const float* g, float* m, float* v, const Index*
     if (decay) at::parallel_for(0, numel, kGrain, decay_range);
     return 0;
   }
+  auto flat_index = [=](int64_t j, int64_t block) {
+    return (block << kBlockBits) + static_cast<uint16_t>(low[j]);
+  };
   return at::parallel_reduce(
       0, k, kGrain / 4, int64_t(0),
       [=](int64_t begin, int64_t end, int64_t ident) {
         const Hyper hh = h;
         float pk[kGather];
         float gk[kGather];
+        int64_t ix[kGather];
+        // The block of entry `begin`: the last block with starts[block] <= begin.
+        int64_t block = std::upper_bound(starts, starts + blocks + 1, begin) - starts - 1;
         int64_t count = 0;
-        int64_t lo = begin == 0 ? 0 : static_cast<int64_t>(idx[begin - 1]) + 1;
+        int64_t lo = 0;
+        if (begin > 0) {
+          int64_t before = block;
+          while (starts[before] > begin - 1) --before;
+          lo = flat_index(begin - 1, before) + 1;
+        }
         for (int64_t start = begin; start < end; start += kGather) {
           const int64_t len = std::min(end - start, kGather);
-          const Index* __restrict ix = idx + start;
           for (int64_t j = 0; j < len; ++j) {
+            while (start + j >= starts[block + 1]) ++block;
+            ix[j] = flat_index(start + j, block);
             pk[j] = p[ix[j]];
             gk[j] = g[ix[j]];
           }
           float* __restrict mr = m + start;
           float* __restrict vr = v + start;
-          int32_t block = 0;
-#pragma omp simd reduction(+ : block)
-          for (int64_t j = 0; j < len; ++j) block += update_entry(pk[j], gk[j], mr[j], vr[j], hh);
-          count += block;
-          const int64_t hi = start + len == k ? numel : static_cast<int64_t>(ix[len - 1]) + 1;
+          int32_t batch = 0;
+#pragma omp simd reduction(+ : batch)
+          for (int64_t j = 0; j < len; ++j) batch += update_entry(pk[j], gk[j], mr[j], vr[j], hh);
+          count += batch;
+          const int64_t hi = start + len == k ? numel : ix[len - 1] + 1;
           if (decay) decay_range(lo, hi);
           for (int64_t j = 0; j < len; ++j) p[ix[j]] = pk[j];
           lo = hi;
@@ -168,13 +183,14 @@ void check_float32(const at::Tensor& t, const char* what, int64_t i) {
 // Returns (clipped: int64 [N], nonfinite: bool [N]).
 std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                                              at::TensorList exp_avg_sqs, at::TensorList counts,
-                                             const c10::List<std::optional<at::Tensor>>& kept,
+                                             const c10::List<std::optional<at::Tensor>>& kept_low,
+                                             const c10::List<std::optional<at::Tensor>>& kept_starts,
                                              const std::optional<at::Tensor>& gate, double lr_w, double beta1,
                                              double beta2, double eps, double decay, double clip, double sign) {
   const int64_t n = static_cast<int64_t>(params.size());
   TORCH_CHECK(static_cast<int64_t>(grads.size()) == n && static_cast<int64_t>(exp_avgs.size()) == n &&
                   static_cast<int64_t>(exp_avg_sqs.size()) == n && static_cast<int64_t>(counts.size()) == n &&
-                  static_cast<int64_t>(kept.size()) == n,
+                  static_cast<int64_t>(kept_low.size()) == n && static_cast<int64_t>(kept_starts.size()) == n,
               "spam_step_: all tensor lists must have one entry per parameter");
   auto clipped = at::zeros({n}, at::kLong);
   auto nonfinite = at::zeros({n}, at::kBool);
@@ -204,22 +220,22 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
     const float* gp = g.const_data_ptr<float>();
     float* mp = exp_avgs[i].data_ptr<float>();
     float* vp = exp_avg_sqs[i].data_ptr<float>();
-    const std::optional<at::Tensor> idx = kept.get(i);
-    if (!idx.has_value()) {
+    const std::optional<at::Tensor> low = kept_low.get(i);
+    if (!low.has_value()) {
       TORCH_CHECK(exp_avgs[i].numel() == p.numel() && exp_avg_sqs[i].numel() == p.numel(),
                   "spam_step_: the moments of params[", i, "] do not match its size");
       clipped_out[i] = dense_update(pp, gp, mp, vp, p.numel(), h);
       continue;
     }
-    const int64_t k = idx->numel();
-    TORCH_CHECK(idx->is_contiguous() && exp_avgs[i].numel() == k && exp_avg_sqs[i].numel() == k,
-                "spam_step_: the kept indices and moments of params[", i, "] do not match");
-    if (idx->scalar_type() == at::kInt) {
-      clipped_out[i] = sparse_update(pp, gp, mp, vp, idx->const_data_ptr<int32_t>(), k, p.numel(), h);
-    } else {
-      TORCH_CHECK(idx->scalar_type() == at::kLong, "spam_step_: kept indices must be int32 or int64");
-      clipped_out[i] = sparse_update(pp, gp, mp, vp, idx->const_data_ptr<int64_t>(), k, p.numel(), h);
-    }
+    const std::optional<at::Tensor> starts = kept_starts.get(i);
+    const int64_t k = low->numel();
+    const int64_t blocks = (p.numel() >> kBlockBits) + 1;
+    TORCH_CHECK(starts.has_value() && low->scalar_type() == at::kShort && low->is_contiguous() &&
+                    starts->scalar_type() == at::kLong && starts->is_contiguous() &&
+                    starts->numel() == blocks + 1 && exp_avgs[i].numel() == k && exp_avg_sqs[i].numel() == k,
+                "spam_step_: the kept entries and moments of params[", i, "] do not match");
+    clipped_out[i] = sparse_update(pp, gp, mp, vp, low->const_data_ptr<int16_t>(),
+                                   starts->const_data_ptr<int64_t>(), blocks, k, p.numel(), h);
   }
   return {clipped, nonfinite};
 }
@@ -366,7 +382,7 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
 TORCH_LIBRARY(spam_opt, m) {
   m.def(
       "spam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-      "Tensor(d!)[] counts, Tensor?[] kept, Tensor? gate, float lr_w, float beta1, float beta2, float eps, "
+      "Tensor(d!)[] counts, Tensor?[] kept_low, Tensor?[] kept_starts, Tensor? gate, float lr_w, float beta1, float beta2, float eps, "
       "float decay, float clip, float sign) -> (Tensor, Tensor)");
   m.def(
       "stable_spam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "

@@ -83,10 +83,10 @@ def fsdp(out: str, steps: int, density: float) -> None:
     for p, q in zip(sharded.parameters(), single.parameters()):
         full = p.full_tensor()
         worst = max(worst, (full - q).abs().max().item())
-    kept_local = sum(s["kept"].numel() for s in opt.state.values() if "kept" in s)
+    kept_local = sum(s["kept_low"].numel() for s in opt.state.values() if "kept_low" in s)
     kept_total = torch.tensor(kept_local)
     dist.all_reduce(kept_total)
-    kept_single = sum(s["kept"].numel() for s in single_opt.state.values() if "kept" in s)
+    kept_single = sum(s["kept_low"].numel() for s in single_opt.state.values() if "kept_low" in s)
     if rank == 0:
         with open(f"{out}/fsdp_{density}.json", "w") as f:
             json.dump({"max_abs_diff": worst, "kept_sharded": int(kept_total), "kept_single": kept_single}, f)
