@@ -20,7 +20,7 @@ from spam_opt import _spam_functional as F
 from spam_opt._global_step import GlobalStepOptimizer, local_tensor
 from spam_opt._spam_fused import fused_unavailable_reason, spam_fused
 from spam_opt._validation import check_betas, check_int, check_number
-from spam_opt.sparse import KeptEntries, kept_indices, mask_key
+from spam_opt.sparse import KeptEntries, draw_kept, mask_key
 from spam_opt.stats import SpikeStats, stack_counts
 
 
@@ -47,16 +47,15 @@ def _schedule(s: int, group: dict[str, Any]) -> _Schedule:
 def _kept_entries(p: Tensor, key: int, density: float, device: torch.device) -> KeptEntries:
     """Kept entries of this rank's block, relative to the block (see ``spam_opt.sparse``)."""
     if not hasattr(p, "device_mesh"):
-        return KeptEntries.from_indices(kept_indices(p.numel(), key, density, device=device), p.numel())
+        return draw_kept(p.numel(), key, density, device=device)
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     local_shape, offsets = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
     trailing = tuple(p.shape[1:])
     if tuple(local_shape[1:]) == trailing and all(o == 0 for o in offsets[1:]):
         # Row-sharded (FSDP2's Shard(0)): the block is a contiguous run of the flattened full tensor.
-        numel = math.prod(local_shape)
-        indices = kept_indices(numel, key, density, offset=offsets[0] * math.prod(trailing), device=device)
-        return KeptEntries.from_indices(indices, numel)
+        return draw_kept(math.prod(local_shape), key, density, offset=offsets[0] * math.prod(trailing),
+                         device=device)
     raise NotImplementedError(
         f"sparse momentum supports parameters sharded along dim 0 only, got placements {p.placements}; "
         "use density=1.0 for this parameter"

@@ -11,7 +11,7 @@ from reference_spam import ReferenceSPAM
 from torch import nn
 
 from spam_opt import SPAM, param_groups
-from spam_opt.sparse import KeptEntries, kept_indices, mask_key
+from spam_opt.sparse import KeptEntries, draw_kept, kept_indices, mask_key
 
 SCHEDULE = dict(reset_interval=25, warmup_steps=8, clip_delay=5, threshold=50.0)
 PATHS = [pytest.param(False, id="reference"), pytest.param(True, id="foreach")]
@@ -319,6 +319,16 @@ def test_sparse_state_memory_scales_with_density():
     dense, sparse = state_bytes(1.0), state_bytes(0.25)
     # m and v at 0.25x, plus two bytes of index per kept entry (0.0625x) and a few block counts
     assert sparse <= 0.33 * dense, (sparse, dense)
+
+
+@pytest.mark.parametrize(("numel", "density", "offset"),
+                         [(300_000, 0.25, 0), (400_000, 1e-5, 7), (70_000, 1.0, 2**32 - 5), (5, 0.5, 123)])
+def test_cpp_draw_matches_the_torch_draw(numel, density, offset):
+    """The C++ draw against the torch transcription of the hash, including offsets past 2**32."""
+    key = mask_key(5, 2, 3)
+    fast = draw_kept(numel, key, density, offset=offset)
+    assert torch.equal(fast.indices(), kept_indices(numel, key, density, offset=offset).long())
+    assert torch.equal(fast.starts, KeptEntries.from_indices(fast.indices(), numel).starts)
 
 
 def test_kept_entries_round_trip_through_the_compact_layout():

@@ -377,6 +377,59 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
   return {clipped, nonfinite};
 }
 
+// ---- Sparse momentum's draw (spam_opt/sparse.py holds the specification and a torch version) ------------
+
+inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x1B873593u;
+  return x ^ (x >> 16);
+}
+
+inline bool keep(int64_t flat, uint32_t key, uint64_t threshold) {
+  const uint64_t f = static_cast<uint64_t>(flat);
+  const uint32_t h = mix32(mix32(static_cast<uint32_t>(f) ^ key) ^ static_cast<uint32_t>(f >> 32));
+  return h < threshold;
+}
+
+// The kept entries of `numel` consecutive entries starting at flat index `offset` of the full tensor, in
+// the compact layout (low 16 bits of each index relative to the first entry, kept count before each block).
+std::tuple<at::Tensor, at::Tensor> kept_entries(int64_t numel, int64_t key, int64_t threshold, int64_t offset) {
+  TORCH_CHECK(numel >= 0 && offset >= 0 && key >= 0 && key < (int64_t(1) << 32) && threshold >= 0 &&
+                  threshold <= (int64_t(1) << 32),
+              "kept_entries: invalid arguments");
+  const int64_t block_size = int64_t(1) << kBlockBits;
+  const int64_t blocks = (numel >> kBlockBits) + 1;
+  auto starts = at::zeros({blocks + 1}, at::kLong);
+  int64_t* st = starts.data_ptr<int64_t>();
+  const uint32_t k32 = static_cast<uint32_t>(key);
+  const uint64_t thr = static_cast<uint64_t>(threshold);
+  // Blocks are independent: count each block's kept entries in parallel, then fill each block's slice.
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t lo = b * block_size, hi = std::min(numel, lo + block_size);
+      int32_t count = 0;
+#pragma omp simd reduction(+ : count)
+      for (int64_t i = lo; i < hi; ++i) count += keep(offset + i, k32, thr);
+      st[b + 1] = count;
+    }
+  });
+  for (int64_t b = 0; b < blocks; ++b) st[b + 1] += st[b];
+  auto low = at::empty({st[blocks]}, at::kShort);
+  int16_t* out = low.data_ptr<int16_t>();
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t lo = b * block_size, hi = std::min(numel, lo + block_size);
+      int64_t j = st[b];
+      for (int64_t i = lo; i < hi; ++i) {
+        if (keep(offset + i, k32, thr)) out[j++] = static_cast<int16_t>(static_cast<uint16_t>(i - lo));
+      }
+    }
+  });
+  return {low, starts};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(spam_opt, m) {
@@ -389,6 +442,8 @@ TORCH_LIBRARY(spam_opt, m) {
       "Tensor(d!)[] steps, Tensor(e!)[] max_emas, Tensor(f!)[] norm_emas, Tensor(g!)[] norm_sq_emas, "
       "bool[] resets, Tensor? gate, float lr, float beta1, float beta2, float gamma1, float gamma2, "
       "float theta, float eps, float weight_decay) -> (Tensor, Tensor)");
+  // No tensor inputs, so no dispatch key to choose a backend by: one kernel for all, producing CPU tensors.
+  m.def("kept_entries(int numel, int key, int threshold, int offset) -> (Tensor, Tensor)", &kept_entries);
 }
 
 TORCH_LIBRARY_IMPL(spam_opt, CPU, m) {
