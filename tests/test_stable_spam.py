@@ -299,33 +299,27 @@ def test_unknown_group_options_and_foreign_state_dicts_are_refused():
         StableSPAM([p]).load_state_dict(adamw.state_dict())
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_fused_matches_foreach_on_large_tensors_with_resets_and_nan(threads):
+def test_fused_matches_foreach_on_large_tensors_with_resets_and_nan(torch_threads):
     """Tensors of several work chunks, split over threads: the C++ reductions against torch's."""
     shapes = [(300, 257), (70001,), (3,)]
     runs = []
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for path in (dict(fused=True), dict(foreach=True)):
-            params = [nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i)))
-                      for i, s in enumerate(shapes)]
-            opt = StableSPAM(params, lr=1e-2, weight_decay=0.1, reset_interval=7, total_steps=20, **path)
-            gen = torch.Generator().manual_seed(3)
-            counts = []
-            for t in range(20):
-                grads = [torch.randn(s, generator=gen) for s in shapes]
-                grads[t % 3].view(-1)[(t * 7919) % grads[t % 3].numel()] *= 1000.0
-                if t == 9:
-                    grads[1][-1] = float("nan")
-                for p, g in zip(params, grads):
-                    p.grad = g
-                opt.step()
-                stats = opt.spike_stats()
-                counts.append((stats.clipped.tolist(), stats.nonfinite.tolist()))
-            runs.append(([p.detach() for p in params], counts))
-    finally:
-        torch.set_num_threads(previous)
+    for path in (dict(fused=True), dict(foreach=True)):
+        params = [nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i)))
+                  for i, s in enumerate(shapes)]
+        opt = StableSPAM(params, lr=1e-2, weight_decay=0.1, reset_interval=7, total_steps=20, **path)
+        gen = torch.Generator().manual_seed(3)
+        counts = []
+        for t in range(20):
+            grads = [torch.randn(s, generator=gen) for s in shapes]
+            grads[t % 3].view(-1)[(t * 7919) % grads[t % 3].numel()] *= 1000.0
+            if t == 9:
+                grads[1][-1] = float("nan")
+            for p, g in zip(params, grads):
+                p.grad = g
+            opt.step()
+            stats = opt.spike_stats()
+            counts.append((stats.clipped.tolist(), stats.nonfinite.tolist()))
+        runs.append(([p.detach() for p in params], counts))
     assert runs[0][1] == runs[1][1]
     assert runs[1][1][9][1] == [False, True, False]
     for a, b in zip(runs[0][0], runs[1][0]):
