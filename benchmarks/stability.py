@@ -44,6 +44,7 @@ SPIKE_FRACTIONS = (0.3, 0.5, 0.7)  # injections at these fractions of the run, 1
 # scaled step is undone by a global-norm clip; a burst inflates Adam's second moments step after step.
 BURST_STEPS = 5
 LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
+SWEEP_EXTEND = 2  # extra x3 steps past an end of LR_GRID whose lr wins the sweep
 HIGH_LR_FACTOR = 10.0  # high-lr regime: this times AdamW's swept lr, the same for every optimizer
 
 
@@ -209,21 +210,38 @@ def run_one(setup: Setup, name: str, regime: str, seed: int, lr: float, run_dir:
     return result
 
 
+def _sweep_loss(setup: Setup, name: str, lr: float) -> float:
+    res = run_one(setup, name, "clean", 0, lr, setup.out / "sweep" / name / f"lr{lr:g}")
+    loss = res["final_eval_loss"]
+    return loss if loss is not None and math.isfinite(loss) else math.inf
+
+
 def sweep(setup: Setup, names: list[str], lrs: tuple[float, ...]) -> dict[str, float]:
-    """Best clean-regime lr per optimizer (seed 0), by final validation loss."""
+    """Best clean-regime lr per optimizer (seed 0), by final validation loss.
+
+    When the best lr is at an end of the grid, the sweep goes on past that end (x3 per step, at most
+    SWEEP_EXTEND steps): an optimum at the edge of the grid is not an optimum.
+    """
     best: dict[str, float] = {}
-    header = "| optimizer | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | chosen |"
-    table = [header, "|---" * (len(lrs) + 2) + "|"]
+    all_scores: dict[str, dict[float, float]] = {}
     for name in names:
-        scores = {}
-        for lr in lrs:
-            res = run_one(setup, name, "clean", 0, lr, setup.out / "sweep" / name / f"lr{lr:g}")
-            loss = res["final_eval_loss"]
-            scores[lr] = loss if loss is not None and math.isfinite(loss) else math.inf
+        scores = {lr: _sweep_loss(setup, name, lr) for lr in lrs}
+        for _ in range(SWEEP_EXTEND):
+            chosen, grid = min(scores, key=scores.get), sorted(scores)
+            if chosen not in (grid[0], grid[-1]):
+                break
+            lr = float(f"{chosen * 3 if chosen == grid[-1] else chosen / 3:.3g}")
+            scores[lr] = _sweep_loss(setup, name, lr)
         best[name] = min(scores, key=scores.get)
-        cells = " | ".join(f"{scores[lr]:.4f}" for lr in lrs)
+        all_scores[name] = scores
+    columns = sorted({lr for scores in all_scores.values() for lr in scores})
+    table = ["| optimizer | " + " | ".join(f"lr {lr:g}" for lr in columns) + " | chosen |",
+             "|---" * (len(columns) + 2) + "|"]
+    for name, scores in all_scores.items():
+        cells = " | ".join(f"{scores[lr]:.4f}" if lr in scores else "" for lr in columns)
         table.append(f"| {name} | {cells} | {best[name]:g} |")
-    intro = "Final validation loss of the clean regime, seed 0.\n\n"
+    intro = ("Final validation loss of the clean regime, seed 0. The grid is extended past an end whose lr "
+             f"wins (x3 per step, up to {SWEEP_EXTEND} steps); empty cells were not run.\n\n")
     (setup.out / "lr_sweep.md").write_text(intro + "\n".join(table) + "\n")
     return best
 
