@@ -50,3 +50,20 @@ def test_quick_grid_runs_end_to_end_and_resumes(stability, tmp_path):
     first = (tmp_path / "runs" / "clean" / "adamw" / "seed0" / "result.json").stat().st_mtime_ns
     stability.main(argv)
     assert (tmp_path / "runs" / "clean" / "adamw" / "seed0" / "result.json").stat().st_mtime_ns == first
+
+
+def test_burst_regime_injects_consecutive_steps_and_counts_recovery_from_the_last(stability, tmp_path):
+    setup = stability.Setup("llama-tiny", 100, 2, 16, tmp_path, 0.05, 0.1)
+    assert setup.injections("clean") == []
+    assert setup.injections("spike-all") == [(30, 30), (50, 50), (70, 70)]
+    burst = setup.injections("spike-burst")
+    assert burst == [(t, t + stability.BURST_STEPS - 1) for t in (30, 50, 70)]
+    first = setup.injected_steps("spike-burst")[:stability.BURST_STEPS]
+    assert first == list(range(30, 30 + stability.BURST_STEPS))
+    steps = list(range(1, 101))
+    losses = [3.0] * 100
+    for t in range(30, 37):  # losses[t] is step t + 1: up from step 31 (after the first injection) to 37
+        losses[t] = 4.0
+    # baseline: the steps up to 30; the 5-step mean is back from step 38, 4 steps after the last injection
+    assert stability.recovery_steps(steps, losses, at=30, last=34) == 4
+    assert stability.loss_jump(steps, losses, at=30, last=34) == pytest.approx(1.0)
