@@ -61,15 +61,20 @@ def _command(compiler: str, output: Path) -> list[str]:
             *includes, str(_SOURCE), "-o", str(output), *libs, *rpath, "-lc10", "-ltorch_cpu"]
 
 
+def cached_kernel(compiler: str) -> Path:
+    """Where the kernel built from this source, with these flags, for this torch and Python, lives."""
+    probe = _command(compiler, Path("kernel.so"))
+    key = hashlib.sha256("\0".join([_SOURCE.read_text(), *probe, torch.__version__, sys.version]).encode())
+    return cache_dir() / f"spam_cpu_{key.hexdigest()[:16]}.so"
+
+
 @functools.cache
 def load() -> str | None:
     """Build (once per machine and torch version) and load the kernel; the reason it cannot run, or None."""
     compiler = _compiler()
     if compiler is None:
         return "building the CPU kernel needs a C++ compiler (g++ or clang++ on PATH, or $CXX)"
-    probe = _command(compiler, Path("kernel.so"))
-    key = hashlib.sha256("\0".join([_SOURCE.read_text(), *probe, torch.__version__, sys.version]).encode())
-    target = cache_dir() / f"spam_cpu_{key.hexdigest()[:16]}.so"
+    target = cached_kernel(compiler)
     if not target.is_file():
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +89,10 @@ def load() -> str | None:
                 os.replace(partial, target)
         except OSError as exc:
             return f"building the CPU kernel failed: {exc} (set $SPAM_OPT_CACHE to a writable directory)"
-    torch.ops.load_library(str(target))
+    try:
+        torch.ops.load_library(str(target))
+    except (OSError, RuntimeError) as exc:
+        return f"loading the CPU kernel {target} failed: {exc} (delete it to rebuild)"
     return None
 
 

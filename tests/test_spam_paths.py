@@ -221,3 +221,11 @@ def test_a_failed_kernel_build_is_reported_and_automatic_selection_falls_back(tm
     _spam_cpu.warn_fallback.cache_clear()
     with pytest.warns(RuntimeWarning, match="falls back to the slower foreach step"):
         assert _select_kernel(None, None, [torch.zeros(3)]) is F.spam_foreach
+
+
+def test_an_unloadable_cached_kernel_is_reported_not_raised(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPAM_OPT_CACHE", str(tmp_path))
+    target = _spam_cpu.cached_kernel(_spam_cpu._compiler())
+    target.write_bytes(b"not a shared library")  # say, a copy truncated by a full disk
+    reason = _spam_cpu.load.__wrapped__()
+    assert reason.startswith("loading the CPU kernel") and "delete it to rebuild" in reason
