@@ -74,7 +74,8 @@ class _RollingStat:
         """Record ``x``; return its step's factor: 1 (normal), sigma / z in (0, 1) (spike), 0 (not finite).
 
         The test uses the history before ``x``. The sample standard deviation is used; a spike needs
-        ``x > mean + sigma * std`` strictly, so a constant history never flags an equal value.
+        ``x > mean + sigma * std`` strictly, so a constant history never flags an equal value. A spike is
+        recorded as ``mean + sigma * std`` (winsorised), a non-finite value not at all.
         """
         window = self.values.numel()
         valid = self._positions < self.count
@@ -89,7 +90,11 @@ class _RollingStat:
         factor = torch.where(finite, factor, 0.0)
 
         slot = (self.count % window).view(1)
-        kept = torch.where(finite, x, self.values.index_select(0, slot).squeeze(0))
+        # A spike enters the history at the bound it broke, not at its own size: recorded in full, one spike
+        # would inflate the deviation so much that the next steps of a burst pass unflagged. Recording the
+        # bound still lets a lasting rise of the level in, a little per step.
+        recorded = torch.where(spike, mean + bound, x)
+        kept = torch.where(finite, recorded, self.values.index_select(0, slot).squeeze(0))
         self.values.index_copy_(0, slot, kept.view(1))
         self.count += finite.to(torch.int64)
         return factor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 
 import pytest
@@ -96,7 +97,8 @@ def test_not_skipped_before_min_history_but_nonfinite_always_is():
 
 
 def test_decision_matches_a_float64_rolling_z_score():
-    """Over a long noisy stream with spikes, the guard skips exactly where a plain float64 window says so."""
+    """Over a long noisy stream with spikes, the guard skips exactly where a plain float64 window says so
+    (spikes enter that window winsorised at the bound, as the guard records them)."""
     params = _params()
     guard = SpikeGuard(torch.optim.SGD(params, lr=1e-3), sigma=3.0, window=10, min_history=4)
     gen = torch.Generator().manual_seed(3)
@@ -107,9 +109,10 @@ def test_decision_matches_a_float64_rolling_z_score():
         grads = _grads(t, scale)
         norm = float(torch.cat([g.reshape(-1) for g in grads]).double().norm())
         window = history[-10:]
-        spike = len(history) >= 4 and norm > statistics.mean(window) + 3.0 * statistics.stdev(window)
+        bound = statistics.mean(window) + 3.0 * statistics.stdev(window) if len(window) >= 2 else math.inf
+        spike = len(history) >= 4 and norm > bound
         expected.append(spike)
-        history.append(norm)
+        history.append(bound if spike else norm)  # a spike is recorded at the bound it broke
         _set(params, grads)
         guard.step()
         got.append(bool(guard.last_skipped))
@@ -227,3 +230,20 @@ def test_global_grad_norm_and_bad_arguments():
         p.grad = torch.ones_like(p)
     with pytest.raises(ValueError, match="scalar loss"):
         guard.step(loss=torch.ones(3))
+
+
+def test_every_step_of_a_burst_is_skipped_and_a_lasting_rise_is_accepted_in_time():
+    params = _params()
+    guard = SpikeGuard(torch.optim.SGD(params, lr=1e-3), sigma=6.0, window=32, min_history=8)
+    gen = torch.Generator().manual_seed(5)
+    skipped = []
+    for t in range(200):
+        noise = float(1 + 0.1 * torch.rand((), generator=gen))
+        level = 1000.0 if 40 <= t < 45 else (3.0 if t >= 100 else 1.0)  # a 5-step burst, then a lasting x3
+        _set(params, _grads(t, noise * level))
+        guard.step()
+        skipped.append(bool(guard.last_skipped))
+    assert skipped[40:45] == [True] * 5, "a recorded spike must not let the rest of the burst through"
+    assert not any(skipped[45:100])
+    assert skipped[100], "the first step of the new level is a spike"
+    assert not any(skipped[170:]), "a lasting rise must be accepted eventually, not skipped forever"
