@@ -285,7 +285,14 @@ def report(setup: Setup, results: list[dict[str, Any]], command: str) -> None:
              "until the 5-step mean loss is back at its mean over the 5 steps up to the injection, "
              f"counted from its last injected step (spike-burst: {BURST_STEPS} consecutive steps). "
              "Worst jump: largest loss rise (nats) from the injection to 5 steps after it. State: "
-             "optimizer state bytes after one step.", ""]
+             "optimizer state MB after one step, measured when this report is written.", ""]
+    # Measured now rather than read from result.json: a run recorded by an older version of the library
+    # would report that version's state layout. Optimizer state does not depend on the regime.
+    state_mb = {}
+    for r in results:
+        if r["optimizer"] not in state_mb:
+            run_dir = setup.out / "runs" / r["regime"] / r["optimizer"] / f"seed{r['seed']}"
+            state_mb[r["optimizer"]] = optimizer_state_bytes(run_dir) / 2**20
     for regime in REGIMES:
         rows = [r for r in results if r["regime"] == regime]
         if not rows:
@@ -303,7 +310,7 @@ def report(setup: Setup, results: list[dict[str, Any]], command: str) -> None:
                 f"| {name} | {runs[0]['lr']:g} | {_mean_spread([r['final_eval_loss'] for r in runs])} | "
                 f"{_mean_spread([r['final_eval_ppl'] for r in runs])} | "
                 f"{statistics.fmean([r['loss_spikes'] for r in runs]):.1f} | {rec_text} | {jump_text} | "
-                f"{runs[0]['state_bytes'] / 2**20:.2f} | "
+                f"{state_mb[name]:.2f} | "
                 f"{statistics.fmean([r['wall_s'] for r in runs]):.0f} |")
         lines.append("")
     (setup.out / "README.md").write_text("\n".join(lines))
