@@ -246,11 +246,12 @@ def sweep(setup: Setup, names: list[str], lrs: tuple[float, ...]) -> dict[str, f
     return best
 
 
-def _median_text(values: list[int | None]) -> str:
-    """Median recovery over injections x seeds; a run that never recovered counts as the longest."""
-    median = statistics.median([math.inf if v is None else v for v in values])
+def _recovery_text(values: list[int | None]) -> str:
+    """Median and longest recovery over injections x seeds; a run that never recovered counts as longest."""
+    steps = [math.inf if v is None else v for v in values]
+    text = lambda x: "never" if x == math.inf else f"{x:g}"
     never = sum(v is None for v in values)
-    return ("never" if median == math.inf else f"{median:g}") + (f" ({never} never)" if never else "")
+    return f"{text(statistics.median(steps))} / {text(max(steps))}" + (f" ({never} never)" if never else "")
 
 
 def _mean_spread(values: list[float]) -> str:
@@ -262,8 +263,8 @@ def _mean_spread(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f} ± {statistics.pstdev(values):.4f}"
 
 
-_TABLE_HEADER = ("| optimizer | lr | val loss | val ppl | loss spikes | recovery steps | worst jump "
-                 "| state MB | wall s |")
+_TABLE_HEADER = ("| optimizer | lr | val loss | val ppl | loss spikes | recovery steps (median / longest) "
+                 "| worst jump | state MB | wall s |")
 
 
 def spike_measures(setup: Setup, result: dict[str, Any]) -> dict[str, Any]:
@@ -281,10 +282,10 @@ def report(setup: Setup, results: list[dict[str, Any]], command: str) -> None:
     lines = [f"# Stability benchmark ({setup.model}, {setup.steps} steps, batch {setup.batch_size} x "
              f"{setup.seq_len} tokens)", "", f"Command: `{command}`", "",
              "Mean ± std over seeds. Loss spikes: training-loss jumps of more than max(6 std, 0.1 nats) over "
-             "the previous 20 steps (mean per run). Recovery: median over injections x seeds of the steps "
-             "until the 5-step mean loss is back at its mean over the 5 steps up to the injection, "
-             f"counted from its last injected step (spike-burst: {BURST_STEPS} consecutive steps). "
-             "Worst jump: largest loss rise (nats) from the injection to 5 steps after it. State: "
+             "the previous 20 steps (mean per run). Recovery: median and longest, over injections x seeds, "
+             "of the steps until the 5-step mean loss is back at its mean over the 5 steps up to the "
+             f"injection, counted from its last injected step (spike-burst: {BURST_STEPS} consecutive "
+             "steps). Worst jump: largest loss rise (nats) from the injection to 5 steps after it. State: "
              "optimizer state MB after one step, measured when this report is written.", ""]
     # Measured now rather than read from result.json: a run recorded by an older version of the library
     # would report that version's state layout. Optimizer state does not depend on the regime.
@@ -303,7 +304,7 @@ def report(setup: Setup, results: list[dict[str, Any]], command: str) -> None:
             if not runs:
                 continue
             rec = [v for r in runs for v in r["recovery"]]
-            rec_text = _median_text(rec) if rec else "n/a"
+            rec_text = _recovery_text(rec) if rec else "n/a"
             jumps = [v for r in runs for v in r["jump"] if v is not None]
             jump_text = f"{max(jumps):.2f}" if jumps else "n/a"
             lines.append(
