@@ -3,7 +3,8 @@
 // SPAM, per parameter: a read of g that checks it for NaN/Inf (a parameter whose gradient is not finite
 // must be left untouched, so the check has to finish before the first write), then one pass that clips,
 // updates the moments and the parameter, and counts the clipped entries. Stable-SPAM needs two reductions
-// before its update (max|g| with the NaN check, then AdaClip's count and the clipped norm for AdaGN).
+// before its update (max|g| with the NaN check, then AdaClip's count and the clipped norm for AdaGN); the
+// second is skipped on steps where AdaClip scales nothing.
 // Registered as torch.ops.spam_opt.spam_step_ and stable_spam_step_; spam_opt/_spam_cpu.py builds and
 // loads this file.
 
@@ -16,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -242,6 +244,51 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
 
 // ---- Stable-SPAM (see _stable_spam_functional.py for the rule) ------------------------------------------
 
+struct AbsMaxSq {
+  AbsMax abs_max;
+  double sum_sq;
+};
+
+// abs_max and the sum of g^2 in the same read: when AdaClip scales nothing (max|g| within its bound, the
+// usual step), that sum is AdaGN's squared norm and the second read of g is skipped.
+AbsMaxSq abs_max_sq(const float* g, int64_t n) {
+  using Pair = std::pair<uint32_t, double>;
+  const Pair r = at::parallel_reduce(
+      0, n, kGrain, Pair{0u, 0.0},
+      [=](int64_t begin, int64_t end, Pair ident) {
+        const int64_t q = (end - begin) / 4;
+        const float* __restrict a = g + begin;
+        const float* __restrict b = a + q;
+        const float* __restrict c = b + q;
+        const float* __restrict d = c + q;
+        constexpr uint32_t kAbs = 0x7fffffffu;
+        uint32_t top = ident.first;
+        double total = ident.second;
+        for (int64_t start = 0; start < q; start += kBlock) {
+          const int64_t stop = std::min(q, start + kBlock);
+          float sum = 0.f;
+#pragma omp simd reduction(max : top) reduction(+ : sum)
+          for (int64_t i = start; i < stop; ++i) {
+            const uint32_t ua = std::bit_cast<uint32_t>(a[i]) & kAbs, ub = std::bit_cast<uint32_t>(b[i]) & kAbs;
+            const uint32_t uc = std::bit_cast<uint32_t>(c[i]) & kAbs, ud = std::bit_cast<uint32_t>(d[i]) & kAbs;
+            const uint32_t x = ua > ub ? ua : ub;
+            const uint32_t y = uc > ud ? uc : ud;
+            const uint32_t z = x > y ? x : y;
+            top = z > top ? z : top;
+            sum += (a[i] * a[i] + b[i] * b[i]) + (c[i] * c[i] + d[i] * d[i]);
+          }
+          total += sum;
+        }
+        for (int64_t i = begin + 4 * q; i < end; ++i) {
+          top = std::max(top, std::bit_cast<uint32_t>(g[i]) & kAbs);
+          total += static_cast<double>(g[i]) * g[i];
+        }
+        return Pair{top, total};
+      },
+      [](Pair x, Pair y) { return Pair{std::max(x.first, y.first), x.second + y.second}; });
+  return AbsMaxSq{AbsMax{std::bit_cast<float>(r.first), r.first < 0x7f800000u}, r.second};
+}
+
 struct ClipSum {
   int64_t clipped;
   double sum_sq;
@@ -326,7 +373,8 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
                 "stable_spam_step_: params[", i, "] and its gradient and moments differ in size");
     const int64_t numel = p.numel();
     const float* gp = g.const_data_ptr<float>();
-    const AbsMax am = numel ? abs_max(gp, numel) : AbsMax{0.f, true};
+    const AbsMaxSq ams = abs_max_sq(gp, numel);
+    const AbsMax am = ams.abs_max;
     nonfinite.data_ptr<bool>()[i] = !am.finite;
     float* count = scalar(steps[i]);
     if (!am.finite || !open) {
@@ -345,7 +393,8 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
     const float max_ema = *scalar(max_emas[i]) * theta_f + am.amax * static_cast<float>(1.0 - theta);
     const float max_hat = max_ema / (1.f - std::pow(theta_f, static_cast<float>(n_c)));
     const float ratio = max_hat / am.amax;  // only used where |g| > max_hat, so amax > 0 there
-    const ClipSum cs = clip_sum(gp, numel, max_hat, ratio);
+    // No entry above the bound: nothing is clipped and the first read already summed the squares.
+    const ClipSum cs = am.amax > max_hat ? clip_sum(gp, numel, max_hat, ratio) : ClipSum{0, ams.sum_sq};
     const double norm = std::sqrt(cs.sum_sq);
     const double norm_ema = *scalar(norm_emas[i]) * gamma1 + norm * (1.0 - gamma1);
     const double norm_sq_ema = *scalar(norm_sq_emas[i]) * gamma2 + norm * norm * (1.0 - gamma2);
