@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -108,6 +109,15 @@ def handles(p: Tensor, g: Tensor, m: Tensor) -> bool:
             and p.is_contiguous() and g.is_contiguous() and m.is_contiguous())
 
 
+def _split(taken: Iterable[bool]) -> tuple[list[int], list[int]]:
+    """Positions the kernel takes, and the others."""
+    fast: list[int] = []
+    slow: list[int] = []
+    for i, ok in enumerate(taken):
+        (fast if ok else slow).append(i)
+    return fast, slow
+
+
 def spam_cpu(
     params: list[Tensor],
     grads: list[Tensor],
@@ -123,8 +133,7 @@ def spam_cpu(
     ``load()`` must have succeeded.
     """
     columns = (params, grads, exp_avgs, exp_avg_sqs, counts)
-    fast = [i for i, (p, g, m) in enumerate(zip(params, grads, exp_avgs)) if handles(p, g, m)]
-    slow = [i for i in range(len(params)) if i not in set(fast)]
+    fast, slow = _split(handles(p, g, m) for p, g, m in zip(params, grads, exp_avgs))
     clipped: list[Tensor] = [torch.zeros((), dtype=torch.int64)] * len(params)
     nonfinite: list[Tensor] = [torch.zeros((), dtype=torch.bool)] * len(params)
     if fast:
@@ -155,9 +164,8 @@ def stable_spam_cpu(
 ) -> S.KernelResult:
     """Stable-SPAM: unsharded float32 contiguous tensors in one call (three reads of g, one update pass);
     sharded (FSDP2), low-precision or strided ones through foreach. ``load()`` must have succeeded."""
-    fast = [i for i, (p, g, st, groups) in enumerate(zip(params, grads, states, shard_groups))
-            if not groups and handles(p, g, st.exp_avg)]
-    slow = [i for i in range(len(params)) if i not in set(fast)]
+    fast, slow = _split(not groups and handles(p, g, st.exp_avg)
+                        for p, g, st, groups in zip(params, grads, states, shard_groups))
     clipped: list[Tensor] = [torch.zeros((), dtype=torch.int64)] * len(params)
     nonfinite: list[Tensor] = [torch.zeros((), dtype=torch.bool)] * len(params)
     if fast:

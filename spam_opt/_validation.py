@@ -53,3 +53,13 @@ def check_known_keys(group: Mapping[str, Any], allowed: Iterable[str], where: st
             f"unknown option(s) {', '.join(map(repr, unknown))} in {where}; "
             f"accepted options are: {', '.join(sorted(allowed))}"
         )
+
+
+def check_kernel_flags(group: Mapping[str, Any], where: str) -> None:
+    """``foreach`` and ``fused``: each None, True or False, and not both True."""
+    for flag in ("foreach", "fused"):
+        if group[flag] not in (None, True, False):
+            raise ValueError(f"invalid {flag}={group[flag]!r} ({where}): accepted values are None, True, "
+                             "False")
+    if group["foreach"] and group["fused"]:
+        raise ValueError(f"foreach=True and fused=True ({where}): choose at most one of them")

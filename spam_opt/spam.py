@@ -19,7 +19,7 @@ from spam_opt import _spam_cpu
 from spam_opt import _spam_functional as F
 from spam_opt._global_step import GlobalStepOptimizer, local_tensor
 from spam_opt._spam_fused import fused_unavailable_reason, spam_fused
-from spam_opt._validation import check_betas, check_int, check_number
+from spam_opt._validation import check_betas, check_int, check_kernel_flags, check_number
 from spam_opt.sparse import KeptEntries, draw_kept, mask_key
 from spam_opt.stats import SpikeStats, stack_counts
 
@@ -242,11 +242,6 @@ def _validate_group(group: dict[str, Any], where: str) -> None:
             f"invalid warmup_steps={group['warmup_steps']} ({where}): the warmup after a momentum reset must "
             f"fit in the reset interval, accepted range is [0, reset_interval={group['reset_interval']}]"
         )
-    for flag in ("foreach", "fused"):
-        if group[flag] not in (None, True, False):
-            raise ValueError(f"invalid {flag}={group[flag]!r} ({where}): accepted values are None, True, "
-                             "False")
-    if group["foreach"] and group["fused"]:
-        raise ValueError(f"foreach=True and fused=True ({where}): choose at most one of them")
+    check_kernel_flags(group, where)
     if not isinstance(group["maximize"], bool):
         raise ValueError(f"invalid maximize={group['maximize']!r} ({where}): accepted values are True, False")

@@ -108,7 +108,9 @@ class KeptEntries:
     def indices(self) -> Tensor:
         """The kept flat indices (int64, ascending)."""
         counts = self.starts.diff()
-        block = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+        # output_size: without it repeat_interleave reads the total back from the device (a sync per step).
+        block = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts,
+                                        output_size=self.low.numel())
         return (block << BLOCK_BITS) + (self.low.long() & ((1 << BLOCK_BITS) - 1))
 
     def numel(self) -> int:

@@ -27,7 +27,7 @@ from torch import Tensor
 from spam_opt import _spam_cpu
 from spam_opt import _stable_spam_functional as F
 from spam_opt._global_step import GlobalStepOptimizer, local_tensor
-from spam_opt._validation import check_betas, check_int, check_number
+from spam_opt._validation import check_betas, check_int, check_kernel_flags, check_number
 from spam_opt.stats import SpikeStats, stack_counts
 
 _SCALAR_KEYS = ("step", "max_ema", "norm_ema", "norm_sq_ema")
@@ -191,9 +191,4 @@ def _validate_group(group: dict[str, Any], where: str) -> None:
         check_int(f"total_steps ({where})", group["total_steps"], low=1)
     check_number(f"eta_min ({where})", group["eta_min"], low=0.0, high=1.0)
     check_int(f"reset_interval ({where})", group["reset_interval"])
-    for flag in ("foreach", "fused"):
-        if group[flag] not in (None, True, False):
-            raise ValueError(f"invalid {flag}={group[flag]!r} ({where}): accepted values are None, True, "
-                             "False")
-    if group["foreach"] and group["fused"]:
-        raise ValueError(f"foreach=True and fused=True ({where}): choose at most one of them")
+    check_kernel_flags(group, where)

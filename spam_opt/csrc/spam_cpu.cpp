@@ -40,37 +40,51 @@ struct Hyper {
 struct AbsMax {
   float amax;
   bool finite;
+  double sum_sq;  // sum of g^2, when asked for (Stable-SPAM's AdaGN norm on a step AdaClip leaves alone)
 };
 
-// max|g| and whether g is all finite, in one read of g. Four streams a quarter of the range apart: one
-// sequential stream leaves much of the memory bandwidth unused, and this read comes on top of the update
-// pass. |x| as IEEE bits orders like an unsigned
-// integer, and NaN and Inf are exactly the bit patterns from 0x7f800000 up: an integer max reduction (which
-// vectorises, unlike a float max with NaN semantics) answers both questions.
+// max|g| and whether g is all finite (and, with kSumSquares, the sum of g^2), in one read of g. Four
+// streams a quarter of the range apart: one sequential stream leaves much of the memory bandwidth unused,
+// and this read comes on top of the update pass. |x| as IEEE bits orders like an unsigned integer, and NaN
+// and Inf are exactly the bit patterns from 0x7f800000 up: an integer max reduction (which vectorises,
+// unlike a float max with NaN semantics) answers both questions.
+template <bool kSumSquares>
 AbsMax abs_max(const float* g, int64_t n) {
-  const uint32_t top = at::parallel_reduce(
-      0, n, kGrain, uint32_t(0),
-      [=](int64_t begin, int64_t end, uint32_t ident) {
-        const uint32_t* bits = reinterpret_cast<const uint32_t*>(g);
+  using Partial = std::pair<uint32_t, double>;
+  const Partial r = at::parallel_reduce(
+      0, n, kGrain, Partial{0u, 0.0},
+      [=](int64_t begin, int64_t end, Partial ident) {
         const int64_t q = (end - begin) / 4;
-        const uint32_t* __restrict a = bits + begin;
-        const uint32_t* __restrict b = a + q;
-        const uint32_t* __restrict c = b + q;
-        const uint32_t* __restrict d = c + q;
+        const float* __restrict a = g + begin;
+        const float* __restrict b = a + q;
+        const float* __restrict c = b + q;
+        const float* __restrict d = c + q;
         constexpr uint32_t kAbs = 0x7fffffffu;
-        uint32_t top = ident;
-#pragma omp simd reduction(max : top)
-        for (int64_t i = 0; i < q; ++i) {
-          const uint32_t x = (a[i] & kAbs) > (b[i] & kAbs) ? (a[i] & kAbs) : (b[i] & kAbs);
-          const uint32_t y = (c[i] & kAbs) > (d[i] & kAbs) ? (c[i] & kAbs) : (d[i] & kAbs);
-          const uint32_t z = x > y ? x : y;
-          top = z > top ? z : top;
+        auto bits = [](float x) { return std::bit_cast<uint32_t>(x) & kAbs; };
+        uint32_t top = ident.first;
+        double total = ident.second;
+        for (int64_t start = 0; start < q; start += kBlock) {
+          const int64_t stop = std::min(q, start + kBlock);
+          float sum = 0.f;
+#pragma omp simd reduction(max : top) reduction(+ : sum)
+          for (int64_t i = start; i < stop; ++i) {
+            const uint32_t ua = bits(a[i]), ub = bits(b[i]), uc = bits(c[i]), ud = bits(d[i]);
+            const uint32_t x = ua > ub ? ua : ub;
+            const uint32_t y = uc > ud ? uc : ud;
+            const uint32_t z = x > y ? x : y;
+            top = z > top ? z : top;
+            if constexpr (kSumSquares) sum += (a[i] * a[i] + b[i] * b[i]) + (c[i] * c[i] + d[i] * d[i]);
+          }
+          total += sum;
         }
-        for (int64_t i = begin + 4 * q; i < end; ++i) top = std::max(top, bits[i] & kAbs);
-        return top;
+        for (int64_t i = begin + 4 * q; i < end; ++i) {
+          top = std::max(top, bits(g[i]));
+          if constexpr (kSumSquares) total += static_cast<double>(g[i]) * g[i];
+        }
+        return Partial{top, total};
       },
-      [](uint32_t x, uint32_t y) { return std::max(x, y); });
-  return AbsMax{std::bit_cast<float>(top), top < 0x7f800000u};
+      [](Partial x, Partial y) { return Partial{std::max(x.first, y.first), x.second + y.second}; });
+  return AbsMax{std::bit_cast<float>(r.first), r.first < 0x7f800000u, r.second};
 }
 
 // The update of one entry; returns whether its gradient was clipped. clip is +inf when clipping is off.
@@ -208,7 +222,7 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
     check_float32(exp_avg_sqs[i], "exp_avg_sqs", i);
     TORCH_CHECK(g.numel() == p.numel(), "spam_step_: grads[", i, "] has ", g.numel(), " entries, params[", i,
                 "] ", p.numel());
-    const bool finite = abs_max(g.const_data_ptr<float>(), g.numel()).finite;
+    const bool finite = abs_max<false>(g.const_data_ptr<float>(), g.numel()).finite;
     nonfinite_out[i] = !finite;
     if (!finite || !open) continue;
     float* count = counts[i].data_ptr<float>();
@@ -243,51 +257,6 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
 }
 
 // ---- Stable-SPAM (see _stable_spam_functional.py for the rule) ------------------------------------------
-
-struct AbsMaxSq {
-  AbsMax abs_max;
-  double sum_sq;
-};
-
-// abs_max and the sum of g^2 in the same read: when AdaClip scales nothing (max|g| within its bound, the
-// usual step), that sum is AdaGN's squared norm and the second read of g is skipped.
-AbsMaxSq abs_max_sq(const float* g, int64_t n) {
-  using Pair = std::pair<uint32_t, double>;
-  const Pair r = at::parallel_reduce(
-      0, n, kGrain, Pair{0u, 0.0},
-      [=](int64_t begin, int64_t end, Pair ident) {
-        const int64_t q = (end - begin) / 4;
-        const float* __restrict a = g + begin;
-        const float* __restrict b = a + q;
-        const float* __restrict c = b + q;
-        const float* __restrict d = c + q;
-        constexpr uint32_t kAbs = 0x7fffffffu;
-        uint32_t top = ident.first;
-        double total = ident.second;
-        for (int64_t start = 0; start < q; start += kBlock) {
-          const int64_t stop = std::min(q, start + kBlock);
-          float sum = 0.f;
-#pragma omp simd reduction(max : top) reduction(+ : sum)
-          for (int64_t i = start; i < stop; ++i) {
-            const uint32_t ua = std::bit_cast<uint32_t>(a[i]) & kAbs, ub = std::bit_cast<uint32_t>(b[i]) & kAbs;
-            const uint32_t uc = std::bit_cast<uint32_t>(c[i]) & kAbs, ud = std::bit_cast<uint32_t>(d[i]) & kAbs;
-            const uint32_t x = ua > ub ? ua : ub;
-            const uint32_t y = uc > ud ? uc : ud;
-            const uint32_t z = x > y ? x : y;
-            top = z > top ? z : top;
-            sum += (a[i] * a[i] + b[i] * b[i]) + (c[i] * c[i] + d[i] * d[i]);
-          }
-          total += sum;
-        }
-        for (int64_t i = begin + 4 * q; i < end; ++i) {
-          top = std::max(top, std::bit_cast<uint32_t>(g[i]) & kAbs);
-          total += static_cast<double>(g[i]) * g[i];
-        }
-        return Pair{top, total};
-      },
-      [](Pair x, Pair y) { return Pair{std::max(x.first, y.first), x.second + y.second}; });
-  return AbsMaxSq{AbsMax{std::bit_cast<float>(r.first), r.first < 0x7f800000u}, r.second};
-}
 
 struct ClipSum {
   int64_t clipped;
@@ -373,8 +342,7 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
                 "stable_spam_step_: params[", i, "] and its gradient and moments differ in size");
     const int64_t numel = p.numel();
     const float* gp = g.const_data_ptr<float>();
-    const AbsMaxSq ams = abs_max_sq(gp, numel);
-    const AbsMax am = ams.abs_max;
+    const AbsMax am = abs_max<true>(gp, numel);
     nonfinite.data_ptr<bool>()[i] = !am.finite;
     float* count = scalar(steps[i]);
     if (!am.finite || !open) {
@@ -394,7 +362,7 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
     const float max_hat = max_ema / (1.f - std::pow(theta_f, static_cast<float>(n_c)));
     const float ratio = max_hat / am.amax;  // only used where |g| > max_hat, so amax > 0 there
     // No entry above the bound: nothing is clipped and the first read already summed the squares.
-    const ClipSum cs = am.amax > max_hat ? clip_sum(gp, numel, max_hat, ratio) : ClipSum{0, ams.sum_sq};
+    const ClipSum cs = am.amax > max_hat ? clip_sum(gp, numel, max_hat, ratio) : ClipSum{0, am.sum_sq};
     const double norm = std::sqrt(cs.sum_sq);
     const double norm_ema = *scalar(norm_emas[i]) * gamma1 + norm * (1.0 - gamma1);
     const double norm_sq_ema = *scalar(norm_sq_emas[i]) * gamma2 + norm * norm * (1.0 - gamma2);
