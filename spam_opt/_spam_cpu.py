@@ -103,6 +103,19 @@ def warn_fallback(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=5)
 
 
+def fused_or_fallback(reason: str | None, *, explicit: bool, optimizer: str) -> bool:
+    """Whether a fused kernel whose availability is ``reason`` (None: available) should run.
+
+    ``fused=True`` (``explicit``) that cannot run raises; automatic selection warns once and falls back.
+    """
+    if reason is None:
+        return True
+    if explicit:
+        raise RuntimeError(f"fused=True cannot run: {reason}; use fused=None (automatic) or foreach=True")
+    warn_fallback(f"{optimizer} falls back to the slower foreach step: {reason}")
+    return False
+
+
 def handles(p: Tensor, g: Tensor, m: Tensor) -> bool:
     """Whether the kernel takes this parameter: contiguous float32 CPU parameter, gradient and moments."""
     return (p.device.type == "cpu" and p.dtype == torch.float32 and g.dtype == torch.float32

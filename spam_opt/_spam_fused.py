@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import math
-import shutil
 
 import torch
 from torch import Tensor
@@ -89,20 +88,13 @@ def _compiled() -> tuple:
 
 @functools.cache
 def fused_unavailable_reason(device: torch.device) -> str | None:
-    """Why the fused kernel cannot run on ``device``, or None when it can."""
-    if device.type not in ("cpu", "cuda"):
-        return f"the fused SPAM step supports CPU and CUDA tensors, got {device.type}"
-    if device.type == "cpu":
-        from torch._inductor import cpp_builder
-
-        compiler = cpp_builder.get_cpp_compiler()
-        if shutil.which(compiler) is None:
-            return f"torch.compile on CPU needs a C++ compiler and {compiler!r} is not on PATH"
-    else:
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return "torch.compile on CUDA needs triton (pip install triton)"
+    """Why the compiled kernel cannot run on ``device``, or None when it can (CPU has the C++ kernel)."""
+    if device.type != "cuda":
+        return f"the compiled SPAM step runs on CUDA tensors, got {device.type}"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "torch.compile on CUDA needs triton (pip install triton)"
     return None
 
 

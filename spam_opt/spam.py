@@ -195,32 +195,24 @@ class SPAM(GlobalStepOptimizer):
 _FUSED_MIN_NUMEL = 1 << 20
 
 
-def _fused_kernel(device: torch.device) -> tuple[Callable[..., F.KernelResult] | None, str | None]:
-    """The fused kernel for ``device`` (C++ on CPU, torch.compile elsewhere), or None and the reason."""
+def _fused_kernel(device: torch.device) -> tuple[Callable[..., F.KernelResult], str | None]:
+    """The fused kernel for ``device`` (C++ on CPU, torch.compile elsewhere) and why it cannot run, if so."""
     if device.type == "cpu":
-        reason = _spam_cpu.load()
-        return (None, reason) if reason else (_spam_cpu.spam_cpu, None)
-    reason = fused_unavailable_reason(device)
-    return (None, reason) if reason else (spam_fused, None)
+        return _spam_cpu.spam_cpu, _spam_cpu.load()
+    return spam_fused, fused_unavailable_reason(device)
 
 
 def _select_kernel(foreach: bool | None, fused: bool | None,
                    params: list[Tensor]) -> Callable[..., F.KernelResult]:
     """Honour explicit flags; with neither set, the fastest kernel that is available for these tensors."""
     device = params[0].device
-    if fused:
-        kernel, reason = _fused_kernel(device)
-        if kernel is None:
-            raise RuntimeError(f"fused=True cannot run: {reason}; use fused=None (automatic) or foreach=True")
-        return kernel
-    if foreach is False:
+    if foreach is False and not fused:
         return F.spam_reference
-    if foreach is None and fused is None and (device.type == "cpu"
-                                              or sum(p.numel() for p in params) >= _FUSED_MIN_NUMEL):
+    automatic = foreach is None and fused is None
+    if fused or (automatic and (device.type == "cpu" or sum(p.numel() for p in params) >= _FUSED_MIN_NUMEL)):
         kernel, reason = _fused_kernel(device)
-        if kernel is not None:
+        if _spam_cpu.fused_or_fallback(reason, explicit=bool(fused), optimizer="SPAM"):
             return kernel
-        _spam_cpu.warn_fallback(f"SPAM falls back to the slower foreach step: {reason}")
     return F.spam_foreach
 
 

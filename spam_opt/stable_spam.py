@@ -166,14 +166,11 @@ def _select_kernel(foreach: bool | None, fused: bool | None,
     """Honour explicit flags; with neither set, the C++ step on CPU (when it builds), else foreach."""
     if foreach is False and not fused:
         return F.stable_spam_reference
-    if fused or (foreach is None and device.type == "cpu"):
+    if fused or (foreach is None and fused is None and device.type == "cpu"):
         reason = (_spam_cpu.load() if device.type == "cpu"
                   else f"StableSPAM's fused step runs on CPU tensors only, got {device.type}")
-        if reason is None:
+        if _spam_cpu.fused_or_fallback(reason, explicit=bool(fused), optimizer="StableSPAM"):
             return _spam_cpu.stable_spam_cpu
-        if fused:
-            raise RuntimeError(f"fused=True cannot run: {reason}; use fused=None (automatic) or foreach=True")
-        _spam_cpu.warn_fallback(f"StableSPAM falls back to the slower foreach step: {reason}")
     return F.stable_spam_foreach
 
 

@@ -324,3 +324,18 @@ def test_fused_matches_foreach_on_large_tensors_with_resets_and_nan(torch_thread
     assert runs[1][1][9][1] == [False, True, False]
     for a, b in zip(runs[0][0], runs[1][0]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_kernel_flags_pick_the_paths_they_name():
+    from spam_opt import _spam_cpu
+    from spam_opt import _stable_spam_functional as F
+    from spam_opt.stable_spam import _select_kernel
+
+    cpu = torch.device("cpu")
+    assert _select_kernel(None, None, cpu) is _spam_cpu.stable_spam_cpu
+    assert _select_kernel(None, True, cpu) is _spam_cpu.stable_spam_cpu
+    assert _select_kernel(None, False, cpu) is F.stable_spam_foreach  # fused=False is honoured
+    assert _select_kernel(True, None, cpu) is F.stable_spam_foreach
+    assert _select_kernel(False, None, cpu) is F.stable_spam_reference
+    with pytest.raises(RuntimeError, match="fused=True cannot run.*CPU tensors only, got meta"):
+        _select_kernel(None, True, torch.device("meta"))
