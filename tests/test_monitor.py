@@ -380,4 +380,5 @@ if __name__ == "__main__":  # the worker of the FSDP2 test, started by torch.dis
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     _fsdp_worker(sys.argv[1])
+    dist.barrier()  # no rank tears gloo down while the other is still in a collective
     dist.destroy_process_group()

@@ -100,4 +100,5 @@ if __name__ == "__main__":
         ddp(out, steps)
     else:
         fsdp(out, steps, float(sys.argv[4]))
+    dist.barrier()  # no rank tears gloo down while the other is still in a collective
     dist.destroy_process_group()
