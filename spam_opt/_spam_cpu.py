@@ -27,10 +27,12 @@ from spam_opt._spam_functional import KernelResult, StepScalars, spam_foreach
 from spam_opt.sparse import KeptEntries
 
 _SOURCE = Path(__file__).with_name("csrc") / "spam_cpu.cpp"
-# Vector ISA flags per torch CPU capability: the kernel is built for what torch itself dispatches to here.
+# Vector ISA flags per torch CPU capability: the kernel is built for what torch itself dispatches to here,
+# and at::vec::Vectorized (which the SPAM update is written in) is told which of its implementations to use.
 _ISA_FLAGS = {
-    "AVX2": ["-mavx2", "-mfma"],
-    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY=AVX512",
+               "-DCPU_CAPABILITY_AVX512"],
 }
 # -fno-math-errno lets sqrt vectorise, -fno-trapping-math lets a select between two computed values
 # vectorise (nothing reads the FP exception flags). No -ffast-math (NaN, Inf and signed zeros must behave

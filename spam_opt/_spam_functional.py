@@ -2,8 +2,9 @@
 
 The optimizer class owns the schedule (global step, momentum resets, mask redraws, warmup scale) and
 hands each kernel one param group's tensors plus the scalars of this step. A kernel clips, updates the
-moments, applies the bias-corrected Adam update and the decoupled weight decay, and leaves a parameter
-and its moments untouched when its gradient holds NaN/Inf or when ``gate`` is False.
+moments, applies the bias-corrected Adam update and the decoupled weight decay. An entry whose gradient is
+NaN/Inf keeps its value and its moments (the update is element-wise, so one bad entry costs the others
+nothing), and a closed ``gate`` leaves every parameter and moment untouched.
 
 Moments are float32 whatever the parameter dtype. For a sparse parameter (``kept`` is a ``KeptEntries``)
 the moments hold only the kept entries, in ascending order of their flat index.
@@ -36,7 +37,7 @@ class StepScalars:
 @dataclass
 class KernelResult:
     clipped: list[Tensor]  # int64 0-dim per parameter: entries clipped
-    nonfinite: list[Tensor]  # bool 0-dim per parameter: gradient held NaN/Inf, update skipped
+    nonfinite: list[Tensor]  # bool 0-dim per parameter: entries were skipped for a NaN/Inf gradient
 
 
 def _bias_scale(count: Tensor, beta1: float, beta2: float) -> Tensor:
@@ -59,19 +60,19 @@ def spam_reference(
         idx = None if entries is None else entries.indices()
         g = grad.float()
         g = -g if h.maximize else g
-        finite = torch.isfinite(g).all()
-        ok = finite if gate is None else finite & gate
+        ok = torch.ones((), dtype=torch.bool, device=g.device) if gate is None else gate
         if idx is not None:
             g = g.reshape(-1).index_select(0, idx)
+        finite = torch.isfinite(g)  # the entries that move (under sparse momentum, of the kept ones)
+        nonfinite.append(ok & ~finite.all())
         if h.clip_threshold is not None:
             # v is the second moment before this step's update; an entry never seen (v == 0) is not a spike.
-            bound = (h.clip_threshold * v).sqrt()
-            spike = (g.abs() > bound) & (v > 0)
-            g = torch.where(spike, g.sign() * bound, g)
+            threshold = h.clip_threshold * v
+            spike = finite & (v > 0) & (g * g > threshold)
+            g = torch.where(spike, g.sign() * threshold.sqrt(), g)
             clipped.append(torch.where(ok, spike.sum(), 0))
         else:
             clipped.append(torch.zeros((), dtype=torch.int64, device=g.device))
-        nonfinite.append(~finite)
 
         m_new = m * h.beta1 + g * (1 - h.beta1)
         v_new = v * h.beta2 + g * g * (1 - h.beta2)
@@ -85,9 +86,14 @@ def spam_reference(
             p_new = p32.reshape(-1).index_add(0, idx, -update).view_as(p32)
         if h.weight_decay != 0:
             p_new = p_new * (1 - h.lr * h.weight_decay)
+        if idx is None:
+            p_new = torch.where(finite, p_new, p32)
+        else:  # the entries left out of sparse momentum never read their gradient
+            p_new = p_new.reshape(-1).index_copy(0, idx, torch.where(finite, p_new.reshape(-1)[idx],
+                                                                     p32.reshape(-1)[idx])).view_as(p32)
 
-        m.copy_(torch.where(ok, m_new, m))
-        v.copy_(torch.where(ok, v_new, v))
+        m.copy_(torch.where(ok & finite, m_new, m))
+        v.copy_(torch.where(ok & finite, v_new, v))
         n.copy_(torch.where(ok, n_new, n))
         p.copy_(torch.where(ok, p_new, p32))
     return KernelResult(clipped, nonfinite)
@@ -105,64 +111,79 @@ def spam_foreach(
 ) -> KernelResult:
     """All tensors of a group per ``torch._foreach_*`` op.
 
-    The skip decision (non-finite gradient, closed gate) is read on the host: free on CPU, one device sync
-    per step elsewhere; the ``fused`` path keeps it on device.
+    The gate and which tensors hold a NaN/Inf gradient are read on the host: free on CPU, one device sync
+    per step elsewhere; the ``fused`` path keeps them on device.
     """
     device = params[0].device
+    clipped = [torch.zeros((), dtype=torch.int64, device=device) for _ in params]
+    nonfinite = [torch.zeros((), dtype=torch.bool, device=device) for _ in params]
+    if gate is not None and not bool(gate):
+        return KernelResult(clipped, nonfinite)
     flat = [None if k is None else k.indices() for k in kept]
     g32 = [g.float() for g in grads]
     if h.maximize:
         g32 = torch._foreach_neg(g32)
+    g_ = [g if idx is None else g.reshape(-1).index_select(0, idx) for g, idx in zip(g32, flat)]
     # inf-norm is NaN or Inf exactly when the tensor holds a NaN or an Inf.
-    finite = torch.isfinite(torch.stack(torch._foreach_norm(g32, float("inf"))))
-    ok = finite if gate is None else finite & gate
-    nonfinite = list((~finite).unbind())
-    clipped = [torch.zeros((), dtype=torch.int64, device=device) for _ in params]
-    active = [i for i, flag in enumerate(ok.tolist()) if flag]
-    if not active:
-        return KernelResult(clipped, nonfinite)
-
-    p_, m_, v_, n_ = ([seq[i] for i in active] for seq in (params, exp_avgs, exp_avg_sqs, counts))
-    g_ = [g32[i] if flat[i] is None else g32[i].reshape(-1).index_select(0, flat[i]) for i in active]
+    finite_norms = torch.isfinite(torch.stack(torch._foreach_norm(g_, float("inf")))).tolist()
+    # Tensors with a NaN/Inf entry: the mask of entries that move, and the values the others keep.
+    masks = {i: torch.isfinite(g_[i]) for i, ok in enumerate(finite_norms) if not ok}
+    kept_values = {i: (exp_avgs[i].clone(), exp_avg_sqs[i].clone(), params[i].detach().clone())
+                   for i in masks}
+    for i in masks:
+        nonfinite[i] = torch.ones((), dtype=torch.bool, device=device)
 
     if h.clip_threshold is not None:
-        bounds = torch._foreach_sqrt(torch._foreach_mul(v_, h.clip_threshold))
+        # v is the second moment before this step's update; an entry never seen (v == 0) is not a spike.
+        thresholds = torch._foreach_mul(exp_avg_sqs, h.clip_threshold)
         clipped_g = []
-        for g, b, v in zip(g_, bounds, v_):
-            clipped_g.append(torch.where(v > 0, torch.minimum(torch.maximum(g, -b), b), g))
-        # ord=0 counts the entries the clip changed.
-        for i, c in zip(active, torch._foreach_norm(torch._foreach_sub(g_, clipped_g), 0)):
-            clipped[i] = c.to(torch.int64)
+        for i, (g, v, t) in enumerate(zip(g_, exp_avg_sqs, thresholds)):
+            spike = (v > 0) & (g * g > t)
+            if i in masks:
+                spike &= masks[i]
+            clipped[i] = spike.sum()
+            clipped_g.append(torch.where(spike, g.sign() * t.sqrt(), g))
         g_ = clipped_g
 
-    torch._foreach_mul_(m_, h.beta1)
-    torch._foreach_add_(m_, g_, alpha=1 - h.beta1)
-    torch._foreach_mul_(v_, h.beta2)
-    torch._foreach_addcmul_(v_, g_, g_, value=1 - h.beta2)
-    torch._foreach_add_(n_, 1)
+    torch._foreach_mul_(exp_avgs, h.beta1)
+    torch._foreach_add_(exp_avgs, g_, alpha=1 - h.beta1)
+    torch._foreach_mul_(exp_avg_sqs, h.beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, g_, g_, value=1 - h.beta2)
+    torch._foreach_add_(counts, 1)
 
     step_sizes = [-h.lr * h.warmup_scale * (1 - h.beta2**c) ** 0.5 / (1 - h.beta1**c) for c in
-                  (int(n.item()) for n in n_)]
-    denom = torch._foreach_add_(torch._foreach_sqrt(v_), h.eps)
-    updates = torch._foreach_div(m_, denom)
+                  (int(n.item()) for n in counts)]
+    denom = torch._foreach_add_(torch._foreach_sqrt(exp_avg_sqs), h.eps)
+    updates = torch._foreach_div(exp_avgs, denom)
     torch._foreach_mul_(updates, step_sizes)
 
     # Decoupled weight decay acts on the updated parameter (after the Adam step), on every entry.
     decay = 1 - h.lr * h.weight_decay
-    fp32_dense = [j for j, i in enumerate(active) if kept[i] is None and p_[j].dtype == torch.float32]
+    fp32_dense = [i for i, p in enumerate(params) if kept[i] is None and p.dtype == torch.float32]
     if fp32_dense:
-        dense_p = [p_[j] for j in fp32_dense]
-        torch._foreach_add_(dense_p, [updates[j] for j in fp32_dense])
+        dense_p = [params[i] for i in fp32_dense]
+        torch._foreach_add_(dense_p, [updates[i] for i in fp32_dense])
         if decay != 1:
             torch._foreach_mul_(dense_p, decay)
-    for j, i in enumerate(active):
-        if kept[i] is None and p_[j].dtype == torch.float32:
+    for i, p in enumerate(params):
+        if kept[i] is None and p.dtype == torch.float32:
             continue
         # Sparse or low-precision parameters: update in float32, round once.
-        p = p_[j]
         p32 = p.float().reshape(-1)
-        p32 = p32 + updates[j].reshape(-1) if flat[i] is None else p32.index_add(0, flat[i], updates[j])
+        p32 = p32 + updates[i].reshape(-1) if flat[i] is None else p32.index_add(0, flat[i], updates[i])
         if decay != 1:
             p32 = p32 * decay
         p.copy_(p32.view(p.shape))
+
+    for i, moves in masks.items():
+        m_old, v_old, p_old = kept_values[i]
+        exp_avgs[i].copy_(torch.where(moves, exp_avgs[i], m_old))
+        exp_avg_sqs[i].copy_(torch.where(moves, exp_avg_sqs[i], v_old))
+        p = params[i]
+        if flat[i] is None:
+            p.copy_(torch.where(moves.view(p.shape), p, p_old))
+        else:  # the entries left out of sparse momentum never read their gradient
+            idx = flat[i]
+            now, old = p.reshape(-1), p_old.reshape(-1)
+            p.copy_(now.index_copy(0, idx, torch.where(moves, now[idx], old[idx])).view(p.shape))
     return KernelResult(clipped, nonfinite)

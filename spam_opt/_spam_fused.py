@@ -1,9 +1,8 @@
 """The ``fused`` SPAM kernel: one ``torch.compile``d graph per parameter instead of a dozen eager ops.
 
-For a dense parameter the graph makes two passes: one over g and v that counts the clipped entries and
-detects NaN/Inf in the same reduction, and the update pass that reads p, g, m, v once and writes p, m, v.
-The skip decision (non-finite gradient, closed gate) stays on device. Shapes are dynamic, so one graph
-serves every dense parameter of a dtype (all are viewed as rows of their last dimension), and the
+For a dense parameter the graph reads p, g, m, v and writes p, m, v, with the clip count and the
+NaN/Inf report as reductions of the same pass. Nothing is read on the host. Shapes are dynamic, so one
+graph serves every dense parameter of a dtype (all are viewed as rows of their last dimension), and the
 sparse-momentum state can change size at every reset without recompiling. Everything that changes from
 step to step (learning rate times warmup, bias correction, decay, clip threshold, gate) is passed as a
 0-dim tensor, so nothing recompiles as training goes on.
@@ -22,62 +21,55 @@ from torch import Tensor
 from spam_opt._spam_functional import KernelResult, StepScalars, spam_reference
 from spam_opt.sparse import KeptEntries
 
-# Row sums of 0/1 values in float32 are exact up to 2**24 entries per row; longer rows count in int64.
-_EXACT_ROW = 1 << 24
 # Room for every (layout, dtype) mix a model has; past dynamo's default of 8 graphs a function silently
 # runs eager (correct, but slow), which a model mixing dtypes, strided and sparse parameters can reach.
 _RECOMPILE_LIMIT = 64
 
 
+def _clip(g: Tensor, v: Tensor, clip: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The clipped gradient, the spike mask, and which entries are finite (the ones that move)."""
+    finite = torch.isfinite(g)
+    # clip is +inf when clipping is off at this step: the threshold is then inf (or NaN where v == 0) and
+    # no entry compares above it.
+    threshold = clip * v
+    spike = finite & (v > 0) & (g * g > threshold)
+    return torch.where(spike, g.sign() * threshold.sqrt(), g), spike, finite
+
+
 def _dense_step(p: Tensor, g: Tensor, m: Tensor, v: Tensor, n: Tensor, step_size: Tensor, gate: Tensor,
-                decay: Tensor, clip: Tensor, sign: Tensor, beta1: float, beta2: float, eps: float,
-                exact_rows: bool) -> tuple[Tensor, Tensor]:
-    g = g.float() * sign
-    # clip is +inf when clipping is off at this step: the bound is then inf (or NaN where v == 0) and no
-    # entry compares above it.
-    bound = (clip * v).sqrt()
-    seen = v > 0
-    spike = (g.abs() > bound) & seen
-    # One reduction gives both the clip count and the NaN/Inf check: a non-finite entry turns its row sum
-    # into NaN. Row sums of 0/1 values in float32 are exact (rows <= 2**24 entries).
-    rows = torch.where(torch.isfinite(g), spike.float(), torch.nan).sum(-1)
-    finite = torch.isfinite(rows).all()
-    ok = finite & gate
-    g = torch.where(seen, torch.clamp(g, -bound, bound), g)  # cheaper per entry than sign(g) * bound
+                decay: Tensor, clip: Tensor, sign: Tensor, beta1: float, beta2: float,
+                eps: float) -> tuple[Tensor, Tensor]:
+    g, spike, finite = _clip(g.float() * sign, v, clip)
     m_new = m * beta1 + g * (1 - beta1)
     v_new = v * beta2 + g * g * (1 - beta2)
     p32 = p.float()
     p_new = (p32 - step_size * (m_new / (v_new.sqrt() + eps))) * decay
-    m.copy_(torch.where(ok, m_new, m))
-    v.copy_(torch.where(ok, v_new, v))
-    p.copy_(torch.where(ok, p_new, p32))
-    n.copy_(n + ok)
-    count = torch.nan_to_num(rows).long().sum() if exact_rows else spike.sum()
-    return torch.where(ok, count, 0), ~finite
+    moves = finite & gate
+    m.copy_(torch.where(moves, m_new, m))
+    v.copy_(torch.where(moves, v_new, v))
+    p.copy_(torch.where(moves, p_new, p32))
+    n.copy_(n + gate)
+    return torch.where(gate, spike.sum(), 0), gate & ~finite.all()
 
 
 def _sparse_step(p: Tensor, g: Tensor, m: Tensor, v: Tensor, n: Tensor, kept: Tensor, step_size: Tensor,
                  gate: Tensor, decay: Tensor, clip: Tensor, sign: Tensor, beta1: float, beta2: float,
                  eps: float) -> tuple[Tensor, Tensor]:
-    g = g.float().reshape(-1) * sign
-    finite = torch.isfinite(g).all()
-    ok = finite & gate
-    g = g.index_select(0, kept)
-    bound = (clip * v).sqrt()
-    seen = v > 0
-    spike = (g.abs() > bound) & seen
-    g = torch.where(seen, torch.clamp(g, -bound, bound), g)  # cheaper per entry than sign(g) * bound
+    g, spike, finite = _clip(g.float().reshape(-1).index_select(0, kept) * sign, v, clip)
     m_new = m * beta1 + g * (1 - beta1)
     v_new = v * beta2 + g * g * (1 - beta2)
     flat = p.view(-1)
     p32 = flat.float()
-    # Adam moves the kept entries only; the decoupled decay then shrinks every entry.
+    # Adam moves the kept entries only; the decoupled decay then shrinks every entry. A kept entry with a
+    # NaN/Inf gradient keeps its value; the others never read their gradient.
     p_new = p32.index_add(0, kept, -(step_size * (m_new / (v_new.sqrt() + eps)))) * decay
-    m.copy_(torch.where(ok, m_new, m))
-    v.copy_(torch.where(ok, v_new, v))
-    flat.copy_(torch.where(ok, p_new, p32))
-    n.copy_(n + ok)
-    return torch.where(ok, spike.sum(), 0), ~finite
+    p_new = p_new.index_copy(0, kept, torch.where(finite, p_new.index_select(0, kept),
+                                                  p32.index_select(0, kept)))
+    m.copy_(torch.where(finite & gate, m_new, m))
+    v.copy_(torch.where(finite & gate, v_new, v))
+    flat.copy_(torch.where(gate, p_new, p32))
+    n.copy_(n + gate)
+    return torch.where(gate, spike.sum(), 0), gate & ~finite.all()
 
 
 @functools.cache
@@ -146,8 +138,7 @@ def spam_fused(
                 c, f = result.clipped[0], result.nonfinite[0]
             elif entries is None:
                 p, g, m, v = _as_rows(p, g, m, v)
-                c, f = dense(p, g, m, v, n, step_sizes[i], gate, decay, clip, sign, h.beta1, h.beta2, h.eps,
-                             p.shape[-1] <= _EXACT_ROW)
+                c, f = dense(p, g, m, v, n, step_sizes[i], gate, decay, clip, sign, h.beta1, h.beta2, h.eps)
             else:
                 c, f = sparse(p, g, m, v, n, entries.indices(), step_sizes[i], gate, decay, clip, sign,
                               h.beta1, h.beta2, h.eps)

@@ -223,7 +223,7 @@ class SpikeGuard:
     def _step_on_snapshot(self, params: list[Tensor], factor: Tensor) -> None:
         """Step, then undo (factor 0) or shrink (0 < factor < 1) the parameter change with ``torch.where``."""
         old_params = [p.detach().clone() for p in params]
-        if self._takes_gate:  # action "scale": a non-finite step is still skipped inside the optimizer
+        if self._takes_gate:  # action "scale": factor 0 (a non-finite norm, say) closes the optimizer's gate
             self._inner.step(gate=factor > 0)
             old_state: dict[int, dict[str, Tensor]] = {}
         else:

@@ -13,10 +13,11 @@ class SpikeStats:
     """Per-parameter spike counts of the last optimizer step.
 
     ``clipped[i]`` is the number of entries of ``params[i]`` that the optimizer clipped (SPAM) or
-    rescaled (Stable-SPAM's AdaClip) at the last step; ``nonfinite[i]`` is 1 when that parameter's
-    gradient held NaN or Inf, so its update was skipped. Both are int64 tensors on the device of the
-    first parameter; reading them (``.tolist()``) is the only host synchronisation, and it is the
-    caller's choice when to pay it.
+    rescaled (Stable-SPAM's AdaClip) at the last step. ``nonfinite[i]`` is 1 when that parameter's
+    gradient held NaN or Inf where the update reads it: SPAM then left those entries untouched,
+    Stable-SPAM (whose AdaGN scales the whole tensor by its norm) the whole tensor. Both are int64
+    tensors on the device of the first parameter; reading them (``.tolist()``) is the only host
+    synchronisation, and it is the caller's choice when to pay it.
 
     Example::
 
@@ -41,4 +42,6 @@ def stack_counts(counts: list[Tensor], device: torch.device) -> Tensor:
     """One int64 tensor from per-parameter count scalars, without a host sync."""
     if not counts:
         return torch.zeros(0, dtype=torch.int64, device=device)
+    if all(c.device == device for c in counts):  # one conversion for the stack rather than one per count
+        return torch.stack(counts).to(torch.int64)
     return torch.stack([c.to(device=device, dtype=torch.int64) for c in counts])

@@ -31,6 +31,7 @@ class ReferenceSPAM:
         self.s = 0
         self.masks = [self._mask(i, 0) for i in range(len(self.p))]
         self.clipped = [0 for _ in self.p]
+        self.nonfinite = [False for _ in self.p]  # entries skipped for a NaN/Inf gradient
 
     def _mask(self, i, reset_number):
         p = self.p[i]
@@ -60,17 +61,18 @@ class ReferenceSPAM:
                 self.masks[i] = self._mask(i, s // T)
                 self.m[i].zero_()
                 self.v[i].zero_()
-            if not torch.isfinite(g).all():
-                self.clipped[i] = 0
-                continue
             mask = self.masks[i]
             p, m, v = self.p[i], self.m[i], self.v[i]
             self.n[i] += 1
             n = self.n[i]
             count = 0
-            flat_g, flat_m, flat_v, flat_mask = g.view(-1), m.view(-1), v.view(-1), mask.view(-1)
+            # an entry whose gradient is NaN/Inf keeps p, m and v (entries outside the mask never read g)
+            frozen = mask & ~torch.isfinite(g)
+            self.nonfinite[i] = bool(frozen.any())
+            flat_g, flat_m, flat_v = g.view(-1), m.view(-1), v.view(-1)
+            flat_mask, flat_frozen = mask.view(-1), frozen.view(-1)
             for j in range(flat_g.numel()):
-                if not flat_mask[j]:
+                if not flat_mask[j] or flat_frozen[j]:
                     continue
                 gj = flat_g[j].item()
                 vj = flat_v[j].item()
@@ -82,5 +84,7 @@ class ReferenceSPAM:
             self.clipped[i] = count
             step_size = self.lr * w * math.sqrt(1 - self.b2**n) / (1 - self.b1**n)
             update = torch.where(mask, m / (v.sqrt() + self.eps), torch.zeros_like(m))
+            before = p.clone()
             p -= step_size * update
             p -= self.lr * self.wd * p
+            p.copy_(torch.where(frozen, before, p))

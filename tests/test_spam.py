@@ -15,14 +15,18 @@ from spam_opt.sparse import KeptEntries, draw_kept, kept_indices, mask_key
 
 SCHEDULE = dict(reset_interval=25, warmup_steps=8, clip_delay=5, threshold=50.0)
 PATHS = [pytest.param(False, id="reference"), pytest.param(True, id="foreach")]
+# foreach=None: the default, the C++ kernel on CPU
+ALL_PATHS = [*PATHS, pytest.param(None, id="fused")]
 
 
 def _shapes():
     return [(6, 5), (7,), (4, 3, 2), (9, 4)]
 
 
-def _grad_stream(shapes, steps, seed=0, spikes=((30, 0, 3), (61, 3, 7), (62, 0, 0), (90, 2, 1))):
-    """Gradients with a drifting scale and injected 1000x spikes on single entries at fixed steps."""
+def _grad_stream(shapes, steps, seed=0, spikes=((30, 0, 3), (61, 3, 7), (62, 0, 0), (90, 2, 1)),
+                 nonfinite=((44, 0, 10, float("nan")), (45, 0, 11, float("inf")), (71, 3, 2, -float("inf")))):
+    """Gradients with a drifting scale, injected 1000x spikes on single entries at fixed steps, and a few
+    NaN/Inf entries (step, parameter, flat index, value)."""
     gen = torch.Generator().manual_seed(seed)
     stream = []
     for t in range(1, steps + 1):
@@ -30,6 +34,9 @@ def _grad_stream(shapes, steps, seed=0, spikes=((30, 0, 3), (61, 3, 7), (62, 0, 
         for step, i, j in spikes:
             if step == t:
                 grads[i].view(-1)[j] *= 1000.0
+        for step, i, j, value in nonfinite:
+            if step == t:
+                grads[i].view(-1)[j:j + 3] = value
         stream.append(grads)
     return stream
 
@@ -51,17 +58,21 @@ def test_matches_float64_reference_over_120_steps(foreach, density):
     opt = SPAM(params, foreach=foreach, **hyper)
     ref = ReferenceSPAM(init, **hyper)
     stream = _grad_stream(shapes, 120)
-    total_clipped = 0
+    total_clipped = skipped = 0
     for grads in stream:
         for p, g in zip(params, grads):
             p.grad = g.clone()
         opt.step()
         ref.step(grads)
-        assert opt.spike_stats().clipped.tolist() == ref.clipped
+        stats = opt.spike_stats()
+        assert stats.clipped.tolist() == ref.clipped
+        assert stats.nonfinite.tolist() == ref.nonfinite
         total_clipped += sum(ref.clipped)
+        skipped += sum(ref.nonfinite)
         for p, r in zip(params, ref.p):
             torch.testing.assert_close(p.detach().double(), r, rtol=2e-5, atol=2e-6)
     assert total_clipped >= 4, "the stream must exercise the clip"
+    assert skipped >= 2, "the stream must exercise the NaN/Inf skip"
 
 
 def test_clip_bounds_the_move_of_a_spiked_entry():
@@ -207,11 +218,11 @@ def test_never_writes_grad_and_spikes_are_counted(foreach):
     assert stats.params[0] is p and stats.step == 101
 
 
-@pytest.mark.parametrize("foreach", PATHS)
+@pytest.mark.parametrize("foreach", ALL_PATHS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_nonfinite_gradient_leaves_that_parameter_untouched(foreach, bad):
+def test_nonfinite_gradient_entries_keep_their_values_and_the_rest_moves(foreach, bad):
     a, b = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(6))
-    opt = SPAM([a, b], lr=1e-2, density=0.5, foreach=foreach)
+    opt = SPAM([a, b], lr=1e-2, weight_decay=0.1, clip_delay=0, foreach=foreach)
     for _ in range(3):
         a.grad, b.grad = torch.randn(4, 4), torch.randn(6)
         opt.step()
@@ -219,16 +230,38 @@ def test_nonfinite_gradient_leaves_that_parameter_untouched(foreach, bad):
     a_before, b_before = a.detach().clone(), b.detach().clone()
     a.grad = torch.randn(4, 4)
     a.grad[2, 1] = bad
+    a.grad[0, 3] = -bad
     b.grad = torch.randn(6)
     opt.step()
-    assert torch.equal(a, a_before)
-    for k, v in before.items():
-        assert torch.equal(opt.state[a][k], v), k
-    assert not torch.equal(b, b_before)
+    frozen = torch.zeros(4, 4, dtype=torch.bool)
+    frozen[2, 1] = frozen[0, 3] = True
+    assert torch.equal(a[frozen], a_before[frozen])
+    assert (a != a_before)[~frozen].all() and (b != b_before).all()
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(opt.state[a][key][frozen], before[key][frozen]), key
+        assert (opt.state[a][key] != before[key])[~frozen].all(), key
     assert opt.spike_stats().nonfinite.tolist() == [1, 0]
     for t in (a, b, *opt.state[a].values(), *opt.state[b].values()):
         if torch.is_tensor(t) and t.is_floating_point():
             assert torch.isfinite(t).all()
+
+
+@pytest.mark.parametrize("foreach", ALL_PATHS)
+def test_under_sparse_momentum_only_kept_entries_read_their_gradient(foreach):
+    """A kept entry with a NaN gradient keeps its value; a left-out one gets the weight decay as always."""
+    p = nn.Parameter(torch.randn(16, 16))
+    opt = SPAM([p], lr=1e-2, weight_decay=0.1, density=0.5, foreach=foreach)
+    p.grad = torch.randn(16, 16)
+    opt.step()
+    kept = torch.zeros(256, dtype=torch.bool)
+    kept[KeptEntries(opt.state[p]["kept_low"], opt.state[p]["kept_starts"]).indices()] = True
+    before = p.detach().clone().view(-1)
+    p.grad = torch.full((16, 16), float("nan"))
+    opt.step()
+    after = p.detach().view(-1)
+    assert torch.equal(after[kept], before[kept])
+    torch.testing.assert_close(after[~kept], before[~kept] * (1 - 1e-2 * 0.1), rtol=0, atol=0)
+    assert opt.spike_stats().nonfinite.tolist() == [1]
 
 
 @pytest.mark.parametrize("foreach", PATHS)

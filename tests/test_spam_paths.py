@@ -15,6 +15,7 @@ from spam_opt import _spam_cpu
 from spam_opt import _spam_functional as F
 from spam_opt._spam_fused import spam_fused
 from spam_opt.spam import SPAM, _select_kernel
+from spam_opt.sparse import KeptEntries
 
 SCHEDULE = dict(reset_interval=20, warmup_steps=6, clip_delay=4, threshold=50.0)
 # 2-D, 1-D, 3-D and 0-dim parameters: every layout the fused path views as rows.
@@ -30,13 +31,18 @@ def fused_kernel(request, monkeypatch):
 
 
 def _stream(shapes, steps, seed=0):
-    """Gradients with 1000x single-entry spikes, so that the clip fires on every path."""
+    """Gradients with 1000x single-entry spikes, so that the clip fires on every path, and NaN/Inf
+    entries at two steps."""
     gen = torch.Generator().manual_seed(seed)
     stream = []
     for t in range(steps):
         grads = [torch.randn(s, generator=gen) for s in shapes]
         if t % 9 == 8:
             grads[t % 3].view(-1)[t % 5] *= 1000.0
+        if t == 13:
+            grads[0][2] = float("nan")
+        if t == 30:
+            grads[2][1, 1] = float("inf")
         stream.append(grads)
     return stream
 
@@ -52,17 +58,20 @@ def test_fused_matches_float64_reference_including_resets_and_spike_counts(densi
     hyper = dict(lr=1e-2, weight_decay=0.1, density=density, seed=4, **SCHEDULE)
     opt = SPAM(params, fused=True, **hyper)
     ref = ReferenceSPAM([p.detach() for p in params], **hyper)
-    total = 0
+    total = skipped = 0
     for grads in _stream(SHAPES, 45):
         for p, g in zip(params, grads):
             p.grad = g.clone()
         opt.step()
         ref.step(grads)
-        assert opt.spike_stats().clipped.tolist() == ref.clipped
+        stats = opt.spike_stats()
+        assert stats.clipped.tolist() == ref.clipped and stats.nonfinite.tolist() == ref.nonfinite
         total += sum(ref.clipped)
+        skipped += sum(ref.nonfinite)
         for p, r in zip(params, ref.p):
             torch.testing.assert_close(p.detach().double(), r, rtol=2e-5, atol=2e-6)
     assert total >= 3, "the stream must exercise the clip"
+    assert skipped == 2, "the stream must exercise the NaN/Inf skip"
     assert opt.state[params[0]]["reset_number"] == 2
 
 
@@ -82,7 +91,7 @@ def test_fused_matches_reference_path_on_nan_closed_gate_maximize_bf16_and_strid
         for t in range(30):
             grads = [torch.randn(p.shape, generator=gen).to(p.dtype) for p in params]
             if t == 12:
-                grads[0][2, 3] = float("nan")
+                grads[0][2] = float("nan")  # a whole row: under density 0.5 some of it is kept
             if t == 17:
                 grads[4][1, 1] = float("inf")
             if t % 7 == 6:
@@ -99,7 +108,10 @@ def test_fused_matches_reference_path_on_nan_closed_gate_maximize_bf16_and_strid
             if t == 15:
                 assert all(torch.equal(p, b) for p, b in zip(params, before)), "closed gate moved a parameter"
             if t == 12:
-                assert torch.equal(params[0], before[0]) and stats.nonfinite.tolist()[0] == 1
+                kept_in_row = [j - 10 for j in _kept(opt, params[0]) if 10 <= j < 15]
+                assert kept_in_row and stats.nonfinite.tolist()[0] == 1
+                assert torch.equal(params[0][2, kept_in_row], before[0][2, kept_in_row])
+                assert not torch.equal(params[0][3], before[0][3])
         runs[fused] = ([p.detach().float() for p in params], counts, grads_seen)
     assert runs[True][1] == runs[False][1]
     assert sum(sum(c) for c, _ in runs[False][1]) >= 3
@@ -109,6 +121,12 @@ def test_fused_matches_reference_path_on_nan_closed_gate_maximize_bf16_and_strid
         tol = dict(rtol=1e-2, atol=1e-2) if a is runs[True][0][3] else dict(rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(a, b, **tol)
         assert torch.isfinite(a).all()
+
+
+def _kept(opt, p):
+    """Flat indices of the entries sparse momentum keeps for ``p``."""
+    state = opt.state[p]
+    return KeptEntries(state["kept_low"], state["kept_starts"]).indices().tolist()
 
 
 def _train(params, opt, stream):
@@ -181,7 +199,10 @@ def test_cpp_kernel_matches_reference_path_on_large_tensors(density, torch_threa
             grads[t % 3].view(-1)[(t * 7919) % grads[t % 3].numel()::997] *= 1000.0
             grads[3][:, t::97] *= 1000.0
             if t == 9:
-                grads[1][-1] = float("inf")  # in the remainder after the four NaN-check streams
+                grads[1][-1] = float("inf")  # in the last, partial vector of the C++ kernel
+            if t == 11:
+                grads[0].view(-1)[40_003:40_100:7] = float("nan")
+                grads[3][2, 5_001] = -float("inf")
             for p, g in zip(params, grads):
                 p.grad = g
             opt.step()
@@ -191,6 +212,8 @@ def test_cpp_kernel_matches_reference_path_on_large_tensors(density, torch_threa
     assert runs[0][1] == runs[1][1]
     assert sum(c for step, _ in runs[1][1] for c in step) > 100
     assert runs[1][1][9][1] == [False, True, False, False]
+    if density == 1.0:
+        assert runs[1][1][11][1] == [True, False, False, True]
     for a, b in zip(runs[0][0], runs[1][0]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 

@@ -1,15 +1,15 @@
 // The fused SPAM and Stable-SPAM steps on CPU: vectorised, multi-threaded, a whole param group per call.
 //
-// SPAM, per parameter: a read of g that checks it for NaN/Inf (a parameter whose gradient is not finite
-// must be left untouched, so the check has to finish before the first write), then one pass that clips,
-// updates the moments and the parameter, and counts the clipped entries. Stable-SPAM needs two reductions
-// before its update (max|g| with the NaN check, then AdaClip's count and the clipped norm for AdaGN); the
-// second is skipped on steps where AdaClip scales nothing.
+// SPAM, per parameter: one pass that clips, updates the moments and the parameter, and counts the clipped
+// entries; an entry whose gradient is NaN/Inf keeps its values, so no separate check of g is needed.
+// Stable-SPAM needs two reductions before its update (max|g| with the NaN check, then AdaClip's count and
+// the clipped norm for AdaGN); the second is skipped on steps where AdaClip scales nothing.
 // Registered as torch.ops.spam_opt.spam_step_ and stable_spam_step_; spam_opt/_spam_cpu.py builds and
 // loads this file.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -24,7 +24,7 @@ namespace {
 
 // Entries per task: large enough to amortise scheduling, small enough to split one big tensor over threads.
 constexpr int64_t kGrain = 1 << 15;
-// Entries per inner loop of the update (whose clip count fits an int32).
+// Entries per inner loop of a reduction: float32 partial sums over this many, then a double total.
 constexpr int64_t kBlock = 1 << 12;
 // Kept entries gathered per batch under sparse momentum (buffers of this size on the stack).
 constexpr int64_t kGather = 1 << 10;
@@ -40,15 +40,14 @@ struct Hyper {
 struct AbsMax {
   float amax;
   bool finite;
-  double sum_sq;  // sum of g^2, when asked for (Stable-SPAM's AdaGN norm on a step AdaClip leaves alone)
+  double sum_sq;  // Stable-SPAM's AdaGN norm, squared, on a step where AdaClip scales nothing
 };
 
-// max|g| and whether g is all finite (and, with kSumSquares, the sum of g^2), in one read of g. Four
-// streams a quarter of the range apart: one sequential stream leaves much of the memory bandwidth unused,
-// and this read comes on top of the update pass. |x| as IEEE bits orders like an unsigned integer, and NaN
-// and Inf are exactly the bit patterns from 0x7f800000 up: an integer max reduction (which vectorises,
-// unlike a float max with NaN semantics) answers both questions.
-template <bool kSumSquares>
+// max|g|, whether g is all finite, and the sum of g^2, in one read of g (Stable-SPAM's first reduction).
+// Four streams a quarter of the range apart: one sequential stream leaves much of the memory bandwidth
+// unused, and this read comes on top of the update pass. |x| as IEEE bits orders like an unsigned integer,
+// and NaN and Inf are exactly the bit patterns from 0x7f800000 up: an integer max reduction (which
+// vectorises, unlike a float max with NaN semantics) answers both questions.
 AbsMax abs_max(const float* g, int64_t n) {
   using Partial = std::pair<uint32_t, double>;
   const Partial r = at::parallel_reduce(
@@ -73,13 +72,13 @@ AbsMax abs_max(const float* g, int64_t n) {
             const uint32_t y = uc > ud ? uc : ud;
             const uint32_t z = x > y ? x : y;
             top = z > top ? z : top;
-            if constexpr (kSumSquares) sum += (a[i] * a[i] + b[i] * b[i]) + (c[i] * c[i] + d[i] * d[i]);
+            sum += (a[i] * a[i] + b[i] * b[i]) + (c[i] * c[i] + d[i] * d[i]);
           }
           total += sum;
         }
         for (int64_t i = begin + 4 * q; i < end; ++i) {
           top = std::max(top, bits(g[i]));
-          if constexpr (kSumSquares) total += static_cast<double>(g[i]) * g[i];
+          total += static_cast<double>(g[i]) * g[i];
         }
         return Partial{top, total};
       },
@@ -87,45 +86,90 @@ AbsMax abs_max(const float* g, int64_t n) {
   return AbsMax{std::bit_cast<float>(r.first), r.first < 0x7f800000u, r.second};
 }
 
-// The update of one entry; returns whether its gradient was clipped. clip is +inf when clipping is off.
-inline bool update_entry(float& p, float g, float& m, float& v, const Hyper& h) {
-  g *= h.sign;
-  const float bound = std::sqrt(h.clip * v);
-  // v > 0: a first gradient is never a spike (DESIGN.md); v == 0 would also make the bound NaN. A bitwise
-  // & instead of && keeps the loop free of branches, which is what lets the compiler vectorise it.
-  const bool spike = (v > 0.f) & (std::fabs(g) > bound);
-  g = spike ? std::copysign(bound, g) : g;
-  const float m_new = m * h.beta1 + g * h.one_minus_beta1;
-  const float v_new = v * h.beta2 + g * g * h.one_minus_beta2;
-  m = m_new;
-  v = v_new;
-  p = (p - h.step * (m_new / (std::sqrt(v_new) + h.eps))) * h.decay;
-  return spike;
+using Vec = at::vec::Vectorized<float>;
+constexpr int kAllLanes = (1 << Vec::size()) - 1;
+
+// The lanes of a comparison result that are true, one bit each.
+inline int true_lanes(const Vec& mask) { return ~mask.zero_mask() & kAllLanes; }
+
+// The step's constants, broadcast once per task rather than per vector.
+struct VecHyper {
+  Vec beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step, decay, clip, sign;
+  Vec zero{0.f}, inf{INFINITY}, sign_bit{-0.f};
+  explicit VecHyper(const Hyper& h)
+      : beta1(h.beta1), one_minus_beta1(h.one_minus_beta1), beta2(h.beta2), one_minus_beta2(h.one_minus_beta2),
+        eps(h.eps), step(h.step), decay(h.decay), clip(h.clip), sign(h.sign) {}
+};
+
+// What an update reports: entries clipped, and whether any gradient entry was NaN/Inf (and so skipped).
+struct Tally {
+  int64_t clipped = 0;
+  bool nonfinite = false;
+};
+
+Tally operator+(Tally a, Tally b) { return Tally{a.clipped + b.clipped, a.nonfinite || b.nonfinite}; }
+
+// One vector of entries. Spikes are rare and non-finite gradients rarer, so a vector with neither (decided
+// by one compare-and-branch) takes the plain Adam update, at the cost of fused AdamW; only the others pay
+// for the clip's sqrt and the selects. An entry whose gradient is NaN/Inf keeps p, m and v.
+inline void update_vec(float* p, const float* g, float* m, float* v, const VecHyper& h, Tally& tally) {
+  const Vec gv = Vec::loadu(g) * h.sign;
+  const Vec vv = Vec::loadu(v);
+  const Vec g2 = gv * gv;
+  const Vec cv = h.clip * vv;  // clip is +inf when clipping is off: cv is then inf, or NaN where v == 0
+  const Vec plain = (g2 < cv) | (g2 == h.zero);
+  if (true_lanes(plain) == kAllLanes) [[likely]] {
+    const Vec m_new = Vec::loadu(m) * h.beta1 + gv * h.one_minus_beta1;
+    const Vec v_new = vv * h.beta2 + g2 * h.one_minus_beta2;
+    const Vec p_new = (Vec::loadu(p) - h.step * (m_new / (v_new.sqrt() + h.eps))) * h.decay;
+    m_new.store(m);
+    v_new.store(v);
+    p_new.store(p);
+    return;
+  }
+  // v > 0: a first gradient is never a spike (DESIGN.md). The clipped value is sign(g) * sqrt(clip * v).
+  const Vec finite = gv.abs() < h.inf;
+  const Vec spike = finite & (vv > h.zero) & (g2 > cv);
+  const Vec gc = Vec::blendv(gv, cv.sqrt() | (gv & h.sign_bit), spike);
+  const Vec m_old = Vec::loadu(m), p_old = Vec::loadu(p);
+  const Vec m_new = m_old * h.beta1 + gc * h.one_minus_beta1;
+  const Vec v_new = vv * h.beta2 + gc * gc * h.one_minus_beta2;
+  const Vec p_new = (p_old - h.step * (m_new / (v_new.sqrt() + h.eps))) * h.decay;
+  Vec::blendv(m_old, m_new, finite).store(m);
+  Vec::blendv(vv, v_new, finite).store(v);
+  Vec::blendv(p_old, p_new, finite).store(p);
+  tally.clipped += __builtin_popcount(true_lanes(spike));
+  tally.nonfinite |= true_lanes(finite) != kAllLanes;
 }
 
-int64_t dense_update(float* p, const float* g, float* m, float* v, int64_t n, const Hyper& h) {
+// n consecutive entries: whole vectors, then the rest through the same code from zero-padded copies
+// (g = v = 0 is finite and never a spike, so the padding adds nothing to the tally).
+void update_span(float* p, const float* g, float* m, float* v, int64_t n, const VecHyper& h, Tally& tally) {
+  constexpr int64_t kLanes = Vec::size();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) update_vec(p + i, g + i, m + i, v + i, h, tally);
+  const int64_t rest = n - i;
+  if (rest == 0) return;
+  float pb[kLanes] = {}, gb[kLanes] = {}, mb[kLanes] = {}, vb[kLanes] = {};
+  std::copy_n(p + i, rest, pb);
+  std::copy_n(g + i, rest, gb);
+  std::copy_n(m + i, rest, mb);
+  std::copy_n(v + i, rest, vb);
+  update_vec(pb, gb, mb, vb, h, tally);
+  std::copy_n(pb, rest, p + i);
+  std::copy_n(mb, rest, m + i);
+  std::copy_n(vb, rest, v + i);
+}
+
+Tally dense_update(float* p, const float* g, float* m, float* v, int64_t n, const Hyper& h) {
   return at::parallel_reduce(
-      0, n, kGrain, int64_t(0),
-      [=](int64_t begin, int64_t end, int64_t ident) {
-        // Local restrict copies: otherwise the compiler must assume a store to p, m or v may change the
-        // hyperparameters or the pointers, reloads them per entry and gives up on vectorising.
-        const Hyper hh = h;
-        float* __restrict pr = p;
-        const float* __restrict gr = g;
-        float* __restrict mr = m;
-        float* __restrict vr = v;
-        int64_t count = 0;
-        for (int64_t start = begin; start < end; start += kBlock) {
-          const int64_t stop = std::min(end, start + kBlock);
-          // An int32 count per block: int64 lanes would halve the vector width of the reduction.
-          int32_t block = 0;
-#pragma omp simd reduction(+ : block)
-          for (int64_t i = start; i < stop; ++i) block += update_entry(pr[i], gr[i], mr[i], vr[i], hh);
-          count += block;
-        }
-        return ident + count;
+      0, n, kGrain, Tally{},
+      [=](int64_t begin, int64_t end, Tally ident) {
+        const VecHyper vh(h);
+        update_span(p + begin, g + begin, m + begin, v + begin, end - begin, vh, ident);
+        return ident;
       },
-      std::plus<int64_t>());
+      std::plus<Tally>());
 }
 
 // Sparse momentum: m and v hold the kept entries only, in ascending order of flat index. The indices come
@@ -134,8 +178,9 @@ int64_t dense_update(float* p, const float* g, float* m, float* v, int64_t n, co
 // batch of kept entries: gather their p and g into small contiguous buffers, update those with the dense
 // (vectorised) loop, decay the stretch of p the batch spans (vectorised, in cache), then scatter the kept
 // entries' new values over it.
-int64_t sparse_update(float* p, const float* g, float* m, float* v, const int16_t* low, const int64_t* starts,
-                      int64_t blocks, int64_t k, int64_t numel, const Hyper& h) {
+// A kept entry whose gradient is NaN/Inf keeps p, m and v; the entries left out never read their gradient.
+Tally sparse_update(float* p, const float* g, float* m, float* v, const int16_t* low, const int64_t* starts,
+                    int64_t blocks, int64_t k, int64_t numel, const Hyper& h) {
   const bool decay = h.decay != 1.f;
   auto decay_range = [=](int64_t lo, int64_t hi) {
     float* __restrict pr = p;
@@ -145,21 +190,20 @@ int64_t sparse_update(float* p, const float* g, float* m, float* v, const int16_
   };
   if (k == 0) {
     if (decay) at::parallel_for(0, numel, kGrain, decay_range);
-    return 0;
+    return Tally{};
   }
   auto flat_index = [=](int64_t j, int64_t block) {
     return (block << kBlockBits) + static_cast<uint16_t>(low[j]);
   };
   return at::parallel_reduce(
-      0, k, kGrain / 4, int64_t(0),
-      [=](int64_t begin, int64_t end, int64_t ident) {
-        const Hyper hh = h;
+      0, k, kGrain / 4, Tally{},
+      [=](int64_t begin, int64_t end, Tally ident) {
+        const VecHyper vh(h);
         float pk[kGather];
         float gk[kGather];
         int64_t ix[kGather];
         // The block of entry `begin`: the last block with starts[block] <= begin.
         int64_t block = std::upper_bound(starts, starts + blocks + 1, begin) - starts - 1;
-        int64_t count = 0;
         int64_t lo = 0;
         if (begin > 0) {
           int64_t before = block;
@@ -174,20 +218,15 @@ int64_t sparse_update(float* p, const float* g, float* m, float* v, const int16_
             pk[j] = p[ix[j]];
             gk[j] = g[ix[j]];
           }
-          float* __restrict mr = m + start;
-          float* __restrict vr = v + start;
-          int32_t batch = 0;
-#pragma omp simd reduction(+ : batch)
-          for (int64_t j = 0; j < len; ++j) batch += update_entry(pk[j], gk[j], mr[j], vr[j], hh);
-          count += batch;
+          update_span(pk, gk, m + start, v + start, len, vh, ident);
           const int64_t hi = start + len == k ? numel : ix[len - 1] + 1;
           if (decay) decay_range(lo, hi);
           for (int64_t j = 0; j < len; ++j) p[ix[j]] = pk[j];
           lo = hi;
         }
-        return ident + count;
+        return ident;
       },
-      std::plus<int64_t>());
+      std::plus<Tally>());
 }
 
 void check_float32(const at::Tensor& t, const char* what, int64_t i) {
@@ -222,9 +261,7 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
     check_float32(exp_avg_sqs[i], "exp_avg_sqs", i);
     TORCH_CHECK(g.numel() == p.numel(), "spam_step_: grads[", i, "] has ", g.numel(), " entries, params[", i,
                 "] ", p.numel());
-    const bool finite = abs_max<false>(g.const_data_ptr<float>(), g.numel()).finite;
-    nonfinite_out[i] = !finite;
-    if (!finite || !open) continue;
+    if (!open) continue;  // a closed gate: nothing moves, nothing is read
     float* count = counts[i].data_ptr<float>();
     const double steps = static_cast<double>(*count) + 1.0;
     *count = static_cast<float>(steps);
@@ -237,21 +274,24 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
     float* mp = exp_avgs[i].data_ptr<float>();
     float* vp = exp_avg_sqs[i].data_ptr<float>();
     const std::optional<at::Tensor> low = kept_low.get(i);
+    Tally tally;
     if (!low.has_value()) {
       TORCH_CHECK(exp_avgs[i].numel() == p.numel() && exp_avg_sqs[i].numel() == p.numel(),
                   "spam_step_: the moments of params[", i, "] do not match its size");
-      clipped_out[i] = dense_update(pp, gp, mp, vp, p.numel(), h);
-      continue;
+      tally = dense_update(pp, gp, mp, vp, p.numel(), h);
+    } else {
+      const std::optional<at::Tensor> starts = kept_starts.get(i);
+      const int64_t k = low->numel();
+      const int64_t blocks = (p.numel() >> kBlockBits) + 1;
+      TORCH_CHECK(starts.has_value() && low->scalar_type() == at::kShort && low->is_contiguous() &&
+                      starts->scalar_type() == at::kLong && starts->is_contiguous() &&
+                      starts->numel() == blocks + 1 && exp_avgs[i].numel() == k && exp_avg_sqs[i].numel() == k,
+                  "spam_step_: the kept entries and moments of params[", i, "] do not match");
+      tally = sparse_update(pp, gp, mp, vp, low->const_data_ptr<int16_t>(), starts->const_data_ptr<int64_t>(),
+                            blocks, k, p.numel(), h);
     }
-    const std::optional<at::Tensor> starts = kept_starts.get(i);
-    const int64_t k = low->numel();
-    const int64_t blocks = (p.numel() >> kBlockBits) + 1;
-    TORCH_CHECK(starts.has_value() && low->scalar_type() == at::kShort && low->is_contiguous() &&
-                    starts->scalar_type() == at::kLong && starts->is_contiguous() &&
-                    starts->numel() == blocks + 1 && exp_avgs[i].numel() == k && exp_avg_sqs[i].numel() == k,
-                "spam_step_: the kept entries and moments of params[", i, "] do not match");
-    clipped_out[i] = sparse_update(pp, gp, mp, vp, low->const_data_ptr<int16_t>(),
-                                   starts->const_data_ptr<int64_t>(), blocks, k, p.numel(), h);
+    clipped_out[i] = tally.clipped;
+    nonfinite_out[i] = tally.nonfinite;
   }
   return {clipped, nonfinite};
 }
@@ -342,7 +382,7 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
                 "stable_spam_step_: params[", i, "] and its gradient and moments differ in size");
     const int64_t numel = p.numel();
     const float* gp = g.const_data_ptr<float>();
-    const AbsMax am = abs_max<true>(gp, numel);
+    const AbsMax am = abs_max(gp, numel);
     nonfinite.data_ptr<bool>()[i] = !am.finite;
     float* count = scalar(steps[i]);
     if (!am.finite || !open) {
