@@ -7,6 +7,7 @@ cache is cold) is reported on its own.
 
     python benchmarks/optimizer_step.py                       # 20M, 60M, 130M on CPU, writes the results
     python benchmarks/optimizer_step.py --sizes 20m --rounds 3 --threads 1
+    python benchmarks/optimizer_step.py --only 'default flags' --rounds 31   # many rounds of the fast ones
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -26,6 +28,8 @@ import torch
 # The LLaMA configs of the SPAM paper (hidden, intermediate, layers), vocabulary 32000, untied head.
 SIZES = {"20m": (256, 688, 4), "60m": (512, 1376, 8), "130m": (768, 2048, 12)}
 VOCAB = 32000
+# Every ratio is against this optimizer, measured in the same process.
+BASELINE = "torch AdamW fused"
 
 
 def llama_shapes(hidden: int, intermediate: int, layers: int) -> list[tuple[int, ...]]:
@@ -44,7 +48,7 @@ def optimizers(include_reference: bool) -> dict[str, Factory]:
 
     # clip_delay=0: the timed steps run with the spike clip on, as every step after the first 20 does.
     table: dict[str, Factory] = {
-        "torch AdamW fused": lambda ps: torch.optim.AdamW(ps, fused=True),
+        BASELINE: lambda ps: torch.optim.AdamW(ps, fused=True),
         "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, foreach=True),
         "SPAM (default flags)": lambda ps: SPAM(ps, clip_delay=0),
         "SPAM foreach": lambda ps: SPAM(ps, clip_delay=0, foreach=True),
@@ -88,7 +92,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_size(name: str, device: torch.device, rounds: int, include_reference: bool) -> list[dict]:
+def bench_size(name: str, device: torch.device, rounds: int, include_reference: bool,
+               only: re.Pattern[str] | None = None) -> list[dict]:
     hidden, intermediate, layers = SIZES[name]
     gen = torch.Generator().manual_seed(0)
     shapes = llama_shapes(hidden, intermediate, layers)
@@ -100,6 +105,8 @@ def bench_size(name: str, device: torch.device, rounds: int, include_reference: 
     rows = []
     opts = {}
     for label, factory in optimizers(include_reference).items():
+        if only is not None and label != BASELINE and not only.search(label):
+            continue
         for p, g in zip(params, grads):
             p.grad = g.clone()
         try:
@@ -147,7 +154,7 @@ def render(rows: list[dict], command: str, device: torch.device, rounds: int) ->
     ]
     for size in dict.fromkeys(r["size"] for r in rows):
         group = [r for r in rows if r["size"] == size]
-        ref = next((r for r in group if r["label"] == "torch AdamW fused" and "median" in r), None)
+        ref = next((r for r in group if r["label"] == BASELINE and "median" in r), None)
         numel = next(r["numel"] for r in group if "numel" in r)
         lines += [f"## LLaMA {size} shapes ({numel / 1e6:.1f}M parameters)", "",
                   "| optimizer | step ms | x fused AdamW | state MB | x AdamW state | first step s |",
@@ -171,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-reference", action="store_true", help="leave out SPAM's slow reference path")
+    parser.add_argument("--only", default=None, metavar="REGEX",
+                        help=f"time only the optimizers whose name matches (and {BASELINE!r}, the baseline)")
     parser.add_argument("--out", default=None, help="results file (default benchmarks/results/"
                                                      "optimizer_step_<device>.md; '-' prints only)")
     args = parser.parse_args(argv)
@@ -182,10 +191,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--rounds must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        only = re.compile(args.only) if args.only is not None else None
+    except re.error as err:
+        parser.error(f"--only {args.only!r} is not a regular expression: {err}")
     device = torch.device(args.device)
     rows = []
     for size in sizes:
-        rows += bench_size(size, device, args.rounds, not args.no_reference)
+        rows += bench_size(size, device, args.rounds, not args.no_reference, only)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     for cache in ("SPAM_OPT_CACHE", "TORCHINDUCTOR_CACHE_DIR"):  # fresh caches: first steps include builds
         if cache in os.environ:

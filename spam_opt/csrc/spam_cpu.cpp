@@ -117,6 +117,8 @@ inline void update_vec(float* p, const float* g, float* m, float* v, const VecHy
   const Vec vv = Vec::loadu(v);
   const Vec g2 = gv * gv;
   const Vec cv = h.clip * vv;  // clip is +inf when clipping is off: cv is then inf, or NaN where v == 0
+  // g^2 < clip * v rules out a spike and a NaN/Inf gradient (both compare false); so does g == 0, which
+  // covers v == 0. A vector with any other lane takes the exact path below.
   const Vec plain = (g2 < cv) | (g2 == h.zero);
   if (true_lanes(plain) == kAllLanes) [[likely]] {
     const Vec m_new = Vec::loadu(m) * h.beta1 + gv * h.one_minus_beta1;
