@@ -1,9 +1,10 @@
 """The C++ SPAM and Stable-SPAM steps for CPU tensors (``csrc/spam_cpu.cpp``): built on first use, cached.
 
 torch.compile's CPU code for the step made two passes per tensor and paid Python overhead per parameter;
-this kernel makes one pass (after a read-only NaN/Inf check of the gradient) and takes a whole param group
-per call. It is compiled with the machine's C++ compiler against torch's headers, for the SIMD level torch
-itself runs at, into a cache keyed by the source, the flags and the torch version. Nothing is downloaded.
+this kernel makes one pass per tensor for SPAM (Stable-SPAM's per-tensor reductions need one or two reads
+of g first) and takes a whole param group per call. It is compiled with the machine's C++ compiler against
+torch's headers, for the SIMD level torch itself runs at, into a cache keyed by the source, the flags and
+the torch version. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def stable_spam_cpu(
     gate: Tensor | None,
     h: S.StepScalars,
 ) -> S.KernelResult:
-    """Stable-SPAM: unsharded float32 contiguous tensors in one call (three reads of g, one update pass);
+    """Stable-SPAM: unsharded float32 contiguous tensors in one call (one or two reads of g, one update pass);
     sharded (FSDP2), low-precision or strided ones through foreach. ``load()`` must have succeeded."""
     fast, slow = _split(not groups and handles(p, g, st.exp_avg)
                         for p, g, st, groups in zip(params, grads, states, shard_groups))

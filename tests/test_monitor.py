@@ -16,6 +16,7 @@ from torch import nn
 
 from spam_opt.monitor import GradientSpikeMonitor, SpikeInjector
 from spam_opt.monitor.jsonl import read_jsonl
+from spam_opt.monitor.statistics import LossSpikes
 from spam_opt.spam import SPAM
 
 SPIKE_STEP, SPIKED = 60, "1.weight"  # a LayerNorm weight, where the paper saw most spikes
@@ -138,6 +139,21 @@ def test_element_mode_matches_float64_elementwise_gss(tmp_path):
     for r in _rows(tmp_path / "metrics.jsonl"):
         for name, score in r["grad_score"].items():
             assert score == pytest.approx(max(s[name][0] for s in ref[r["step"] - 5:r["step"]]), rel=1e-3)
+
+
+def test_every_loss_of_a_burst_is_a_spike_and_a_lasting_rise_stops_being_one():
+    gen = torch.Generator().manual_seed(5)
+    spikes = LossSpikes(window=16, threshold=6.0)
+    for x in (3.0 + 0.1 * torch.randn(30, generator=gen, dtype=torch.float64)).tolist():
+        spikes.score(x)
+    burst = [spikes.score(9.0) for _ in range(5)]
+    assert all(z > 6.0 for z in burst), burst  # a spike recorded at 9.0 would hide the next one (z < 4)
+    for x in (3.0 + 0.1 * torch.randn(20, generator=gen, dtype=torch.float64)).tolist():
+        spikes.score(x)
+    risen = (4.0 + 0.1 * torch.randn(40, generator=gen, dtype=torch.float64)).tolist()
+    scores = [spikes.score(x) for x in risen]
+    flagged = [t for t, z in enumerate(scores) if z > 6.0]
+    assert flagged and flagged[-1] < 16, flagged  # the new level is normal within one window
 
 
 def test_loss_spikes_against_rolling_mean_and_deviation(tmp_path):

@@ -214,11 +214,17 @@ Tally sparse_update(float* p, const float* g, float* m, float* v, const int16_t*
         }
         for (int64_t start = begin; start < end; start += kGather) {
           const int64_t len = std::min(end - start, kGather);
-          for (int64_t j = 0; j < len; ++j) {
+          // Per index block, the entries of this batch in it share one base: no per-entry block search.
+          for (int64_t j = 0; j < len;) {
             while (start + j >= starts[block + 1]) ++block;
-            ix[j] = flat_index(start + j, block);
-            pk[j] = p[ix[j]];
-            gk[j] = g[ix[j]];
+            const int64_t stop = std::min(len, starts[block + 1] - start);
+            const int64_t base = block << kBlockBits;
+            const int16_t* lows = low + start;
+            for (; j < stop; ++j) {
+              ix[j] = base + static_cast<uint16_t>(lows[j]);
+              pk[j] = p[ix[j]];
+              gk[j] = g[ix[j]];
+            }
           }
           update_span(pk, gk, m + start, v + start, len, vh, ident);
           const int64_t hi = start + len == k ? numel : ix[len - 1] + 1;

@@ -151,7 +151,12 @@ class RunningScores:
 
 
 class LossSpikes:
-    """Loss against the mean and standard deviation of the previous ``window`` finite losses."""
+    """Loss against the mean and standard deviation of the previous ``window`` finite losses.
+
+    A spike enters the history at the bound it broke (``mean + threshold * std``), not at its own value:
+    otherwise one spike inflates the deviation and the rest of a burst passes unflagged. A lasting rise
+    still moves the history up, a bound at a time, until it is no longer a spike.
+    """
 
     def __init__(self, window: int, threshold: float, min_history: int = 8) -> None:
         self.history: deque[float] = deque(maxlen=window)
@@ -166,5 +171,7 @@ class LossSpikes:
             std = math.sqrt(math.fsum((x - mean) ** 2 for x in self.history) / len(self.history))
             if std > 0:
                 z = (loss - mean) / std
+                if z > self.threshold:
+                    loss = mean + self.threshold * std
         self.history.append(loss)
         return z
