@@ -2,6 +2,8 @@
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -253,3 +255,12 @@ def test_spikegpt_trains_through_the_registry_and_logs_firing_rates(run):
     assert rates and all(0.0 <= rows[-1][k] <= 1.0 for k in rates) and rows[-1]["synops"] > 0
     with pytest.raises(ValueError, match="longer than the context"):
         run("spiking-long", "--model", "spikegpt-tiny", "--seq-len", "512")
+
+
+def test_the_command_line_shows_bad_input_as_one_error_line_not_a_traceback():
+    command = [sys.executable, "-m", "trainers.pretrain", "--optimizer", "adamw", "--density", "0.5"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: density=0.5 is a SPAM option; use --optimizer spam or --density 1")
+    assert "Traceback" not in done.stderr

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -214,5 +215,12 @@ def main(argv: list[str] | None = None) -> Path:
     return train(load_config(argv))
 
 
+# What bad input raises here (a config, a data file, a run directory, a missing extra): each message names
+# the problem and the fix, so the command line shows it alone. Anything else keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except USER_ERRORS as err:
+        sys.exit(f"error: {err}")
