@@ -1,4 +1,5 @@
-"""DDP with 2 CPU processes (gloo): the same training as one process with the same global batch."""
+"""DDP with 2 CPU processes (gloo): the same training as one process with the same global batch, and an
+exact resume."""
 
 import json
 import os
@@ -51,3 +52,12 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
         assert ddp[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6)
     evals = [json.loads(line) for line in (ddp_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in evals if "eval_loss" in r] == [3, 6]
+
+    # Resumed on two processes from the step-3 checkpoint, the run repeats steps 4-6 exactly: each rank
+    # restores its own RNG state and data position, SPAM its sparse masks and schedule.
+    resume = [*cmd[:-2], "--run-name", "ddp-resumed", "--resume", str(ddp_dir / "checkpoints" / "step_3")]
+    done = subprocess.run(resume, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = losses(tmp_path / "ddp-resumed")
+    assert resumed == {step: ddp[step] for step in (4, 5, 6)}
