@@ -76,7 +76,9 @@ class SPAM(GlobalStepOptimizer):
     exceeds ``threshold`` times their second moment (after ``clip_delay`` steps, and ``clip_delay`` steps
     after each reset); optional sparse momentum (``density`` < 1) for parameters of 2 or more dimensions.
     Every option can be set per param group. ``step(gate=...)`` takes an optional 0-dim bool device tensor:
-    when it is False the step leaves every parameter and moment untouched (used by ``SpikeGuard``).
+    when it is False the step leaves every parameter and moment untouched (used by ``SpikeGuard``). An entry
+    whose gradient is NaN/Inf keeps its value and moments while the rest of its tensor updates;
+    ``spike_stats().nonfinite`` flags the parameter.
 
     Example::
 
