@@ -134,6 +134,19 @@ def _split(taken: Iterable[bool]) -> tuple[list[int], list[int]]:
     return fast, slow
 
 
+Counts = tuple[Iterable[Tensor], Iterable[Tensor]]
+
+
+def _combine(n: int, parts: list[tuple[list[int], Counts]]) -> tuple[list[Tensor], list[Tensor]]:
+    """Per-parameter (clipped, nonfinite) of a group from the parts that stepped its subsets of positions."""
+    clipped: list[Tensor] = [torch.zeros((), dtype=torch.int64)] * n
+    nonfinite: list[Tensor] = [torch.zeros((), dtype=torch.bool)] * n
+    for positions, (part_clipped, part_nonfinite) in parts:
+        for i, c, f in zip(positions, part_clipped, part_nonfinite):
+            clipped[i], nonfinite[i] = c, f
+    return clipped, nonfinite
+
+
 def spam_cpu(
     params: list[Tensor],
     grads: list[Tensor],
@@ -150,8 +163,7 @@ def spam_cpu(
     """
     columns = (params, grads, exp_avgs, exp_avg_sqs, counts)
     fast, slow = _split(handles(p, g, m) for p, g, m in zip(params, grads, exp_avgs))
-    clipped: list[Tensor] = [torch.zeros((), dtype=torch.int64)] * len(params)
-    nonfinite: list[Tensor] = [torch.zeros((), dtype=torch.bool)] * len(params)
+    parts: list[tuple[list[int], Counts]] = []
     if fast:
         clip = float("inf") if h.clip_threshold is None else h.clip_threshold
         scalars = (h.lr * h.warmup_scale, h.beta1, h.beta2, h.eps, 1 - h.lr * h.weight_decay, clip,
@@ -160,13 +172,11 @@ def spam_cpu(
         starts = [None if kept[i] is None else kept[i].starts for i in fast]
         c, f = torch.ops.spam_opt.spam_step_(*([col[i] for i in fast] for col in columns), low, starts, gate,
                                              *scalars)
-        for i, ci, fi in zip(fast, c.unbind(), f.unbind()):
-            clipped[i], nonfinite[i] = ci, fi
+        parts.append((fast, (c.unbind(), f.unbind())))
     if slow:
         rest = spam_foreach(*([col[i] for i in slow] for col in (*columns, kept)), gate, h)
-        for i, ci, fi in zip(slow, rest.clipped, rest.nonfinite):
-            clipped[i], nonfinite[i] = ci, fi
-    return KernelResult(clipped, nonfinite)
+        parts.append((slow, (rest.clipped, rest.nonfinite)))
+    return KernelResult(*_combine(len(params), parts))
 
 
 def stable_spam_cpu(
@@ -182,8 +192,7 @@ def stable_spam_cpu(
     sharded (FSDP2), low-precision or strided ones through foreach. ``load()`` must have succeeded."""
     fast, slow = _split(not groups and handles(p, g, st.exp_avg)
                         for p, g, st, groups in zip(params, grads, states, shard_groups))
-    clipped: list[Tensor] = [torch.zeros((), dtype=torch.int64)] * len(params)
-    nonfinite: list[Tensor] = [torch.zeros((), dtype=torch.bool)] * len(params)
+    parts: list[tuple[list[int], Counts]] = []
     if fast:
         sts = [states[i] for i in fast]
         fields = [[getattr(st, f) for st in sts] for f in
@@ -191,11 +200,9 @@ def stable_spam_cpu(
         c, f = torch.ops.spam_opt.stable_spam_step_(
             [params[i] for i in fast], [grads[i] for i in fast], *fields, [resets[i] for i in fast], gate,
             h.lr, h.beta1, h.beta2, h.gamma1, h.gamma2, h.theta, h.eps, h.weight_decay)
-        for i, ci, fi in zip(fast, c.unbind(), f.unbind()):
-            clipped[i], nonfinite[i] = ci, fi
+        parts.append((fast, (c.unbind(), f.unbind())))
     if slow:
         rest = S.stable_spam_foreach(*([col[i] for i in slow] for col in (params, grads, states, resets,
                                                                           shard_groups)), gate, h)
-        for i, ci, fi in zip(slow, rest.clipped, rest.nonfinite):
-            clipped[i], nonfinite[i] = ci, fi
-    return S.KernelResult(clipped, nonfinite)
+        parts.append((slow, (rest.clipped, rest.nonfinite)))
+    return S.KernelResult(*_combine(len(params), parts))

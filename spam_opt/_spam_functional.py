@@ -40,6 +40,18 @@ class KernelResult:
     nonfinite: list[Tensor]  # bool 0-dim per parameter: entries were skipped for a NaN/Inf gradient
 
 
+def keep_unmoved(new: Tensor, old: Tensor, moves: Tensor, idx: Tensor | None) -> Tensor:
+    """``new``, except that the entries that did not move (``moves`` False: a NaN/Inf gradient) keep ``old``.
+
+    ``moves`` holds one flag per entry, or under sparse momentum one per kept flat index in ``idx``; the
+    entries left out never read their gradient, so they always take ``new``.
+    """
+    if idx is None:
+        return torch.where(moves.view(new.shape), new, old)
+    flat_new, flat_old = new.reshape(-1), old.reshape(-1)
+    return flat_new.index_copy(0, idx, torch.where(moves, flat_new[idx], flat_old[idx])).view(new.shape)
+
+
 def _bias_scale(count: Tensor, beta1: float, beta2: float) -> Tensor:
     return (1 - torch.pow(beta2, count)).sqrt() / (1 - torch.pow(beta1, count))
 
@@ -56,11 +68,11 @@ def spam_reference(
 ) -> KernelResult:
     """One tensor at a time, everything decided on device: the oracle the fast paths are tested against."""
     clipped, nonfinite = [], []
+    ok = torch.ones((), dtype=torch.bool, device=params[0].device) if gate is None else gate
     for p, grad, m, v, n, entries in zip(params, grads, exp_avgs, exp_avg_sqs, counts, kept):
         idx = None if entries is None else entries.indices()
         g = grad.float()
         g = -g if h.maximize else g
-        ok = torch.ones((), dtype=torch.bool, device=g.device) if gate is None else gate
         if idx is not None:
             g = g.reshape(-1).index_select(0, idx)
         finite = torch.isfinite(g)  # the entries that move (under sparse momentum, of the kept ones)
@@ -86,11 +98,7 @@ def spam_reference(
             p_new = p32.reshape(-1).index_add(0, idx, -update).view_as(p32)
         if h.weight_decay != 0:
             p_new = p_new * (1 - h.lr * h.weight_decay)
-        if idx is None:
-            p_new = torch.where(finite, p_new, p32)
-        else:  # the entries left out of sparse momentum never read their gradient
-            p_new = p_new.reshape(-1).index_copy(0, idx, torch.where(finite, p_new.reshape(-1)[idx],
-                                                                     p32.reshape(-1)[idx])).view_as(p32)
+        p_new = keep_unmoved(p_new, p32, finite, idx)
 
         m.copy_(torch.where(ok & finite, m_new, m))
         v.copy_(torch.where(ok & finite, v_new, v))
@@ -179,11 +187,5 @@ def spam_foreach(
         m_old, v_old, p_old = kept_values[i]
         exp_avgs[i].copy_(torch.where(moves, exp_avgs[i], m_old))
         exp_avg_sqs[i].copy_(torch.where(moves, exp_avg_sqs[i], v_old))
-        p = params[i]
-        if flat[i] is None:
-            p.copy_(torch.where(moves.view(p.shape), p, p_old))
-        else:  # the entries left out of sparse momentum never read their gradient
-            idx = flat[i]
-            now, old = p.reshape(-1), p_old.reshape(-1)
-            p.copy_(now.index_copy(0, idx, torch.where(moves, now[idx], old[idx])).view(p.shape))
+        params[i].copy_(keep_unmoved(params[i], p_old, moves, flat[i]))
     return KernelResult(clipped, nonfinite)

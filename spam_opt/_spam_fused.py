@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from spam_opt._spam_functional import KernelResult, StepScalars, spam_reference
+from spam_opt._spam_functional import KernelResult, StepScalars, keep_unmoved, spam_reference
 from spam_opt.sparse import KeptEntries
 
 # Room for every (layout, dtype) mix a model has; past dynamo's default of 8 graphs a function silently
@@ -63,8 +63,7 @@ def _sparse_step(p: Tensor, g: Tensor, m: Tensor, v: Tensor, n: Tensor, kept: Te
     # Adam moves the kept entries only; the decoupled decay then shrinks every entry. A kept entry with a
     # NaN/Inf gradient keeps its value; the others never read their gradient.
     p_new = p32.index_add(0, kept, -(step_size * (m_new / (v_new.sqrt() + eps)))) * decay
-    p_new = p_new.index_copy(0, kept, torch.where(finite, p_new.index_select(0, kept),
-                                                  p32.index_select(0, kept)))
+    p_new = keep_unmoved(p_new, p32, finite, kept)
     m.copy_(torch.where(finite & gate, m_new, m))
     v.copy_(torch.where(finite & gate, v_new, v))
     flat.copy_(torch.where(gate, p_new, p32))

@@ -8,6 +8,7 @@ import io
 import pytest
 import torch
 from reference_spam import ReferenceSPAM
+from stepping import step_and_count
 from torch import nn
 
 import spam_opt.spam
@@ -203,11 +204,7 @@ def test_cpp_kernel_matches_reference_path_on_large_tensors(density, torch_threa
             if t == 11:
                 grads[0].view(-1)[40_003:40_100:7] = float("nan")
                 grads[3][2, 5_001] = -float("inf")
-            for p, g in zip(params, grads):
-                p.grad = g
-            opt.step()
-            stats = opt.spike_stats()
-            counts.append((stats.clipped.tolist(), stats.nonfinite.tolist()))
+            counts.append(step_and_count(opt, params, grads))
         runs.append(([p.detach() for p in params], counts))
     assert runs[0][1] == runs[1][1]
     assert sum(c for step, _ in runs[1][1] for c in step) > 100

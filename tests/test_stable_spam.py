@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from stepping import step_and_count
 from torch import nn
 
 from spam_opt.stable_spam import StableSPAM
@@ -314,11 +315,7 @@ def test_fused_matches_foreach_on_large_tensors_with_resets_and_nan(torch_thread
             grads[t % 3].view(-1)[(t * 7919) % grads[t % 3].numel()] *= 1000.0
             if t == 9:
                 grads[1][-1] = float("nan")
-            for p, g in zip(params, grads):
-                p.grad = g
-            opt.step()
-            stats = opt.spike_stats()
-            counts.append((stats.clipped.tolist(), stats.nonfinite.tolist()))
+            counts.append(step_and_count(opt, params, grads))
         runs.append(([p.detach() for p in params], counts))
     assert runs[0][1] == runs[1][1]
     assert runs[1][1][9][1] == [False, True, False]
