@@ -317,6 +317,19 @@ def report(setup: Setup, results: list[dict[str, Any]], command: str) -> None:
     (setup.out / "README.md").write_text("\n".join(lines))
     (setup.out / "results.json").write_text(json.dumps(results))
     _plot(setup, results)
+    _comparison(setup, results)
+
+
+def _comparison(setup: Setup, results: list[dict[str, Any]]) -> None:
+    """comparison.html: every run's curves and spikes, a section per regime, an optimizer's seeds grouped."""
+    from spam_opt.dashboard import RunRef, render_comparison
+
+    sections = {regime: [RunRef(setup.out / "runs" / regime / r["optimizer"] / f"seed{r['seed']}",
+                                name=f"{r['optimizer']} seed {r['seed']}", group=r["optimizer"])
+                         for r in results if r["regime"] == regime]
+                for regime in REGIMES if any(r["regime"] == regime for r in results)}
+    render_comparison(sections, setup.out / "comparison.html",
+                      title=f"Stability benchmark ({setup.model}, {setup.steps} steps)")
 
 
 def _plot(setup: Setup, results: list[dict[str, Any]]) -> None:
@@ -368,6 +381,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     names = [n for n in args.optimizers.split(",") if n]
     regimes = [r for r in args.regimes.split(",") if r]
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size),
+                        ("--seq-len", args.seq_len), ("--seeds", args.seeds)):
+        if value < 1:
+            parser.error(f"invalid {flag} {value}: it must be at least 1")
+    if args.corpus_mb < 0 or not 0 < args.reset_fraction <= 1:
+        parser.error("--corpus-mb must be >= 0 (0: the whole corpus) and --reset-fraction in (0, 1]")
+    for flag, given, known in (("--optimizers", names, OPTIMIZERS), ("--regimes", regimes, REGIMES)):
+        if not given:
+            parser.error(f"{flag} is empty: give a comma-separated list of some of {', '.join(known)}")
     for bad in [n for n in names if n not in OPTIMIZERS] + [r for r in regimes if r not in REGIMES]:
         parser.error(f"unknown optimizer or regime {bad!r}; known: {', '.join([*OPTIMIZERS, *REGIMES])}")
     if args.quick:

@@ -13,3 +13,12 @@ def torch_threads(request):
     torch.set_num_threads(request.param)
     yield request.param
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; on a shared 2-core machine more threads only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -44,6 +44,8 @@ def test_quick_grid_runs_end_to_end_and_resumes(stability, tmp_path):
     report = (tmp_path / "README.md").read_text()
     assert "| spam |" in report and "## spike-tensors" in report
     assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+    page = (tmp_path / "comparison.html").read_text()  # every run's curves, a section per regime
+    assert '<h2 id="section-1">spike-tensors</h2>' in page and page.count(">spam seed 0</td>") == 2
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved) == 4
     # finished runs are not repeated: a second call only reads result.json files
@@ -67,3 +69,17 @@ def test_burst_regime_injects_consecutive_steps_and_counts_recovery_from_the_las
     # baseline: the steps up to 30; the 5-step mean is back from step 38, 4 steps after the last injection
     assert stability.recovery_steps(steps, losses, at=30, last=34) == 4
     assert stability.loss_jump(steps, losses, at=30, last=34) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0"], "invalid --seeds 0: it must be at least 1"),
+    (["--optimizers", ""], "--optimizers is empty"),
+    (["--regimes", ","], "--regimes is empty"),
+    (["--steps", "-5"], "invalid --steps -5"),
+    (["--optimizers", "sgd"], "unknown optimizer or regime 'sgd'"),
+])
+def test_bad_arguments_end_with_a_usage_error_not_a_traceback(stability, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        stability.main([*argv, "--out", str(tmp_path)])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # stopped before any run

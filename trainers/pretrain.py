@@ -36,7 +36,7 @@ from trainers.data import (
 )
 from trainers.models import build_model
 from trainers.monitoring import build_injector, build_monitor, trim_jsonl
-from trainers.optimizers import build_optimizer, build_spike_guard
+from trainers.optimizers import build_optimizer, build_spike_guard, state_bytes
 
 logger = logging.getLogger("trainers.pretrain")
 
@@ -171,6 +171,8 @@ def train(cfg: TrainConfig) -> Path:
             optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if step == 1:  # the optimizer's state exists from its first step on, at its final size
+            monitor.log_scalars(step, {"optimizer_state_bytes": state_bytes(raw_optimizer)})
         state.step = step
         progress.update(1)
         restart_window = step % cfg.log_every == 0
