@@ -4,17 +4,14 @@ command line (folders, --watch), and the pages in headless Chromium."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from watching import watching
 
 from spam_opt.dashboard import RunRef, find_runs, render_comparison
 from spam_opt.dashboard.binning import bin_max
@@ -207,10 +204,7 @@ def test_watch_follows_a_folder_as_runs_appear(grid, tmp_path):
     live = tmp_path / "live"
     live.mkdir()
     shutil.copytree(grid / "llama-adamw", live / "first", ignore=shutil.ignore_patterns("final", "tokenizer"))
-    proc = subprocess.Popen([sys.executable, "-m", "spam_opt.dashboard.cli", str(live), "--watch",
-                             "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
+    with watching(str(live)) as proc:
         assert proc.stdout.readline().strip() == f"rendered {live / 'comparison.html'}"
         page = (live / "comparison.html").read_text()
         assert 'http-equiv="refresh"' in page and "1 run(s)" in page
@@ -219,10 +213,6 @@ def test_watch_follows_a_folder_as_runs_appear(grid, tmp_path):
         assert proc.stdout.readline().startswith("rendered")
         page = (live / "comparison.html").read_text()
         assert "2 run(s)" in page and "second" in page
-    finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and "Traceback" not in err
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no chromium at /usr/bin/chromium to open the pages")
