@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spam_opt.monitor.events import GRADIENT_KINDS
+from spam_opt.monitor.events import GRADIENT_KINDS, SPIKE_KINDS
 from spam_opt.monitor.jsonl import read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def build_figure(run: RunData) -> Any:
 def _spike_markers(fig: Any, go: Any, run: RunData, loss: tuple[list[int], list[float]]) -> None:
     """One marker per step that had spikes, on the loss curve; hover lists where and how big."""
     by_step: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    marked = (*GRADIENT_KINDS, "loss", "nonfinite")
+    marked = (*SPIKE_KINDS, "nonfinite")
     for e in run.events:
         if e["kind"] in marked and isinstance(e.get("step"), int):
             by_step[e["step"]].append(e)
@@ -178,7 +178,7 @@ def _fmt(value: Any) -> str:
 
 
 def _events_table(events: list[dict[str, Any]]) -> str:
-    spikes = [e for e in events if e["kind"] in GRADIENT_KINDS or e["kind"] == "loss"]
+    spikes = [e for e in events if e["kind"] in SPIKE_KINDS]
     spikes.sort(key=lambda e: -(_number(e.get("score")) or 0.0))
     if not spikes:
         return "<p>No gradient or loss spikes recorded.</p>"
