@@ -1,5 +1,5 @@
 // Sparse-momentum layouts at density 0.25, the update of the kept entries alone (no NaN check, no decay):
-// the design's element-wise draw (gather/scatter at sorted indices, as spam_opt/csrc/spam_cpu.cpp does)
+// the design's element-wise draw (gather/scatter at sorted indices, as spam_opt/kernels/csrc/spam_cpu.cpp does)
 // against kept blocks of 64 contiguous entries (the same state size, one index per block).
 //
 //   g++ -O3 -mavx2 -mfma -fopenmp -fno-math-errno -fno-trapping-math -ffp-contract=off \

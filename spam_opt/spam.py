@@ -1,27 +1,27 @@
 """SPAM: Spike-Aware Adam with Momentum Reset (ICLR 2025), a drop-in replacement for torch.optim.AdamW.
 
 The class owns validation, state and the schedule (global step, momentum resets, warmup after a reset,
-clip delay, sparse-momentum masks); the arithmetic lives in ``_spam_functional``. See DESIGN.md for the
-normative update rule.
+clip delay, sparse-momentum masks); the step loop is ``SpikeAwareOptimizer``'s and the arithmetic lives in
+``spam_opt.kernels.spam``. docs/algorithm.md gives the update rule.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from spam_opt import _spam_cpu
-from spam_opt import _spam_functional as F
-from spam_opt._global_step import GlobalStepOptimizer, local_tensor
-from spam_opt._spam_fused import fused_unavailable_reason, spam_fused
+from spam_opt._distributed import flat_span, local_tensor
+from spam_opt._optimizer import SpikeAwareOptimizer
 from spam_opt._validation import check_betas, check_int, check_kernel_flags, check_number
-from spam_opt.sparse import KeptEntries, draw_kept, mask_key
-from spam_opt.stats import SpikeStats, stack_counts
+from spam_opt.kernels.dispatch import SPAM_KERNELS
+from spam_opt.kernels.draw import draw_kept
+from spam_opt.kernels.spam.inputs import StepScalars, TensorState
+from spam_opt.sparse import KeptEntries, mask_key
 
 
 @dataclass(frozen=True)
@@ -44,31 +44,13 @@ def _schedule(s: int, group: dict[str, Any]) -> _Schedule:
     return _Schedule(s // interval if interval > 0 else 0, scale, clip_on)
 
 
-def _kept_entries(p: Tensor, key: int, density: float, device: torch.device) -> KeptEntries:
-    """Kept entries of this rank's block, relative to the block (see ``spam_opt.sparse``)."""
-    if not hasattr(p, "device_mesh"):
-        return draw_kept(p.numel(), key, density, device=device)
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-    local_shape, offsets = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
-    trailing = tuple(p.shape[1:])
-    if tuple(local_shape[1:]) == trailing and all(o == 0 for o in offsets[1:]):
-        # Row-sharded (FSDP2's Shard(0)): the block is a contiguous run of the flattened full tensor.
-        return draw_kept(math.prod(local_shape), key, density, offset=offsets[0] * math.prod(trailing),
-                         device=device)
-    raise NotImplementedError(
-        f"sparse momentum supports parameters sharded along dim 0 only, got placements {p.placements}; "
-        "use density=1.0 for this parameter"
-    )
-
-
 _ALLOWED_GROUP_KEYS = frozenset(
     ["params", "name", "initial_lr", "lr", "betas", "eps", "weight_decay", "threshold", "reset_interval",
      "warmup_steps", "clip_delay", "density", "seed", "foreach", "fused", "maximize"]
 )
 
 
-class SPAM(GlobalStepOptimizer):
+class SPAM(SpikeAwareOptimizer):
     """Spike-Aware Adam with Momentum Reset.
 
     Adam with decoupled weight decay, plus: momentum reset every ``reset_interval`` steps followed by a
@@ -91,6 +73,7 @@ class SPAM(GlobalStepOptimizer):
         clipped = opt.spike_stats().clipped  # entries clipped per parameter, on device
     """
 
+    kernels = SPAM_KERNELS
     step_key = "spam_step"
     state_keys = ("step", "exp_avg", "exp_avg_sq", "reset_number")
     allowed_group_keys = _ALLOWED_GROUP_KEYS
@@ -121,101 +104,40 @@ class SPAM(GlobalStepOptimizer):
     def _check_group(self, group: dict[str, Any], where: str) -> None:
         _validate_group(group, where)
 
+    def _plan(self, group: dict[str, Any], s: int) -> _Schedule:
+        return _schedule(s, group)
 
-    # -- the step -------------------------------------------------------------------------------------
-
-    def _init_or_reset(self, p: Tensor, state: dict[str, Any], group: dict[str, Any], index: int,
-                       reset_number: int) -> None:
+    def _tensor_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any], index: int,
+                      plan: _Schedule) -> TensorState:
         """Create the state of a parameter, or start a new reset interval for it (zero moments, new mask)."""
         local = local_tensor(p)
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=local.device)
-        elif state["reset_number"] == reset_number:
-            return
-        state["reset_number"] = reset_number
-        if group["density"] < 1.0 and p.dim() >= 2:
-            key = mask_key(group["seed"], index, reset_number)
-            kept = _kept_entries(p, key, group["density"], local.device)
-            state["kept_low"], state["kept_starts"] = kept.low, kept.starts
-            shape: tuple[int, ...] = (kept.numel(),)
-            state["exp_avg"] = torch.zeros(shape, dtype=torch.float32, device=local.device)
-            state["exp_avg_sq"] = torch.zeros(shape, dtype=torch.float32, device=local.device)
-        else:
-            state.pop("kept_low", None)
-            state.pop("kept_starts", None)
-            fmt = torch.preserve_format
-            state["exp_avg"] = torch.zeros_like(local, dtype=torch.float32, memory_format=fmt)
-            state["exp_avg_sq"] = torch.zeros_like(local, dtype=torch.float32, memory_format=fmt)
+        if state.get("reset_number") != plan.reset_number:
+            state["reset_number"] = plan.reset_number
+            if group["density"] < 1.0 and p.dim() >= 2:
+                numel, offset = flat_span(p)
+                kept = draw_kept(numel, mask_key(group["seed"], index, plan.reset_number), group["density"],
+                                 offset=offset, device=local.device)
+                state["kept_low"], state["kept_starts"] = kept.low, kept.starts
+                shape: tuple[int, ...] = (kept.numel(),)
+                state["exp_avg"] = torch.zeros(shape, dtype=torch.float32, device=local.device)
+                state["exp_avg_sq"] = torch.zeros(shape, dtype=torch.float32, device=local.device)
+            else:
+                state.pop("kept_low", None)
+                state.pop("kept_starts", None)
+                fmt = torch.preserve_format
+                state["exp_avg"] = torch.zeros_like(local, dtype=torch.float32, memory_format=fmt)
+                state["exp_avg_sq"] = torch.zeros_like(local, dtype=torch.float32, memory_format=fmt)
+        kept = KeptEntries(state["kept_low"], state["kept_starts"]) if "kept_low" in state else None
+        return TensorState(state["exp_avg"], state["exp_avg_sq"], state["step"], kept)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None, *, gate: Tensor | None = None) -> Any:
-        """Perform one optimization step; ``gate`` (0-dim bool tensor) False skips it on device."""
-        loss, s = self._advance(closure)
-        stepped, clipped, nonfinite = [], [], []
-        index = -1
-        for group in self.param_groups:
-            sched = _schedule(s, group)
-            params, grads, exp_avgs, exp_avg_sqs, counts, kept = [], [], [], [], [], []
-            for p in group["params"]:
-                index += 1
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("SPAM does not support sparse gradients; use dense gradients")
-                state = self.state[p]
-                self._init_or_reset(p, state, group, index, sched.reset_number)
-                stepped.append(p)
-                params.append(local_tensor(p))
-                grads.append(local_tensor(p.grad))
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                counts.append(state["step"])
-                kept.append(KeptEntries(state["kept_low"], state["kept_starts"]) if "kept_low" in state
-                            else None)
-            if not params:
-                continue
-            beta1, beta2 = group["betas"]
-            scalars = F.StepScalars(
-                lr=float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-                weight_decay=group["weight_decay"], warmup_scale=sched.warmup_scale,
-                clip_threshold=float(group["threshold"]) if sched.clip_on else None,
-                maximize=group["maximize"],
-            )
-            kernel = _select_kernel(group["foreach"], group["fused"], params)
-            result = kernel(params, grads, exp_avgs, exp_avg_sqs, counts, kept, gate, scalars)
-            clipped.extend(result.clipped)
-            nonfinite.extend(result.nonfinite)
-        device = local_tensor(stepped[0]).device if stepped else torch.device("cpu")
-        self._last_stats = SpikeStats(step=s, params=stepped, clipped=stack_counts(clipped, device),
-                                      nonfinite=stack_counts(nonfinite, device))
-        return loss
-
-
-
-
-# On CUDA, below this many entries in a group the compile time of the fused step outweighs what it saves.
-_FUSED_MIN_NUMEL = 1 << 20
-
-
-def _fused_kernel(device: torch.device) -> tuple[Callable[..., F.KernelResult], str | None]:
-    """The fused kernel for ``device`` (C++ on CPU, torch.compile elsewhere) and why it cannot run, if so."""
-    if device.type == "cpu":
-        return _spam_cpu.spam_cpu, _spam_cpu.load()
-    return spam_fused, fused_unavailable_reason(device)
-
-
-def _select_kernel(foreach: bool | None, fused: bool | None,
-                   params: list[Tensor]) -> Callable[..., F.KernelResult]:
-    """Honour explicit flags; with neither set, the fastest kernel that is available for these tensors."""
-    device = params[0].device
-    if foreach is False and not fused:
-        return F.spam_reference
-    automatic = foreach is None and fused is None
-    if fused or (automatic and (device.type == "cpu" or sum(p.numel() for p in params) >= _FUSED_MIN_NUMEL)):
-        kernel, reason = _fused_kernel(device)
-        if _spam_cpu.fused_or_fallback(reason, explicit=bool(fused), optimizer="SPAM"):
-            return kernel
-    return F.spam_foreach
+    def _scalars(self, group: dict[str, Any], plan: _Schedule) -> StepScalars:
+        beta1, beta2 = group["betas"]
+        return StepScalars(lr=float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
+                           weight_decay=group["weight_decay"], warmup_scale=plan.warmup_scale,
+                           clip_threshold=float(group["threshold"]) if plan.clip_on else None,
+                           maximize=group["maximize"])
 
 
 def _validate_group(group: dict[str, Any], where: str) -> None:

@@ -115,19 +115,3 @@ class KeptEntries:
 
     def numel(self) -> int:
         return self.low.numel()
-
-
-def draw_kept(numel: int, key: int, density: float, *, offset: int = 0,
-              device: torch.device | str = "cpu") -> KeptEntries:
-    """``kept_indices`` in the compact layout: what the optimizer stores after each momentum reset.
-
-    On CPU the C++ kernel draws it in one pass (the torch version costs seconds per reset at 100M+ entries);
-    elsewhere, or where the kernel cannot be built, the torch version above.
-    """
-    if torch.device(device).type == "cpu":
-        from spam_opt import _spam_cpu
-
-        if _spam_cpu.load() is None:
-            low, starts = torch.ops.spam_opt.kept_entries(numel, key, keep_threshold(density), offset)
-            return KeptEntries(low, starts)
-    return KeptEntries.from_indices(kept_indices(numel, key, density, offset=offset, device=device), numel)

@@ -1,7 +1,8 @@
 """Skip (or scale down) an optimizer update when the loss or the gradient norm spikes, decided on device.
 
-A step is a spike when the global gradient norm, or the loss when given, is more than ``sigma`` standard
-deviations above its mean over the last ``window`` steps (after ``min_history`` steps), or is not finite.
+A step is a spike when the global gradient norm, or the loss when given, is an outlier of
+``spam_opt.outliers.RollingOutliers`` (more than ``sigma`` standard deviations above its mean over the last
+``window`` steps, after ``min_history`` steps: the rule the monitor's loss spikes use too), or is not finite.
 The rolling statistics live in fixed-size ring buffers on the gradients' device, and the decision is a
 device tensor that reaches the optimizer without a host synchronisation:
 
@@ -10,8 +11,8 @@ device tensor that reaches the optimizer without a host synchronisation:
   state, which ``torch.where`` restores on a skipped step. That costs one copy of the parameters and of the
   optimizer state (for AdamW: three times the parameters' memory) for the duration of the step.
 
-Every finite value enters the history, spikes included: so a lasting change of level (a new LR phase, say)
-is skipped for a while and then accepted, rather than freezing the run.
+Every finite value enters the history, spikes at the bound they broke: so a lasting change of level (a new LR
+phase, say) is skipped for a while and then accepted, rather than freezing the run.
 """
 
 from __future__ import annotations
@@ -23,21 +24,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from spam_opt._distributed import ShardGroups, all_reduce, local_tensor, shard_groups
 from spam_opt._validation import check_int, check_number
+from spam_opt.outliers import RollingOutliers
 
 _ACTIONS = ("skip", "scale")
-
-
-def _local(t: Tensor) -> Tensor:
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-def _shard_groups(t: Tensor) -> tuple[object, ...]:
-    """The process groups over which a DTensor is split (FSDP2): sums of its entries reduce over them."""
-    if not hasattr(t, "device_mesh"):
-        return ()
-    return tuple(t.device_mesh.get_group(dim) for dim, placement in enumerate(t.placements)
-                 if placement.is_shard())
 
 
 def global_grad_norm(grads: list[Tensor]) -> Tensor:
@@ -46,58 +37,17 @@ def global_grad_norm(grads: list[Tensor]) -> Tensor:
     Under FSDP2 each rank holds shards (DTensors): their squared norms are all-reduced, so every rank gets
     the norm of the full gradient. Under DDP the gradients are already identical on every rank.
     """
-    import torch.distributed as dist
-
-    by_groups: dict[tuple[object, ...], list[Tensor]] = {}
+    by_groups: dict[ShardGroups, list[Tensor]] = {}
     for g in grads:
-        by_groups.setdefault(_shard_groups(g), []).append(_local(g))
+        by_groups.setdefault(shard_groups(g), []).append(local_tensor(g))
     total = None
     for groups, tensors in by_groups.items():
         squares = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).square().sum()
-        for group in groups:
-            dist.all_reduce(squares, group=group)
+        all_reduce(squares, groups, "sum")
         total = squares if total is None else total + squares.to(total.device)
     if total is None:
         raise ValueError("global_grad_norm needs at least one gradient")
     return total.sqrt()
-
-
-class _RollingStat:
-    """Mean and standard deviation of the last ``window`` finite values, in a ring buffer on device."""
-
-    def __init__(self, window: int, device: torch.device) -> None:
-        self.values = torch.zeros(window, dtype=torch.float32, device=device)
-        self.count = torch.zeros((), dtype=torch.int64, device=device)  # finite values seen, ever
-        self._positions = torch.arange(window, device=device)
-
-    def observe(self, x: Tensor, sigma: float, min_history: int) -> Tensor:
-        """Record ``x``; return its step's factor: 1 (normal), sigma / z in (0, 1) (spike), 0 (not finite).
-
-        The test uses the history before ``x``. The sample standard deviation is used; a spike needs
-        ``x > mean + sigma * std`` strictly, so a constant history never flags an equal value. A spike is
-        recorded as ``mean + sigma * std`` (winsorised), a non-finite value not at all.
-        """
-        window = self.values.numel()
-        valid = self._positions < self.count
-        n = self.count.clamp(max=window).to(torch.float32)
-        mean = torch.where(valid, self.values, 0.0).sum() / n.clamp(min=1)
-        var = torch.where(valid, (self.values - mean).square(), 0.0).sum() / (n - 1).clamp(min=1)
-        excess = x - mean
-        bound = sigma * var.sqrt()
-        finite = torch.isfinite(x)
-        spike = (self.count >= min_history) & (excess > bound)
-        factor = torch.where(spike, bound / torch.where(spike, excess, 1.0), 1.0)
-        factor = torch.where(finite, factor, 0.0)
-
-        slot = (self.count % window).view(1)
-        # A spike enters the history at the bound it broke, not at its own size: recorded in full, one spike
-        # would inflate the deviation so much that the next steps of a burst pass unflagged. Recording the
-        # bound still lets a lasting rise of the level in, a little per step.
-        recorded = torch.where(spike, mean + bound, x)
-        kept = torch.where(finite, recorded, self.values.index_select(0, slot).squeeze(0))
-        self.values.index_copy_(0, slot, kept.view(1))
-        self.count += finite.to(torch.int64)
-        return factor
 
 
 def _is_accelerated(optimizer: Any) -> bool:
@@ -146,8 +96,8 @@ class SpikeGuard:
         self._inner = inner
         scaler = getattr(optimizer, "scaler", None)
         self._takes_gate = scaler is None and "gate" in inspect.signature(inner.step).parameters
-        self._norm: _RollingStat | None = None
-        self._loss: _RollingStat | None = None
+        self._norm: RollingOutliers | None = None
+        self._loss: RollingOutliers | None = None
         self._num_skipped: Tensor | None = None
         self._pending_state: dict[str, Any] | None = None
         self.last_skipped: Tensor | None = None  # 0-dim bool on device: the last step's decision
@@ -171,7 +121,7 @@ class SpikeGuard:
     def _ensure_buffers(self, device: torch.device) -> None:
         if self._norm is not None:
             return
-        self._norm, self._loss = _RollingStat(self.window, device), _RollingStat(self.window, device)
+        self._norm, self._loss = RollingOutliers(self.window, device), RollingOutliers(self.window, device)
         self._num_skipped = torch.zeros((), dtype=torch.int64, device=device)
         if self._pending_state is not None:
             self._restore(self._pending_state, device)
@@ -205,10 +155,9 @@ class SpikeGuard:
             return
         norm = global_grad_norm([p.grad for p in params])
         self._ensure_buffers(norm.device)
-        factor = self._norm.observe(norm, self.sigma, self.min_history)
+        factor = self._factor(self._norm, norm)
         if loss is not None:
-            loss_value = self._loss_tensor(loss, norm.device)
-            factor = torch.minimum(factor, self._loss.observe(loss_value, self.sigma, self.min_history))
+            factor = torch.minimum(factor, self._factor(self._loss, self._loss_tensor(loss, norm.device)))
         if self.action == "skip":
             factor = torch.where(factor < 1, 0.0, 1.0)
         skipped = factor < 1
@@ -219,6 +168,12 @@ class SpikeGuard:
             self._inner.step(gate=~skipped)
             return
         self._step_on_snapshot(params, factor)
+
+    def _factor(self, rule: RollingOutliers, x: Tensor) -> Tensor:
+        """Record ``x``; its step's factor: 1 (normal), sigma / z in (0, 1) (an outlier), 0 (not finite)."""
+        z, outlier = rule.observe(x, self.sigma, self.min_history)
+        factor = torch.where(outlier, self.sigma / torch.where(outlier, z, 1.0), 1.0)
+        return torch.where(torch.isfinite(x), factor, 0.0)
 
     def _step_on_snapshot(self, params: list[Tensor], factor: Tensor) -> None:
         """Step, then undo (factor 0) or shrink (0 < factor < 1) the parameter change with ``torch.where``."""
@@ -252,9 +207,9 @@ class SpikeGuard:
         state: dict[str, Any] = dict(sigma=self.sigma, window=self.window, min_history=self.min_history,
                                      action=self.action)
         if self._norm is not None:
-            state.update(norm_values=self._norm.values.clone(), norm_count=self._norm.count.clone(),
-                         loss_values=self._loss.values.clone(), loss_count=self._loss.count.clone(),
-                         num_skipped=self._num_skipped.clone())
+            for prefix, rule in (("norm", self._norm), ("loss", self._loss)):
+                state.update({f"{prefix}_{k}": v for k, v in rule.state_dict().items()})
+            state["num_skipped"] = self._num_skipped.clone()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -272,7 +227,6 @@ class SpikeGuard:
             self._restore(state_dict, self._norm.values.device)
 
     def _restore(self, state_dict: dict[str, Any], device: torch.device) -> None:
-        for stat, prefix in ((self._norm, "norm"), (self._loss, "loss")):
-            stat.values.copy_(state_dict[f"{prefix}_values"].to(device))
-            stat.count.copy_(state_dict[f"{prefix}_count"].to(device))
+        for rule, prefix in ((self._norm, "norm"), (self._loss, "loss")):
+            rule.load_state_dict({k: state_dict[f"{prefix}_{k}"] for k in ("values", "count")})
         self._num_skipped.copy_(state_dict["num_skipped"].to(device))

@@ -34,9 +34,6 @@ class SpikeStats:
     def total_clipped(self) -> Tensor:
         return self.clipped.sum()
 
-    def total_nonfinite(self) -> Tensor:
-        return self.nonfinite.sum()
-
 
 def stack_counts(counts: list[Tensor], device: torch.device) -> Tensor:
     """One int64 tensor from per-parameter count scalars, without a host sync."""

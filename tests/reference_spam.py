@@ -1,4 +1,4 @@
-"""An independent float64 transcription of DESIGN.md's SPAM update rule, written loop-first for clarity.
+"""An independent float64 transcription of docs/algorithm.md's SPAM rule, written loop-first for clarity.
 
 It keeps full-size moments for every parameter and a boolean mask for sparse ones (entries outside the
 mask keep m = v = 0 and get no Adam update), so it shares no code path with the optimizer's kernels.

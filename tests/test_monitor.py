@@ -16,7 +16,6 @@ from torch import nn
 
 from spam_opt.monitor import GradientSpikeMonitor, SpikeInjector
 from spam_opt.monitor.jsonl import read_jsonl
-from spam_opt.monitor.statistics import LossSpikes
 from spam_opt.spam import SPAM
 
 SPIKE_STEP, SPIKED = 60, "1.weight"  # a LayerNorm weight, where the paper saw most spikes
@@ -141,21 +140,6 @@ def test_element_mode_matches_float64_elementwise_gss(tmp_path):
             assert score == pytest.approx(max(s[name][0] for s in ref[r["step"] - 5:r["step"]]), rel=1e-3)
 
 
-def test_every_loss_of_a_burst_is_a_spike_and_a_lasting_rise_stops_being_one():
-    gen = torch.Generator().manual_seed(5)
-    spikes = LossSpikes(window=16, threshold=6.0)
-    for x in (3.0 + 0.1 * torch.randn(30, generator=gen, dtype=torch.float64)).tolist():
-        spikes.score(x)
-    burst = [spikes.score(9.0) for _ in range(5)]
-    assert all(z > 6.0 for z in burst), burst  # a spike recorded at 9.0 would hide the next one (z < 4)
-    for x in (3.0 + 0.1 * torch.randn(20, generator=gen, dtype=torch.float64)).tolist():
-        spikes.score(x)
-    risen = (4.0 + 0.1 * torch.randn(40, generator=gen, dtype=torch.float64)).tolist()
-    scores = [spikes.score(x) for x in risen]
-    flagged = [t for t, z in enumerate(scores) if z > 6.0]
-    assert flagged and flagged[-1] < 16, flagged  # the new level is normal within one window
-
-
 def test_loss_spikes_against_rolling_mean_and_deviation(tmp_path):
     model = _model()
     stream = _grads(model, 30, seed=3)
@@ -167,9 +151,10 @@ def test_loss_spikes_against_rolling_mean_and_deviation(tmp_path):
     _feed(monitor, model, stream, losses=losses)
     loss_events = [e for e in _rows(tmp_path / "spikes.jsonl") if e["param"] == "loss"]
     window = [x for x in losses[:24]][-16:]
-    z = (9.0 - statistics.fmean(window)) / statistics.pstdev(window)
+    z = (9.0 - statistics.fmean(window)) / statistics.stdev(window)  # the sample deviation, as the guard's
     assert [(e["step"], e["kind"]) for e in loss_events] == [(25, "loss"), (28, "nonfinite")]
-    assert loss_events[0]["score"] == pytest.approx(z, rel=1e-6) and loss_events[0]["value"] == 9.0
+    # the rule runs in float32 on the losses' device: its z matches float64 to float32 rounding
+    assert loss_events[0]["score"] == pytest.approx(z, rel=1e-4) and loss_events[0]["value"] == 9.0
     rows = _rows(tmp_path / "metrics.jsonl")
     assert rows[1]["step"] == 20 and rows[1]["loss"] == pytest.approx(losses[19])
     assert rows[2]["spikes"] == 1 and rows[2]["nonfinite"] == 1

@@ -3,6 +3,7 @@ that pick a path. On CPU ``fused`` is the C++ kernel; the torch.compile kernel (
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
@@ -11,11 +12,8 @@ from reference_spam import ReferenceSPAM
 from stepping import step_and_count
 from torch import nn
 
-import spam_opt.spam
-from spam_opt import _spam_cpu
-from spam_opt import _spam_functional as F
-from spam_opt._spam_fused import spam_fused
-from spam_opt.spam import SPAM, _select_kernel
+from spam_opt.kernels.spam.compiled import spam_compiled
+from spam_opt.spam import SPAM
 from spam_opt.sparse import KeptEntries
 
 SCHEDULE = dict(reset_interval=20, warmup_steps=6, clip_delay=4, threshold=50.0)
@@ -23,11 +21,17 @@ SCHEDULE = dict(reset_interval=20, warmup_steps=6, clip_delay=4, threshold=50.0)
 SHAPES = [(6, 5), (7,), (4, 3, 2), ()]
 
 
+def _use_compiled_kernel(monkeypatch):
+    """Make ``fused=True`` pick the torch.compile kernel (CUDA's) for CPU tensors too."""
+    table = dataclasses.replace(SPAM.kernels, fused=lambda device: (spam_compiled, None))
+    monkeypatch.setattr(SPAM, "kernels", table)
+
+
 @pytest.fixture(params=["cpp", "compile"])
 def fused_kernel(request, monkeypatch):
     """Run a test through the C++ CPU kernel, then through the torch.compile kernel that CUDA uses."""
     if request.param == "compile":
-        monkeypatch.setattr(spam_opt.spam, "_fused_kernel", lambda device: (spam_fused, None))
+        _use_compiled_kernel(monkeypatch)
     return request.param
 
 
@@ -166,7 +170,7 @@ def test_fused_resume_is_bit_exact_and_state_moves_between_paths(save_at, fused_
 def test_compiled_step_does_not_recompile_as_lr_warmup_counts_and_masks_change(monkeypatch):
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(spam_opt.spam, "_fused_kernel", lambda device: (spam_fused, None))
+    _use_compiled_kernel(monkeypatch)
     params = _params(SHAPES)
     opt = SPAM(params, fused=True, lr=1e-2, density=0.5, weight_decay=0.1, **SCHEDULE)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
@@ -213,39 +217,3 @@ def test_cpp_kernel_matches_reference_path_on_large_tensors(density, torch_threa
         assert runs[1][1][11][1] == [True, False, False, True]
     for a, b in zip(runs[0][0], runs[1][0]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-
-def test_default_flags_pick_the_fused_kernel_and_explicit_flags_are_honoured():
-    small, large = [torch.zeros(10, 10)], [torch.zeros(1024, 1024)]
-    assert _select_kernel(None, None, small) is _spam_cpu.spam_cpu  # built once per machine, fast at any size
-    assert _select_kernel(None, None, large) is _spam_cpu.spam_cpu
-    assert _select_kernel(True, None, large) is F.spam_foreach
-    assert _select_kernel(None, False, large) is F.spam_foreach
-    assert _select_kernel(False, None, large) is F.spam_reference
-    assert _select_kernel(None, True, small) is _spam_cpu.spam_cpu
-    meta = [torch.zeros(4, device="meta")]
-    assert _select_kernel(None, None, meta) is F.spam_foreach
-    with pytest.raises(RuntimeError, match="fused=True cannot run.*meta"):
-        _select_kernel(None, True, meta)
-
-
-def test_a_failed_kernel_build_is_reported_and_automatic_selection_falls_back(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPAM_OPT_CACHE", str(tmp_path))
-    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
-    reason = _spam_cpu.load.__wrapped__()
-    assert reason.startswith("building the CPU kernel failed (false, exit 1)")
-    assert not list(tmp_path.glob("*.so")), "a failed build must not leave a kernel behind"
-    monkeypatch.setattr(_spam_cpu, "load", lambda: reason)
-    with pytest.raises(RuntimeError, match="fused=True cannot run: building the CPU kernel failed"):
-        _select_kernel(None, True, [torch.zeros(3)])
-    _spam_cpu.warn_fallback.cache_clear()
-    with pytest.warns(RuntimeWarning, match="falls back to the slower foreach step"):
-        assert _select_kernel(None, None, [torch.zeros(3)]) is F.spam_foreach
-
-
-def test_an_unloadable_cached_kernel_is_reported_not_raised(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPAM_OPT_CACHE", str(tmp_path))
-    target = _spam_cpu.cached_kernel(_spam_cpu._compiler())
-    target.write_bytes(b"not a shared library")  # say, a copy truncated by a full disk
-    reason = _spam_cpu.load.__wrapped__()
-    assert reason.startswith("loading the CPU kernel") and "delete it to rebuild" in reason

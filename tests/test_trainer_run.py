@@ -114,6 +114,28 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(run, tmp_path, monk
     assert losses(resumed_dir) == reference  # exact float equality, every step
 
 
+def test_resume_after_a_crash_that_cut_the_last_log_line(run, tmp_path, monkeypatch, caplog):
+    """The crash --resume auto exists for can leave half a line in the logs: it is dropped with a warning."""
+    reference = losses(run("whole"))
+    with monkeypatch.context() as patch:
+        interrupt_at_step(patch, 6)
+        with pytest.raises(KeyboardInterrupt):
+            run("cut")
+    run_dir = tmp_path / "cut"
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "loss": 5.1')  # the write the crash interrupted
+    with (run_dir / "spikes.jsonl").open("a") as f:
+        f.write('{"step": 6, "param": "lo')
+    kept_spikes = [json.loads(line) for line in (run_dir / "spikes.jsonl").read_text().splitlines()[:-1]]
+    with caplog.at_level("WARNING"):
+        resumed = run("cut", "--resume", "auto")
+    assert "metrics.jsonl: skipped 1 unreadable line(s)" in caplog.text
+    assert "spikes.jsonl: skipped 1 unreadable line(s)" in caplog.text
+    assert losses(resumed) == reference  # every line parses again, no step lost or doubled
+    spikes = [json.loads(line) for line in (resumed / "spikes.jsonl").read_text().splitlines()]
+    assert [e for e in spikes if e["step"] <= 3] == [e for e in kept_spikes if e["step"] <= 3]
+
+
 def test_gradient_accumulation_equals_the_larger_batch(run):
     whole = losses(run("big", "--batch-size", "4", "--max-steps", "4"))
     accumulated = losses(run("accum", "--batch-size", "2", "--grad-accum", "2", "--max-steps", "4"))

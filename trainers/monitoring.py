@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from trainers.config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 
 def build_monitor(cfg: TrainConfig, model: nn.Module, optimizer: Any, run_dir: Path, accelerator: Any) -> Any:
@@ -31,9 +34,20 @@ def build_injector(cfg: TrainConfig, model: nn.Module) -> Any:
 
 
 def trim_jsonl(path: Path, last_step: int) -> None:
-    """Drop the rows of steps after ``last_step``: a resumed run writes them again."""
+    """Drop the rows of steps after ``last_step`` (a resumed run writes them again), and any unreadable line.
+
+    A run killed mid-write leaves a cut-off last line: it is dropped with a warning, as the dashboard does,
+    and the readable rows are kept. The file is replaced atomically, so a crash here loses nothing either.
+    """
+    from spam_opt.monitor.jsonl import append_jsonl, read_jsonl
+
     if not path.is_file():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line).get("step", 0) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    rows, warnings = read_jsonl(path)
+    for warning in warnings:
+        logger.warning("resuming: %s", warning.replace("showing", "keeping"))
+    partial = path.with_name(f".{path.name}.trimmed")
+    partial.unlink(missing_ok=True)
+    partial.touch()
+    append_jsonl(partial, [row for row in rows if row["step"] <= last_step])
+    os.replace(partial, path)

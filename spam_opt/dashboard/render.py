@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from spam_opt.dashboard.binning import bins
-from spam_opt.monitor.events import GRADIENT_KINDS
+from spam_opt.monitor.events import GRADIENT_KINDS, SPIKE_KINDS
 from spam_opt.monitor.jsonl import read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def spike_points(run: RunData) -> tuple[list[int], list[float], list[str]]:
     before) it, and a hover text listing its five largest events."""
     loss = run.series.get("loss", ([], []))
     by_step: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    marked = (*GRADIENT_KINDS, "loss", "nonfinite")
+    marked = (*SPIKE_KINDS, "nonfinite")
     for e in run.events:
         if e["kind"] in marked and isinstance(e.get("step"), int):
             by_step[e["step"]].append(e)
@@ -210,7 +210,7 @@ def _fmt(value: Any) -> str:
 
 def largest_spikes_table(events: list[dict[str, Any]]) -> str:
     """HTML: a heading and the ``TOP_EVENTS`` largest gradient and loss spikes (step, where, kind, size)."""
-    spikes = [e for e in events if e["kind"] in GRADIENT_KINDS or e["kind"] == "loss"]
+    spikes = [e for e in events if e["kind"] in SPIKE_KINDS]
     spikes.sort(key=lambda e: -(_number(e.get("score")) or 0.0))
     if not spikes:
         return "<p>No gradient or loss spikes recorded.</p>"

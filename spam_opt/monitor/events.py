@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 GRADIENT_KINDS = ("grad_norm", "grad_max", "element_gss")
-KINDS = (*GRADIENT_KINDS, "loss", "nonfinite", "clip", "momentum_reset")
+SPIKE_KINDS = (*GRADIENT_KINDS, "loss")  # what the metrics' "spikes" count and the dashboard marks as spikes
 
 
 @dataclass(frozen=True)

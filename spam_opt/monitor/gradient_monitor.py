@@ -12,9 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from spam_opt._validation import check_int, check_number
-from spam_opt.monitor.events import GRADIENT_KINDS, SpikeEvent
+from spam_opt.monitor.events import SPIKE_KINDS, SpikeEvent
 from spam_opt.monitor.jsonl import append_jsonl
-from spam_opt.monitor.statistics import GradientReductions, LossSpikes, RunningScores
+from spam_opt.monitor.statistics import GradientReductions, RunningScores
+from spam_opt.outliers import RollingOutliers
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class _Step:
     present: tuple[int, ...]  # indices of the parameters that had a gradient
     reductions: Tensor | None
     loss: Tensor | float | None
+    loss_score: Tensor | None  # (z-score, is an outlier) of the loss under the rolling outlier rule
 
 
 def _is_main_process(accelerator: Any) -> bool:
@@ -64,8 +66,10 @@ class GradientSpikeMonitor:
     parameter). Results stay on device until every ``log_every``-th step, when one transfer brings the whole
     interval to the host, where values are scored against their running means: a score above
     ``gss_threshold`` is a spike. Loss spikes are losses more than ``loss_threshold`` standard deviations
-    above the mean of the previous ``loss_window`` losses. With an optimizer that has ``spike_stats()`` (SPAM,
-    Stable-SPAM), its clip counts and momentum resets are recorded too.
+    above the mean of the previous ``loss_window`` losses, once ``loss_min_history`` losses were seen
+    (default 20, or the window when shorter): the rule of ``spam_opt.outliers`` that ``SpikeGuard`` applies
+    too, so the two agree step for step. With an optimizer that has ``spike_stats()`` (SPAM, Stable-SPAM),
+    its clip counts and momentum resets are recorded too.
 
     The main process writes ``run_dir/spikes.jsonl`` (one row per event, see ``spam_opt.monitor.events``) and
     ``run_dir/metrics.jsonl``: per logging step ``step``, ``loss``, ``grad_norm`` (of that step),
@@ -99,6 +103,7 @@ class GradientSpikeMonitor:
         *,
         loss_threshold: float = 6.0,
         loss_window: int = 128,
+        loss_min_history: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -108,13 +113,20 @@ class GradientSpikeMonitor:
         check_int("log_every", log_every, low=1)
         check_number("loss_threshold", loss_threshold, low=0.0, low_open=True)
         check_int("loss_window", loss_window, low=2)
+        if loss_min_history is None:  # the spike guard's default, or the whole window when it is shorter
+            loss_min_history = min(20, loss_window)
+        check_int("loss_min_history", loss_min_history, low=2)
+        if loss_min_history > loss_window:
+            raise ValueError(f"invalid loss_min_history={loss_min_history}: accepted range is "
+                             f"[2, loss_window={loss_window}]")
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("the model has no trainable parameters: there are no gradients to monitor")
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.mode, self.gss_threshold, self.log_every = mode, float(gss_threshold), log_every
-        self.loss_threshold = float(loss_threshold)
+        self.loss_threshold, self.loss_window = float(loss_threshold), loss_window
+        self.loss_min_history = loss_min_history
         self.accelerator = accelerator
         self.is_main = _is_main_process(accelerator)
         self.run_dir = Path(run_dir) if run_dir is not None and self.is_main else None
@@ -126,7 +138,7 @@ class GradientSpikeMonitor:
         self._numel = [p.numel() for p in self.params]
         self._reductions = GradientReductions(self.params, mode, self.gss_threshold)
         self._scores = RunningScores(len(self.params))
-        self._loss_spikes = LossSpikes(loss_window, self.loss_threshold)
+        self._loss_rule: RollingOutliers | None = None  # made on the first loss's device
         self._pending: list[_Step] = []
         self._clips: list[tuple[int, Tensor, list[int]]] = []
         self._events: list[SpikeEvent] = []
@@ -155,15 +167,26 @@ class GradientSpikeMonitor:
         if self._last_step is not None and step <= self._last_step:
             raise ValueError(f"step {step} is not after the previous step {self._last_step}: call observe() "
                              "once per optimizer step with an increasing step number")
+        loss_score = None
         if loss is not None:
             loss = _check_scalar("loss", loss)
+            loss_score = self._score_loss(loss)
         self._scalars = {k: _check_scalar(k, v) for k, v in (scalars or {}).items()}
         present = tuple(i for i, p in enumerate(self.params) if p.grad is not None)
         reductions = self._reductions(present) if present else None
-        self._pending.append(_Step(step, present, reductions, loss))
+        self._pending.append(_Step(step, present, reductions, loss, loss_score))
         self._last_step = step
         if step % self.log_every == 0:
             self.flush()
+
+    def _score_loss(self, loss: Tensor | float) -> Tensor:
+        """(z-score, is an outlier) of ``loss``, on device; the host reads it at the next flush."""
+        if self._loss_rule is None:
+            device = loss.device if isinstance(loss, Tensor) else self.params[0].device
+            self._loss_rule = RollingOutliers(self.loss_window, device)
+        z, outlier = self._loss_rule.observe(torch.as_tensor(loss), self.loss_threshold,
+                                             self.loss_min_history)
+        return torch.stack([z, outlier.to(z.dtype)])
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._optimizer_steps += 1
@@ -201,12 +224,15 @@ class GradientSpikeMonitor:
         for rec in pending:
             red = [next(values) for _ in range(fields * P)] if rec.reductions is not None else []
             loss = next(values) if isinstance(rec.loss, Tensor) else rec.loss
+            loss_score = (next(values), next(values)) if rec.loss_score is not None else None
             events.extend(self._score_gradients(rec, red, heat))
             norm_sq = math.fsum(red[i] for i in rec.present) if red else math.nan
             grad_norm = math.sqrt(norm_sq) if norm_sq >= 0 else math.nan
             norms_seen.append(grad_norm)
-            if loss is not None:
-                events.extend(self._score_loss(rec.step, loss))
+            if loss is not None and not math.isfinite(loss):
+                events.append(SpikeEvent(rec.step, "loss", "nonfinite", None, None))
+            elif loss_score is not None and loss_score[1]:
+                events.append(SpikeEvent(rec.step, "loss", "loss", loss_score[0], loss))
             row = {"step": rec.step, "loss": loss, "grad_norm": grad_norm}
         clipped = 0
         for step, _, indices in clips:
@@ -224,7 +250,7 @@ class GradientSpikeMonitor:
             if self._hook is not None:
                 row["clipped"] = clipped
             row["nonfinite"] = sum(e.kind == "nonfinite" for e in events)
-            row["spikes"] = sum(e.kind in GRADIENT_KINDS or e.kind == "loss" for e in events)
+            row["spikes"] = sum(e.kind in SPIKE_KINDS for e in events)
             row |= floats
             row["grad_score"] = {self.names[i]: float(f"{s:.4g}") for i, s in sorted(heat.items())}
         self._write(row if pending else None, events)
@@ -238,6 +264,8 @@ class GradientSpikeMonitor:
                 tensors.append(rec.reductions)
             if isinstance(rec.loss, Tensor):
                 tensors.append(rec.loss)
+            if rec.loss_score is not None:
+                tensors.append(rec.loss_score)
         tensors.extend(c for _, c, _ in clips)
         tensors.extend(v for v in scalars.values() if isinstance(v, Tensor))
         if not tensors:
@@ -264,14 +292,6 @@ class GradientSpikeMonitor:
             if score > self.gss_threshold:
                 events.append(SpikeEvent(rec.step, self.names[i], kind, score, value))
         return events
-
-    def _score_loss(self, step: int, loss: float) -> list[SpikeEvent]:
-        if not math.isfinite(loss):
-            return [SpikeEvent(step, "loss", "nonfinite", None, None)]
-        z = self._loss_spikes.score(loss)
-        if z is not None and z > self.loss_threshold:
-            return [SpikeEvent(step, "loss", "loss", z, loss)]
-        return []
 
     def _write(self, row: dict[str, Any] | None, events: list[SpikeEvent]) -> None:
         if self.run_dir is not None:
@@ -312,7 +332,7 @@ class GradientSpikeMonitor:
 
 
 def _log_events(events: list[SpikeEvent], gss_threshold: float) -> None:
-    spikes = [e for e in events if e.kind in GRADIENT_KINDS or e.kind == "loss"]
+    spikes = [e for e in events if e.kind in SPIKE_KINDS]
     if spikes:
         top = max(spikes, key=lambda e: e.score or 0.0)
         logger.warning("%d spike event(s) between steps %d and %d (threshold %g); largest: %s score %.4g "

@@ -13,7 +13,7 @@ except ImportError as exc:
 from spam_opt.monitor.gradient_monitor import GradientSpikeMonitor
 
 _TRAINER_KEYS = {"learning_rate": "lr"}  # the Trainer's log names -> the monitor's
-_OPTIONS = {"mode", "gss_threshold", "log_every", "loss_threshold", "loss_window"}
+_OPTIONS = {"mode", "gss_threshold", "log_every", "loss_threshold", "loss_window", "loss_min_history"}
 _DROPPED = {"grad_norm"}  # the monitor logs its own, measured after clipping, at the step it belongs to
 
 

@@ -8,40 +8,14 @@ steps keeps its precision.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from spam_opt._distributed import all_reduce_per_tensor, local_tensor, shard_groups
+
 _TINY = torch.finfo(torch.float32).tiny
-
-
-def _local(t: Tensor) -> Tensor:
-    """The rank-local block of a DTensor (FSDP2 shard), the tensor itself otherwise."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-def _shard_groups(params: Sequence[Tensor]) -> tuple[list[bool], list[Any]]:
-    """Which parameters are sharded, and the process groups a sum over their shards must span."""
-    sharded, layouts = [], set()
-    for p in params:
-        placements = getattr(p, "placements", ())
-        is_sharded = any(pl.is_shard() for pl in placements)
-        sharded.append(is_sharded)
-        if is_sharded:
-            dims = tuple(d for d, pl in enumerate(placements) if pl.is_shard())
-            layouts.add((p.device_mesh, dims))
-    if len(layouts) > 1:
-        raise ValueError(
-            "GradientSpikeMonitor needs every sharded parameter on the same device mesh and shard dimensions "
-            f"(found {len(layouts)} layouts); monitor each differently sharded sub-model with its own monitor"
-        )
-    if not layouts:
-        return sharded, []
-    mesh, dims = layouts.pop()
-    return sharded, [mesh.get_group(d) for d in dims]
 
 
 def _max_abs(grads: list[Tensor]) -> Tensor:
@@ -66,8 +40,8 @@ class GradientReductions:
         self.element = mode == "element"
         self.gss_threshold = gss_threshold
         self.fields = 4 if self.element else 2
-        self.sharded, self.groups = _shard_groups(self.params)
-        self._sharded_mask: Tensor | None = None
+        self.groups = [shard_groups(p) for p in self.params]
+        self.sharded = any(self.groups)
         self._index: dict[tuple[int, ...], Tensor] = {}
         # element mode: running sum of |g| per entry and the number of steps it covers
         self.abs_sums: list[Tensor | None] = [None] * len(self.params)
@@ -75,7 +49,7 @@ class GradientReductions:
 
     def __call__(self, present: Sequence[int]) -> Tensor:
         """The reductions of the gradients of ``params[i] for i in present``, zeros for the others."""
-        grads = [_local(self.params[i].grad).detach() for i in present]
+        grads = [local_tensor(self.params[i].grad).detach() for i in present]
         device = grads[0].device
         fields = [torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)).square(), _max_abs(grads)]
         if self.element:
@@ -89,8 +63,11 @@ class GradientReductions:
             if key not in self._index:
                 self._index[key] = torch.tensor(key, device=device)
             out = torch.zeros(self.fields, P, device=device).index_copy_(1, self._index[key], stacked)
-        if self.groups:
-            out = self._all_reduce(out)
+        if self.sharded:
+            # Sums (‖g‖², spiking entries) add up over shards, maxima take the max; a replicated parameter's
+            # values are already complete.
+            ops = ("sum", "max", "max", "sum")[:self.fields]
+            out = torch.stack([all_reduce_per_tensor(row, self.groups, op) for row, op in zip(out, ops)])
         return out.reshape(-1)
 
     def _element_scores(self, present: Sequence[int], grads: list[Tensor]) -> list[Tensor]:
@@ -112,24 +89,6 @@ class GradientReductions:
         above = torch.stack([(s > self.gss_threshold).sum() for s in gss]).float()
         return [largest, above]
 
-    def _all_reduce(self, out: Tensor) -> Tensor:
-        import torch.distributed as dist
-
-        if self._sharded_mask is None:
-            self._sharded_mask = torch.tensor(self.sharded, device=out.device)
-        # Sums (‖g‖², spiking entries) add up over shards; maxima take the max. A replicated parameter's
-        # values are already complete, so the sum keeps its local value.
-        sums = out[[0, 3]] if self.element else out[[0]]
-        reduced_sums = torch.where(self._sharded_mask, sums, 0.0)
-        maxima = out[[1, 2]] if self.element else out[[1]]
-        for group in self.groups:
-            dist.all_reduce(reduced_sums, op=dist.ReduceOp.SUM, group=group)
-            dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=group)
-        sums = torch.where(self._sharded_mask, reduced_sums, sums)
-        if self.element:
-            return torch.stack([sums[0], maxima[0], maxima[1], sums[1]])
-        return torch.stack([sums[0], maxima[0]])
-
 
 class RunningScores:
     """Host-side running means of ‖g‖ and max|g| per parameter, and the scores of new values against them."""
@@ -148,30 +107,3 @@ class RunningScores:
         norm_score = norm * n / self.norm_sum[i] if self.norm_sum[i] > 0 else 0.0
         max_score = largest * n / self.max_sum[i] if self.max_sum[i] > 0 else 0.0
         return norm_score, max_score
-
-
-class LossSpikes:
-    """Loss against the mean and standard deviation of the previous ``window`` finite losses.
-
-    A spike enters the history at the bound it broke (``mean + threshold * std``), not at its own value:
-    otherwise one spike inflates the deviation and the rest of a burst passes unflagged. A lasting rise
-    still moves the history up, a bound at a time, until it is no longer a spike.
-    """
-
-    def __init__(self, window: int, threshold: float, min_history: int = 8) -> None:
-        self.history: deque[float] = deque(maxlen=window)
-        self.threshold = threshold
-        self.min_history = min(min_history, window)
-
-    def score(self, loss: float) -> float | None:
-        """The z-score of ``loss`` (None while the history is too short or flat); then remember it."""
-        z = None
-        if len(self.history) >= self.min_history:
-            mean = math.fsum(self.history) / len(self.history)
-            std = math.sqrt(math.fsum((x - mean) ** 2 for x in self.history) / len(self.history))
-            if std > 0:
-                z = (loss - mean) / std
-                if z > self.threshold:
-                    loss = mean + self.threshold * std
-        self.history.append(loss)
-        return z

@@ -4,8 +4,9 @@
 // entries; an entry whose gradient is NaN/Inf keeps its values, so no separate check of g is needed.
 // Stable-SPAM needs two reductions before its update (max|g| with the NaN check, then AdaClip's count and
 // the clipped norm for AdaGN); the second is skipped on steps where AdaClip scales nothing.
-// Registered as torch.ops.spam_opt.spam_step_ and stable_spam_step_; spam_opt/_spam_cpu.py builds and
-// loads this file.
+// Registered as torch.ops.spam_opt.spam_step_, stable_spam_step_ and kept_entries;
+// spam_opt/kernels/cpp_build.py builds and loads this file, spam_opt/kernels/{spam,stable_spam}/cpp.py and
+// spam_opt/kernels/draw.py call its ops.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -129,7 +130,7 @@ inline void update_vec(float* p, const float* g, float* m, float* v, const VecHy
     p_new.store(p);
     return;
   }
-  // v > 0: a first gradient is never a spike (DESIGN.md). The clipped value is sign(g) * sqrt(clip * v).
+  // v > 0: a first gradient is never a spike (docs/algorithm.md). The clipped value is sign(g) * sqrt(clip * v).
   const Vec finite = gv.abs() < h.inf;
   const Vec spike = finite & (vv > h.zero) & (g2 > cv);
   const Vec gc = Vec::blendv(gv, cv.sqrt() | (gv & h.sign_bit), spike);
@@ -237,10 +238,20 @@ Tally sparse_update(float* p, const float* g, float* m, float* v, const int16_t*
       std::plus<Tally>());
 }
 
-void check_float32(const at::Tensor& t, const char* what, int64_t i) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), "spam_step_: ", what,
-              "[", i, "] must be a contiguous float32 CPU tensor, got ", t.scalar_type(), " on ", t.device(),
+// `op` names the op in the message, so that an error says which of the ops was given what.
+void check_float32(const char* op, const at::Tensor& t, const char* what, int64_t i) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), op, ": ", what, "[",
+              i, "] must be a contiguous float32 CPU tensor, got ", t.scalar_type(), " on ", t.device(),
               t.is_contiguous() ? "" : " (not contiguous)");
+}
+
+// Parameter i, its gradient and its moments: what both optimizer ops read and write.
+void check_param_tensors(const char* op, int64_t i, const at::Tensor& p, const at::Tensor& g, const at::Tensor& m,
+                         const at::Tensor& v) {
+  check_float32(op, p, "params", i);
+  check_float32(op, g, "grads", i);
+  check_float32(op, m, "exp_avgs", i);
+  check_float32(op, v, "exp_avg_sqs", i);
 }
 
 // Returns (clipped: int64 [N], nonfinite: bool [N]).
@@ -263,10 +274,7 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     const at::Tensor& g = grads[i];
-    check_float32(p, "params", i);
-    check_float32(g, "grads", i);
-    check_float32(exp_avgs[i], "exp_avgs", i);
-    check_float32(exp_avg_sqs[i], "exp_avg_sqs", i);
+    check_param_tensors("spam_step_", i, p, g, exp_avgs[i], exp_avg_sqs[i]);
     TORCH_CHECK(g.numel() == p.numel(), "spam_step_: grads[", i, "] has ", g.numel(), " entries, params[", i,
                 "] ", p.numel());
     if (!open) continue;  // a closed gate: nothing moves, nothing is read
@@ -304,7 +312,7 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
   return {clipped, nonfinite};
 }
 
-// ---- Stable-SPAM (see _stable_spam_functional.py for the rule) ------------------------------------------
+// ---- Stable-SPAM (see spam_opt/kernels/stable_spam/reference.py for the rule) -------------------------
 
 struct ClipSum {
   int64_t clipped;
@@ -384,7 +392,7 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     const at::Tensor& g = grads[i];
-    for (const auto* t : {&p, &g, &exp_avgs[i], &exp_avg_sqs[i]}) check_float32(*t, "stable-spam tensors", i);
+    check_param_tensors("stable_spam_step_", i, p, g, exp_avgs[i], exp_avg_sqs[i]);
     TORCH_CHECK(g.numel() == p.numel() && exp_avgs[i].numel() == p.numel() &&
                     exp_avg_sqs[i].numel() == p.numel(),
                 "stable_spam_step_: params[", i, "] and its gradient and moments differ in size");

@@ -1,4 +1,4 @@
-"""What SPAM and StableSPAM share: one global step per optimizer and state that survives a reload as saved."""
+"""What SPAM and StableSPAM share: one global step, one step loop, state that reloads as saved."""
 
 from __future__ import annotations
 
@@ -10,26 +10,31 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from spam_opt._distributed import local_tensor
 from spam_opt._validation import check_known_keys
-from spam_opt.stats import SpikeStats
+from spam_opt.kernels.dispatch import KernelTable, select_kernel
+from spam_opt.stats import SpikeStats, stack_counts
 
 
-def local_tensor(t: Tensor) -> Tensor:
-    """The rank-local tensor of a DTensor (FSDP2 shards), the tensor itself otherwise."""
-    return t.to_local() if hasattr(t, "to_local") else t
+class SpikeAwareOptimizer(Optimizer):
+    """Base of the spam-opt optimizers: the step loop, the global step and checkpointing.
 
-
-class GlobalStepOptimizer(Optimizer):
-    """Base of the spam-opt optimizers.
+    ``step()`` is one loop for every optimizer: per param group it lets the subclass say what the global
+    step means for the group (``_plan``), gathers the parameters that have a gradient with their state
+    (``_tensor_state`` creates or resets it and returns the kernel's view of it), builds the group's
+    scalars (``_scalars``), runs the kernel that ``spam_opt.kernels.dispatch`` picks from the group's
+    ``foreach``/``fused`` flags, and collects the spike counts that ``spike_stats()`` returns.
 
     The global step (number of ``step()`` calls) is the clock of resets and schedules, one per optimizer,
     so a group added later joins the same schedule. ``state_dict()`` writes it into every param group
     (distributed checkpointing keeps groups but drops unknown top-level keys) under ``step_key``, which
     differs per optimizer so that one cannot load another's state. ``load_state_dict()`` checks the state
     and keeps it in its saved dtypes: torch would cast float32 moments to a bf16 parameter's dtype.
-    Subclasses set ``step_key``, ``state_keys``, ``allowed_group_keys`` and implement ``_check_group``.
+    Subclasses set ``kernels``, ``step_key``, ``state_keys``, ``allowed_group_keys`` and implement
+    ``_check_group``, ``_plan``, ``_tensor_state`` and ``_scalars``.
     """
 
+    kernels: KernelTable
     step_key: str
     state_keys: tuple[str, ...]
     allowed_group_keys: frozenset[str]
@@ -41,7 +46,55 @@ class GlobalStepOptimizer(Optimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any], where: str) -> None:
+        """Raise ValueError naming the option when a group's hyperparameter is out of range."""
         raise NotImplementedError
+
+    def _plan(self, group: dict[str, Any], s: int) -> Any:
+        """What global step ``s`` means for ``group`` (resets, warmup, decays): passed to the two below."""
+        raise NotImplementedError
+
+    def _tensor_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any], index: int,
+                      plan: Any) -> Any:
+        """Create or reset ``p``'s state as the plan says; return the kernels' view of it.
+
+        ``index`` counts the optimizer's parameters across groups (a stable identity of ``p``).
+        """
+        raise NotImplementedError
+
+    def _scalars(self, group: dict[str, Any], plan: Any) -> Any:
+        """The group's scalars of this step, as the kernels take them."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None, *, gate: Tensor | None = None) -> Any:
+        """Perform one optimization step; ``gate`` (0-dim bool tensor) False skips it on device."""
+        loss, s = self._advance(closure)
+        stepped, clipped, nonfinite = [], [], []
+        index = -1
+        for group in self.param_groups:
+            plan = self._plan(group, s)
+            params, grads, states = [], [], []
+            for p in group["params"]:
+                index += 1
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients; "
+                                       "use dense gradients")
+                states.append(self._tensor_state(p, self.state[p], group, index, plan))
+                stepped.append(p)
+                params.append(local_tensor(p))
+                grads.append(local_tensor(p.grad))
+            if not params:
+                continue
+            kernel = select_kernel(self.kernels, group["foreach"], group["fused"], params[0].device)
+            result = kernel(params, grads, states, gate, self._scalars(group, plan))
+            clipped.extend(result.clipped)
+            nonfinite.extend(result.nonfinite)
+        device = local_tensor(stepped[0]).device if stepped else torch.device("cpu")
+        self._last_stats = SpikeStats(step=s, params=stepped, clipped=stack_counts(clipped, device),
+                                      nonfinite=stack_counts(nonfinite, device))
+        return loss
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         name = type(self).__name__

@@ -1,4 +1,4 @@
-"""The ``fused`` SPAM kernel: one ``torch.compile``d graph per parameter instead of a dozen eager ops.
+"""The compiled SPAM kernel: one ``torch.compile``d graph per parameter instead of a dozen eager ops.
 
 For a dense parameter the graph reads p, g, m, v and writes p, m, v, with the clip count and the
 NaN/Inf report as reductions of the same pass. Nothing is read on the host. Shapes are dynamic, so one
@@ -7,7 +7,8 @@ sparse-momentum state can change size at every reset without recompiling. Everyt
 step to step (learning rate times warmup, bias correction, decay, clip threshold, gate) is passed as a
 0-dim tensor, so nothing recompiles as training goes on.
 
-The same code runs on CUDA through Triton, but it has only been tested on CPU.
+It is CUDA's ``fused=True`` path (through Triton); until it has run on a GPU the default on CUDA is the
+foreach kernel. The tests run it on CPU against the reference.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import math
 import torch
 from torch import Tensor
 
-from spam_opt._spam_functional import KernelResult, StepScalars, keep_unmoved, spam_reference
+from spam_opt.kernels.result import KernelResult
+from spam_opt.kernels.spam.inputs import StepScalars, TensorState
+from spam_opt.kernels.spam.reference import keep_unmoved, spam_reference
 from spam_opt.sparse import KeptEntries
 
 # Room for every (layout, dtype) mix a model has; past dynamo's default of 8 graphs a function silently
@@ -78,7 +81,7 @@ def _compiled() -> tuple:
 
 
 @functools.cache
-def fused_unavailable_reason(device: torch.device) -> str | None:
+def compiled_unavailable_reason(device: torch.device) -> str | None:
     """Why the compiled kernel cannot run on ``device``, or None when it can (CPU has the C++ kernel)."""
     if device.type != "cuda":
         return f"the compiled SPAM step runs on CUDA tensors, got {device.type}"
@@ -103,16 +106,8 @@ def _handles(p: Tensor, kept: KeptEntries | None) -> bool:
     return p.dim() > 0 and (kept is None or p.is_contiguous())
 
 
-def spam_fused(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    counts: list[Tensor],
-    kept: list[KeptEntries | None],
-    gate: Tensor | None,
-    h: StepScalars,
-) -> KernelResult:
+def spam_compiled(params: list[Tensor], grads: list[Tensor], states: list[TensorState], gate: Tensor | None,
+                  h: StepScalars) -> KernelResult:
     """One compiled graph per parameter; no host synchronisation (see the module docstring)."""
     device = params[0].device
     # maximize is a sign, not a branch: one graph serves both.
@@ -124,16 +119,17 @@ def spam_fused(
     gate = torch.ones((), dtype=torch.bool, device=device) if gate is None else gate.to(device)
     # Bias corrections of every parameter in a few small vector ops. The count the update uses is n + 1;
     # when a parameter ends up skipped its step size is simply unused.
-    n1 = torch.stack(counts) + 1
+    n1 = torch.stack([st.step for st in states]) + 1
     step_sizes = (lr_w * (1 - torch.pow(h.beta2, n1)).sqrt() / (1 - torch.pow(h.beta1, n1))).unbind()
 
     dense, sparse = _compiled()
     clipped: list[Tensor] = []
     nonfinite: list[Tensor] = []
     with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-        for i, (p, g, m, v, n, entries) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, counts, kept)):
+        for i, (p, g, st) in enumerate(zip(params, grads, states)):
+            m, v, n, entries = st.exp_avg, st.exp_avg_sq, st.step, st.kept
             if not _handles(p, entries):
-                result = spam_reference([p], [g], [m], [v], [n], [entries], gate, h)
+                result = spam_reference([p], [g], [st], gate, h)
                 c, f = result.clipped[0], result.nonfinite[0]
             elif entries is None:
                 p, g, m, v = _as_rows(p, g, m, v)

