@@ -7,6 +7,7 @@ import json
 import random
 import shutil
 import statistics
+import struct
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -219,6 +220,7 @@ def test_watch_follows_a_folder_as_runs_appear(grid, tmp_path):
 def test_comparisons_of_two_and_three_runs_in_headless_chromium(grid, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from spam_opt.dashboard import screenshot
     from spam_opt.dashboard.screenshot import headless_chromium, wait_for_plots
 
     runs = find_runs(grid)  # llama-adamw, spikegpt-cut, spikegpt-spam
@@ -268,3 +270,9 @@ def test_comparisons_of_two_and_three_runs_in_headless_chromium(grid, tmp_path):
         assert firing == 5  # the embedding and the att and ffn neurons of 2 blocks
         assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
         assert driver.get_screenshot_as_png()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = screenshot.screenshot(three, tmp_path / "shots" / "three.png", width=1000)  # the whole page
+    width, height = struct.unpack(">II", png.read_bytes()[16:24])  # the PNG header's size fields
+    assert width == 1000 and height > 2000
+    with pytest.raises(SystemExit) as exc:
+        screenshot.main([str(three), str(png), "--height", "20"])
+    assert exc.value.code == 2

@@ -70,8 +70,11 @@ def describe_optimizer(config: dict[str, Any]) -> str | None:
         options.append(f"density {_g(config['density'])}")
     if config.get("weight_decay"):
         options.append(f"wd {_g(config['weight_decay'])}")
-    if config.get("max_grad_norm"):
-        options.append(f"clip-norm {_g(config['max_grad_norm'])}")
+    norm = config.get("max_grad_norm")
+    if config.get("zclip"):  # adaptive clipping of the global norm, bounded by max_grad_norm when set
+        options.append(f"zclip max {_g(norm)}" if norm else "zclip")
+    elif norm:
+        options.append(f"clip-norm {_g(norm)}")
     if config.get("spike_guard"):
         options.append(f"guard {config.get('guard_action', 'skip')}")
     kwargs = config.get("optimizer_kwargs")
