@@ -40,6 +40,7 @@ from trainers.injection import build_injector, degenerate_batch
 from trainers.models import build_model
 from trainers.monitoring import build_monitor, trim_jsonl
 from trainers.optimizers import build_optimizer, build_spike_guard, state_bytes
+from trainers.quant import quantize_model
 
 logger = logging.getLogger("trainers.pretrain")
 
@@ -110,6 +111,9 @@ def train(cfg: TrainConfig) -> Path:
                          "or --val-fraction, or lower --batch-size")
 
     model = build_model(cfg.model, len(tokenizer), cfg.seq_len, tokenizer.eos_token_id)
+    quantized = quantize_model(model, cfg.quant_config())  # before the optimizer and the wrappers see it
+    if quantized:
+        logger.info("fake quantization %s: %d linear layers", cfg.quant_config(), len(quantized))
     optimizer = build_optimizer(cfg, model)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_optimizer = optimizer.optimizer  # what the monitor reads and the spike guard wraps
