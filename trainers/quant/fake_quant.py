@@ -79,9 +79,9 @@ def absmax_int(x: Tensor, bits: int, group_size: int | None, keep: int = 0) -> T
     if keep >= g.shape[-1]:
         raise ValueError(f"a group of {g.shape[-1]} entries cannot keep {keep} of them exact")
     magnitude = g.abs()
-    kept = []
     if keep:
         keys, position = _rank_keys(magnitude)
+        kept = []
         for _ in range(keep):
             index = keys.amax(dim=-1, keepdim=True).bitwise_and_(position).long()
             kept.append(index)
@@ -91,7 +91,8 @@ def absmax_int(x: Tensor, bits: int, group_size: int | None, keep: int = 0) -> T
         largest = magnitude.amax(dim=-1, keepdim=True)
     scale = (largest / (2 ** (bits - 1) - 1)).clamp_(min=_TINY)
     out = torch.round(g / scale).mul_(scale)  # |g / scale| <= L (to rounding) for the others: no clamp
-    for index in kept:
+    if keep:
+        index = torch.cat(kept, dim=-1)
         out.scatter_(-1, index, g.gather(-1, index))
     return out.view(x.shape).to(x.dtype)
 
