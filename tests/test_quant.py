@@ -4,6 +4,10 @@ resume, save and reload, composition with the other options, SpikeGPT generation
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import test_trainer_run as trainer_run
@@ -14,6 +18,7 @@ from torch import nn
 from trainers.checkpointing import checkpoints
 from trainers.config import load_config
 from trainers.models import build_model
+from trainers.pretrain import main
 from trainers.quant import FORMATS, QuantConfig, QuantLinear, quantize_model
 from trainers.quant.fake_quant import absmax_int, minmax_int, mx_fp4, straight_through
 
@@ -287,3 +292,23 @@ def test_quantized_spikegpt_generation_matches_a_full_reforward():
         for _ in range(10):  # greedy decoding by re-running the whole sequence every time
             seq = torch.cat([seq, model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(generated, seq)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_quantized_processes_match_one_with_the_same_global_batch(tmp_path, corpus, cache_dir):
+    common = ["--model", "llama-tiny", "--dataset", str(corpus), "--cache-dir", cache_dir, "--seq-len", "32",
+              "--max-steps", "4", "--warmup-steps", "2", "--log-every", "1", "--eval-every", "0",
+              "--save-every", "0", "--output-dir", str(tmp_path), "--no-progress-bar", "--no-dashboard",
+              "--trackers", "", "--optimizer", "spam", *QUANT]
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "trainers.pretrain", *common, "--batch-size", "2", "--run-name", "ddp"]
+    done = subprocess.run(cmd, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = losses(main([*common, "--batch-size", "4", "--run-name", "one"]))
+    ddp = losses(tmp_path / "ddp")
+    assert ddp.keys() == single.keys() == set(range(1, 5))
+    for step in single:  # each rank quantizes its own tokens as the single process does
+        assert ddp[step] == pytest.approx(single[step], rel=1e-5, abs=1e-6)
