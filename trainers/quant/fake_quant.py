@@ -65,7 +65,12 @@ def minmax_int(x: Tensor, bits: int, group_size: int | None) -> Tensor:
     levels = 2**bits - 1
     scale = ((hi - lo) / levels).clamp_(min=_TINY)
     zero = torch.round(-lo / scale)  # the integer code of 0, in [0, levels]
-    q = torch.round(g / scale).add_(zero).clamp_(0, levels).sub_(zero).mul_(scale)
+    # round(g / scale) + zero, clamped to [0, levels], minus zero; the bounds are tensors, and two
+    # broadcast min/max passes cost less than one clamp with tensor bounds.
+    q = (g / scale).round_()
+    torch.maximum(q, -zero, out=q)
+    torch.minimum(q, levels - zero, out=q)
+    q.mul_(scale)
     return q.view(x.shape).to(x.dtype)
 
 
@@ -90,7 +95,7 @@ def absmax_int(x: Tensor, bits: int, group_size: int | None, keep: int = 0) -> T
     else:
         largest = magnitude.amax(dim=-1, keepdim=True)
     scale = (largest / (2 ** (bits - 1) - 1)).clamp_(min=_TINY)
-    out = torch.round(g / scale).mul_(scale)  # |g / scale| <= L (to rounding) for the others: no clamp
+    out = (g / scale).round_().mul_(scale)  # |g / scale| <= L (to rounding) for the others: no clamp
     if keep:
         index = torch.cat(kept, dim=-1)
         out.scatter_(-1, index, g.gather(-1, index))

@@ -29,6 +29,7 @@ class QuantLinear(nn.Linear):
         """A QuantLinear holding ``linear``'s own parameters (nothing is copied)."""
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         layer.weight, layer.bias = linear.weight, linear.bias
+        layer.train(linear.training)
         layer.quant = quant
         layer._weight_quantizer = quant.weight_quantizer()
         layer._activation_quantizer = quant.activation_quantizer()
