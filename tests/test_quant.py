@@ -19,7 +19,7 @@ from trainers.checkpointing import checkpoints
 from trainers.config import load_config
 from trainers.models import build_model
 from trainers.pretrain import main
-from trainers.quant import FORMATS, QuantConfig, QuantLinear, quantize_model
+from trainers.quant import FORMATS, QuantConfig, QuantLinear, quantizable_layers, quantize_model
 from trainers.quant.fake_quant import absmax_int, minmax_int, mx_fp4, straight_through
 
 # The trainer tests' fixtures: a small JSONL corpus, its datasets cache, and run(name, *flags).
@@ -188,6 +188,31 @@ def test_the_block_linears_are_replaced_and_nothing_else(preset, blocks, linears
         after = model(input_ids=ids).logits
     assert not torch.equal(after, before) and torch.isfinite(after).all()
     assert model.config.fake_quantization == {"format": "int4", "group_size": 32, "activations": True}
+
+
+def test_layers_reading_one_tensor_quantize_it_once(monkeypatch):
+    import trainers.quant.linear as linear_module
+
+    model = trained_looking("llama-tiny", vocab_size=50)
+    separate = trained_looking("llama-tiny", vocab_size=50)
+    quantize_model(model, QuantConfig(format="int4", group_size=32))
+    quant = QuantConfig(format="int4", group_size=32)
+    for name, layer in quantizable_layers(separate):  # one SharedInputs per layer: nothing is shared
+        parent, _, child = name.rpartition(".")
+        setattr(separate.get_submodule(parent), child, QuantLinear.wrap(layer, quant))
+    calls = []
+    counted = lambda quantizer, x: (calls.append(x), straight_through(quantizer, x))[1]  # noqa: E731
+    monkeypatch.setattr(linear_module, "straight_through", counted)
+    ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    loss = model(input_ids=ids, labels=ids).loss
+    # Per block: q/k/v share one input, o has its own, gate/up share one, down has its own; 14 weights.
+    assert len([x for x in calls if x.dim() == 3]) == 2 * 4 and len(calls) == 2 * 4 + 14
+    loss.backward()
+    reference = separate(input_ids=ids, labels=ids).loss
+    reference.backward()
+    assert loss.item() == reference.item()
+    for (name, p), q in zip(model.named_parameters(), separate.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_bad_settings_are_named():

@@ -8,7 +8,7 @@ import math
 from torch import nn
 
 from trainers.quant.config import CONFIG_KEY, MIN_GROUP_SIZE, QuantConfig
-from trainers.quant.linear import QuantLinear
+from trainers.quant.linear import QuantLinear, SharedInputs
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ def quantize_model(model: nn.Module, quant: QuantConfig) -> list[str]:
     if quant.grouped:
         _check_group_size(layers, quant.group_size)
     _record(model, quant)
+    inputs = SharedInputs()
     for name, layer in layers:
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, QuantLinear.wrap(layer, quant))
+        setattr(model.get_submodule(parent_name), child, QuantLinear.wrap(layer, quant, inputs))
     return [name for name, _ in layers]
