@@ -9,7 +9,7 @@ never NaN.
 
 The functions are written for the CPU, where PyTorch's index-returning and masked ops on short groups
 cost ten times a plain pass over the data: they use only passes, per-group reductions, and gathers and
-scatters of one entry per group. They do not track gradients; :func:`straight_through` wraps one in
+scatters of a few entries per group. They run under ``no_grad``; :func:`straight_through` wraps one in
 the straight-through estimator.
 """
 
@@ -51,6 +51,7 @@ def _rank_keys(magnitude: Tensor) -> tuple[Tensor, int]:
     return magnitude.view(torch.int32).bitwise_and(-(1 << bits)).bitwise_or_(positions), (1 << bits) - 1
 
 
+@torch.no_grad()
 def minmax_int(x: Tensor, bits: int, group_size: int | None) -> Tensor:
     """Asymmetric min-max quantization to ``2**bits`` levels per group, round to nearest.
 
@@ -74,6 +75,7 @@ def minmax_int(x: Tensor, bits: int, group_size: int | None) -> Tensor:
     return q.view(x.shape).to(x.dtype)
 
 
+@torch.no_grad()
 def absmax_int(x: Tensor, bits: int, group_size: int | None, keep: int = 0) -> Tensor:
     """Symmetric absmax quantization to the ``2**bits - 1`` levels ``-L..L`` (``L = 2**(bits-1) - 1``).
 
@@ -102,6 +104,7 @@ def absmax_int(x: Tensor, bits: int, group_size: int | None, keep: int = 0) -> T
     return out.view(x.shape).to(x.dtype)
 
 
+@torch.no_grad()
 def mx_fp4(x: Tensor, group_size: int | None) -> Tensor:
     """OCP MX FP4: a power-of-two scale per group and E2M1 elements, round to nearest even, saturating.
 
