@@ -31,7 +31,8 @@ FORMATS: dict[str, Format] = {
     # OCP MX FP4 (E2M1 elements, a power-of-two scale per group; the MX spec's block is 32), both operands.
     "fp4": Format(mx_fp4, mx_fp4, grouped=True),
     # The paper's FP4, E1M2 with its outlier rule on both operands. E1M2's one exponent bit gives a uniform
-    # grid: the symmetric 15-level INT4 grid, scaled so that the group's absmax is E1M2's largest value.
+    # grid: the symmetric 15-level INT4 grid, scaled so that the largest magnitude left after the 2 kept
+    # ones is E1M2's largest value.
     "fp4-e1m2": Format(partial(absmax_int, bits=4, keep=2), partial(absmax_int, bits=4, keep=2),
                        grouped=True),
 }
@@ -79,16 +80,19 @@ class QuantConfig:
         """Whether layers must have an input width that ``group_size`` divides."""
         return self.enabled and FORMATS[self.format].grouped
 
-    def _bind(self, quantizer: Callable[..., Tensor]) -> Quantizer:
-        return partial(quantizer, group_size=self.group_size if self.grouped else None)
+    def _quantizer(self, operand: str) -> Quantizer:
+        if not self.enabled:
+            raise ValueError("format 'none' quantizes nothing: it has no quantizer")
+        group_size = self.group_size if self.grouped else None
+        return partial(getattr(FORMATS[self.format], operand), group_size=group_size)
 
     def weight_quantizer(self) -> Quantizer:
         """The fake quantizer of a weight of shape (out_features, in_features)."""
-        return self._bind(FORMATS[self.format].weight)
+        return self._quantizer("weight")
 
     def activation_quantizer(self) -> Quantizer | None:
         """The fake quantizer of a layer's input (..., in_features), or None when activations stay exact."""
-        return self._bind(FORMATS[self.format].activation) if self.activations else None
+        return self._quantizer("activation") if self.activations else None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

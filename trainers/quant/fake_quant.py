@@ -57,8 +57,8 @@ def minmax_int(x: Tensor, bits: int, group_size: int | None) -> Tensor:
 
     The group's range [min, max], widened to include 0, is split into ``2**bits - 1`` steps and the zero
     point is an integer, so 0 stays exact. This is the Stable-SPAM paper's weight quantizer, whose groups
-    always straddle 0 in practice; widening only matters for a group of one sign, which the paper's code
-    clips to a single level.
+    straddle 0 in practice; widening only matters for a group of one sign, whose values past max - min
+    the paper's code clips.
     """
     g = _groups(x, group_size)
     lo = g.amin(dim=-1, keepdim=True).clamp_(max=0)
