@@ -4,14 +4,11 @@ resume, save and reload, composition with the other options, SpikeGPT generation
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import test_trainer_run as trainer_run
 import torch
+from test_trainer_ddp import train_on_two_cpu_processes
 from test_trainer_run import interrupt_at_step, losses, resumed_from
 from torch import nn
 
@@ -326,12 +323,7 @@ def test_two_quantized_processes_match_one_with_the_same_global_batch(tmp_path, 
               "--max-steps", "4", "--warmup-steps", "2", "--log-every", "1", "--eval-every", "0",
               "--save-every", "0", "--output-dir", str(tmp_path), "--no-progress-bar", "--no-dashboard",
               "--trackers", "", "--optimizer", "spam", *QUANT]
-    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "trainers.pretrain", *common, "--batch-size", "2", "--run-name", "ddp"]
-    done = subprocess.run(cmd, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    train_on_two_cpu_processes([*common, "--batch-size", "2", "--run-name", "ddp"])
     single = losses(main([*common, "--batch-size", "4", "--run-name", "one"]))
     ddp = losses(tmp_path / "ddp")
     assert ddp.keys() == single.keys() == set(range(1, 5))
