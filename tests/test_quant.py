@@ -259,13 +259,16 @@ def test_a_quantized_spam_run_resumes_bit_for_bit(run, tmp_path, monkeypatch):
     assert unquantized[1] != reference[1]  # the quantized run computed something else from step 1
 
 
-def test_a_saved_quantized_run_reloads_with_its_setting(run, corpus, cache_dir):
+def test_a_quantized_run_records_its_setting_and_reloads_with_it(run, corpus, cache_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from spam_opt.dashboard import render_dashboard
     from trainers.data import build_splits, load_documents, make_batches
 
     run_dir = run("saved", *QUANT, "--eval-every", "8")
     assert "quant: int4" in (run_dir / "config.yaml").read_text()
+    header = render_dashboard(run_dir).read_text().split("<p>")[1].split("</p>")[0]
+    assert header.endswith("; low-bit training: int4 g16, activations")
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     eval_loss = next(r["eval_loss"] for r in logged if r.get("step") == 8 and "eval_loss" in r)
 
