@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainers.models.spikegpt_kernels import kernels_take, lif_kernel
+
 
 def atan_surrogate_grad(x: Tensor, alpha: float) -> Tensor:
     """d/dx of ``atan(pi/2 * alpha * x) / pi + 1/2``, the smooth stand-in for the Heaviside step."""
@@ -111,8 +113,14 @@ class MultiStepLIF(nn.Module):
         elif v.shape != x.shape[:1] + x.shape[2:]:
             raise ValueError(f"membrane state of shape {tuple(v.shape)} does not fit an input of shape "
                              f"{tuple(x.shape)}: it must be the input's shape without the time axis (dim 1)")
+        v = v.to(x.dtype)
+        if kernels_take(x):  # the C++ scan over (batch, time, neurons), no transposes
+            batch, steps, neurons = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+            spikes, v_last = lif_kernel(x.reshape(batch, steps, neurons), v.reshape(batch, neurons), self.tau,
+                                        self.v_threshold, self.alpha)
+            return spikes.view(x.shape), v_last.view(v.shape)
         # Time first makes every step a contiguous slice.
-        spikes, v = _MultiStepLIF.apply(x.transpose(0, 1).contiguous(), v.to(x.dtype), self.tau,
+        spikes, v = _MultiStepLIF.apply(x.transpose(0, 1).contiguous(), v, self.tau,
                                         self.v_threshold, self.alpha)
         return spikes.transpose(0, 1), v
 
