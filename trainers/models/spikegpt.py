@@ -1,4 +1,4 @@
-"""SpikeGPT (Zhu et al., 2023): an RWKV-4 language model whose blocks emit spikes, in plain PyTorch.
+"""SpikeGPT (Zhu et al., 2023): an RWKV-4 language model whose blocks emit spikes, in PyTorch.
 
 Token embeddings are binarised to spikes; each block adds to the residual stream the spikes of a leaky
 integrate-and-fire (LIF) neuron fed by RWKV's time-mix (the WKV recurrence, SpikeGPT's "spiking RWKV")
@@ -13,8 +13,10 @@ parallel form), generation feeds one token at a time with a carried state, O(1) 
     model.spike_metrics()                            # firing rates, synaptic ops vs dense MACs
 
 Importing this module registers ``model_type="spikegpt"`` with ``AutoConfig`` and ``AutoModelForCausalLM``.
-Deliberate differences from the authors' code: no CUDA kernel (the WKV is pure PyTorch, in float32 under
-autocast too) and no L2Wrap logit regulariser (the loss is plain cross-entropy).
+On CPU the sequential parts (the WKV, the neurons) and the element-wise work around them run in C++ kernels
+(``spikegpt_kernels.py``); the pure-PyTorch code here is their reference, and what runs on other devices.
+Deliberate differences from the authors' code: no CUDA kernel (on GPUs the WKV is pure PyTorch, in float32
+under autocast too) and no L2Wrap logit regulariser (the loss is plain cross-entropy).
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ class LayerState(NamedTuple):
 
 
 def wkv_recurrent(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKVState) -> tuple[Tensor, WKVState]:
-    """RWKV-4's WKV one token at a time (the generation path): O(1) work and memory per token.
+    """RWKV-4's WKV one token at a time (generation where the CPU kernel does not run): O(1) per token.
 
     ``w`` (negative: the per-channel log-decay) and ``u`` (the bonus of the current token) are ``(C,)``;
     ``k`` and ``v`` are ``(B, T, C)``. Output token t is the average of the values ``v_i``, ``i <= t``, with
@@ -165,7 +167,7 @@ class _LinearScan(torch.autograd.Function):
 
 
 def wkv_parallel(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKVState) -> tuple[Tensor, WKVState]:
-    """The same WKV as :func:`wkv_recurrent` for all tokens at once (the training path).
+    """The same WKV as :func:`wkv_recurrent` for all tokens at once (training where the kernel does not run).
 
     The running maxima that keep the exponentials finite are the closed form
     ``p[t+1] = max(p[0] + (t+1) w, max_{i<=t} k[i] + (t-i) w) = t w + cummax_{i<=t}(k[i] - i w)`` (with the

@@ -10,8 +10,10 @@ Backward replaces dH/dh of the Heaviside step by the derivative of the arctan su
 ``atan(pi/2 * alpha * x) / pi + 1/2``, i.e. ``alpha / 2 / (1 + (pi/2 * alpha * x)^2)``. The reset is not
 detached (the gradient also flows through ``s_t`` in ``v_t``), as in SpikeGPT's neuron.
 
-The time loop runs inside one autograd function with a hand-written backward, so autograd records one node
-per neuron layer instead of a handful per token, and each token costs two small ops forward and one backward.
+On CPU (float32 and float64) a C++ kernel runs the neuron, one pass over the time steps forward and one
+back (``spikegpt_kernels.py``). Elsewhere, and as the reference the tests compare it with, the time loop
+runs inside one autograd function with a hand-written backward, so autograd records one node per neuron
+layer instead of a handful per token, and each token costs two small ops forward and one backward.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
-// SpikeGPT's sequential parts on CPU: RWKV-4's WKV recurrence and the multi-step LIF neuron, forward and
-// backward, each one pass over the tokens per (batch row, block of channels), vectorised across channels
-// and run in parallel over the blocks. Inputs are (batch, tokens, channels) as the linear layers write them,
-// so nothing is transposed. trainers/models/spikegpt_kernels.py builds this file (through
+// SpikeGPT on CPU: RWKV-4's WKV recurrence and the multi-step LIF neuron, each one pass over the tokens per
+// (batch row, block of channels) forward and one back, vectorised across channels and run in parallel over
+// the blocks; and the element-wise work around them (the token shift with its mixes, the receptance gate, the
+// squared ReLU), fused into one pass each way. Inputs are (batch, tokens, channels) as the linear layers
+// write them, so nothing is transposed. trainers/models/spikegpt_kernels.py builds this file (through
 // spam_opt.kernels.cpp_build) and wraps its ops in autograd functions; the pure-PyTorch paths in
 // trainers/models/spikegpt.py and spiking_neuron.py are the reference they are tested against.
 //
-// Registered as torch.ops.spikegpt.<name>_forward and <name>_backward for wkv, lif, shift_mix, sigmoid_gate and
-// relu_square.
+// Registered as torch.ops.spikegpt.<name>_forward and <name>_backward for wkv, lif, shift_mix, sigmoid_gate
+// and relu_square.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -15,6 +16,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <numbers>
@@ -82,14 +84,14 @@ void for_each_vector(int64_t numel, const F& f) {
 
 // The checks of the ops' inputs (the Python wrappers pass them right; these name what is wrong otherwise).
 void check_sequence(const char* op, const at::Tensor& x) {
-  TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), op, ": expected a contiguous (batch, tokens, channels) tensor, got ",
-              x.sizes());
+  TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), op,
+              ": expected a contiguous (batch, tokens, channels) tensor, got ", x.sizes());
 }
 
 void check_shape(const char* op, const at::Tensor& t, at::IntArrayRef sizes, const at::Tensor& like) {
   TORCH_CHECK(t.sizes() == sizes && t.is_contiguous() && t.scalar_type() == like.scalar_type(), op,
-              ": expected a contiguous ", like.scalar_type(), " tensor of sizes ", sizes, ", got ", t.scalar_type(),
-              " ", t.sizes());
+              ": expected a contiguous ", like.scalar_type(), " tensor of sizes ", sizes, ", got ",
+              t.scalar_type(), " ", t.sizes());
 }
 
 void check_like(const char* op, const at::Tensor& t, const at::Tensor& like) {
@@ -185,9 +187,9 @@ struct WKVGrads {
   scalar_t *w_rows, *u_rows, *k, *v, *num0, *den0;  // w_rows, u_rows: (batch, channels) partial sums
 };
 
-// Recomputes each block's states token by token (kept in a buffer of tokens x block per thread, not saved
-// by the forward pass), then walks back: with alpha, beta the gradients of the scaled sums s, d after
-// token t,
+// Recomputes a vector of channels' sums token by token into a buffer (tokens x one vector; the forward pass
+// saves nothing but its inputs), then walks back: with alpha, beta the gradients of the scaled sums s, d
+// after token t,
 //   dL/dk_t = (alpha v_t + beta) b + g n (v_t - y_t),  dL/dv_t = alpha b + g n,  g = dL/dy_t / z
 //   dL/du  += g n (v_t - y_t),  dL/dw += (alpha s + beta d) a   (s, d before token t)
 //   alpha <- alpha a + g o,  beta <- beta a - g o y_t           (the gradients of the sums before token t)
@@ -338,7 +340,8 @@ void lif_backward_impl(const scalar_t* grad_spikes, const scalar_t* potentials, 
   const auto [batch, tokens, channels] = dims;
   const Vec tau(static_cast<scalar_t>(c.tau)), decay(static_cast<scalar_t>(c.decay()));
   const Vec threshold(static_cast<scalar_t>(c.v_threshold)), zero(0), one(1);
-  const Vec slope(static_cast<scalar_t>(std::numbers::pi / 2 * c.alpha)), half_alpha(static_cast<scalar_t>(c.alpha / 2));
+  const Vec slope(static_cast<scalar_t>(std::numbers::pi / 2 * c.alpha));
+  const Vec half_alpha(static_cast<scalar_t>(c.alpha / 2));
   for_each_block<scalar_t>(batch, tokens, channels, [&](int64_t row, int64_t c0, int64_t width) {
     const Lanes<scalar_t> lanes{width};
     for (int j = 0; j < lanes.kVecs; ++j) {
@@ -382,8 +385,9 @@ std::tuple<at::Tensor, at::Tensor> lif_backward(const at::Tensor& grad_spikes, c
 constexpr int64_t kMaxMix = 3;
 
 template <typename scalar_t>
-void shift_mix_forward_impl(const scalar_t* x, const scalar_t* previous, const std::vector<const scalar_t*>& mixes,
-                            const std::vector<scalar_t*>& outs, Dims dims) {
+void shift_mix_forward_impl(const scalar_t* x, const scalar_t* previous,
+                            const std::vector<const scalar_t*>& mixes, const std::vector<scalar_t*>& outs,
+                            Dims dims) {
   using Vec = at::vec::Vectorized<scalar_t>;
   const auto [batch, tokens, channels] = dims;
   const int64_t count = static_cast<int64_t>(outs.size());
@@ -418,7 +422,8 @@ std::vector<const scalar_t*> pointers(at::TensorList tensors) {
   return ptrs;
 }
 
-std::vector<at::Tensor> shift_mix_forward(const at::Tensor& x, const at::Tensor& previous, at::TensorList mixes) {
+std::vector<at::Tensor> shift_mix_forward(const at::Tensor& x, const at::Tensor& previous,
+                                          at::TensorList mixes) {
   check_mixes("shift_mix_forward", mixes, x, previous);
   std::vector<at::Tensor> outs;
   for (size_t i = 0; i < mixes.size(); ++i) outs.push_back(at::empty_like(x));
@@ -426,13 +431,15 @@ std::vector<at::Tensor> shift_mix_forward(const at::Tensor& x, const at::Tensor&
     std::vector<scalar_t*> out_ptrs;
     for (auto& o : outs) out_ptrs.push_back(o.data_ptr<scalar_t>());
     shift_mix_forward_impl<scalar_t>(x.const_data_ptr<scalar_t>(), previous.const_data_ptr<scalar_t>(),
-                                     pointers<scalar_t>(mixes), out_ptrs, Dims{x.size(0), x.size(1), x.size(2)});
+                                     pointers<scalar_t>(mixes), out_ptrs,
+                                     Dims{x.size(0), x.size(1), x.size(2)});
   });
   return outs;
 }
 
 // With g_i the gradient of mixed_i: dL/dx_t = sum_i g_i,t m_i + g_i,t+1 (1 - m_i) (the next token's shifted
-// input is x_t), dL/dprevious = sum_i g_i,0 (1 - m_i), dL/dm_i = sum over rows and tokens of g_i,t (x_t - xx_t).
+// input is x_t), dL/dprevious = sum_i g_i,0 (1 - m_i), and dL/dm_i = the sum over rows and tokens of
+// g_i,t (x_t - xx_t).
 template <typename scalar_t>
 void shift_mix_backward_impl(const std::vector<const scalar_t*>& grads, const scalar_t* x,
                              const scalar_t* previous, const std::vector<const scalar_t*>& mixes,
@@ -468,7 +475,9 @@ void shift_mix_backward_impl(const std::vector<const scalar_t*>& grads, const sc
       }
       if (tokens > 0) lanes.store(grad_x + (row * tokens + tokens - 1) * channels + c0, j, pending);
       else lanes.store(grad_previous + row * channels + c0, j, pending);
-      for (int64_t i = 0; i < count; ++i) lanes.store(grad_mix_rows + (row * count + i) * channels + c0, j, grad_m[i]);
+      for (int64_t i = 0; i < count; ++i) {
+        lanes.store(grad_mix_rows + (row * count + i) * channels + c0, j, grad_m[i]);
+      }
     }
   });
 }
@@ -499,72 +508,61 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> shift_mix_backward(a
 // sigmoid(r) * x (both mixes' outputs) and relu(k)^2 (the channel-mix's hidden layer), each one pass
 // forward and one back, with nothing saved but their inputs.
 
-template <typename scalar_t>
-at::vec::Vectorized<scalar_t> sigmoid(const at::vec::Vectorized<scalar_t>& r) {
-  return (at::vec::Vectorized<scalar_t>(1) + r.neg().exp()).reciprocal();
+// Applies f to each vector of entries of the inputs (contiguous, of one shape and dtype) and stores the
+// vectors it returns (a std::array) into as many new tensors.
+template <size_t kOut, size_t kIn, typename F>
+std::array<at::Tensor, kOut> elementwise(const char* op, const std::array<at::Tensor, kIn>& inputs, const F& f) {
+  for (const auto& t : inputs) check_like(op, t, inputs[0]);
+  std::array<at::Tensor, kOut> outs;
+  for (auto& out : outs) out = at::empty_like(inputs[0]);
+  AT_DISPATCH_FLOATING_TYPES(inputs[0].scalar_type(), "spikegpt_elementwise", [&] {
+    using Vec = at::vec::Vectorized<scalar_t>;
+    std::array<const scalar_t*, kIn> in;
+    std::array<scalar_t*, kOut> out;
+    for (size_t j = 0; j < kIn; ++j) in[j] = inputs[j].template const_data_ptr<scalar_t>();
+    for (size_t j = 0; j < kOut; ++j) out[j] = outs[j].template data_ptr<scalar_t>();
+    for_each_vector<scalar_t>(inputs[0].numel(), [&](int64_t i, int64_t n) {
+      std::array<Vec, kIn> x;
+      for (size_t j = 0; j < kIn; ++j) x[j] = Vec::loadu(in[j] + i, n);
+      const std::array<Vec, kOut> y = std::apply(f, x);
+      for (size_t j = 0; j < kOut; ++j) y[j].store(out[j] + i, n);
+    });
+  });
+  return outs;
+}
+
+template <typename Vec>
+Vec sigmoid(const Vec& r) {
+  return (Vec(1) + r.neg().exp()).reciprocal();
 }
 
 at::Tensor sigmoid_gate_forward(const at::Tensor& r, const at::Tensor& x) {
-  check_like("sigmoid_gate_forward", r, x);
-  auto out = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sigmoid_gate_forward", [&] {
-    using Vec = at::vec::Vectorized<scalar_t>;
-    const scalar_t *rp = r.const_data_ptr<scalar_t>(), *xp = x.const_data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    for_each_vector<scalar_t>(x.numel(), [&](int64_t i, int64_t n) {
-      (sigmoid(Vec::loadu(rp + i, n)) * Vec::loadu(xp + i, n)).store(op + i, n);
-    });
-  });
-  return out;
+  return elementwise<1>("sigmoid_gate_forward", std::array{r, x},
+                        [](auto r, auto x) { return std::array{sigmoid(r) * x}; })[0];
 }
 
 std::tuple<at::Tensor, at::Tensor> sigmoid_gate_backward(const at::Tensor& grad, const at::Tensor& r,
                                                          const at::Tensor& x) {
-  check_like("sigmoid_gate_backward", r, x);
-  check_like("sigmoid_gate_backward", grad, x);
-  auto grad_r = at::empty_like(r), grad_x = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sigmoid_gate_backward", [&] {
-    using Vec = at::vec::Vectorized<scalar_t>;
-    const scalar_t *gp = grad.const_data_ptr<scalar_t>(), *rp = r.const_data_ptr<scalar_t>();
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t *grp = grad_r.data_ptr<scalar_t>(), *gxp = grad_x.data_ptr<scalar_t>();
-    for_each_vector<scalar_t>(x.numel(), [&](int64_t i, int64_t n) {
-      const Vec g = Vec::loadu(gp + i, n), s = sigmoid(Vec::loadu(rp + i, n));
-      (g * Vec::loadu(xp + i, n) * (Vec(1) - s) * s).store(grp + i, n);
-      (g * s).store(gxp + i, n);
-    });
-  });
+  const auto [grad_r, grad_x] = elementwise<2>("sigmoid_gate_backward", std::array{grad, r, x},
+                                               [](auto g, auto r, auto x) {
+                                                 const auto s = sigmoid(r);
+                                                 return std::array{g * x * (decltype(s)(1) - s) * s, g * s};
+                                               });
   return {grad_r, grad_x};
 }
 
 at::Tensor relu_square_forward(const at::Tensor& k) {
-  check_like("relu_square_forward", k, k);
-  auto out = at::empty_like(k);
-  AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "relu_square_forward", [&] {
-    using Vec = at::vec::Vectorized<scalar_t>;
-    const scalar_t* kp = k.const_data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    for_each_vector<scalar_t>(k.numel(), [&](int64_t i, int64_t n) {
-      const Vec relu = at::vec::clamp_min(Vec::loadu(kp + i, n), Vec(0));
-      (relu * relu).store(op + i, n);
-    });
-  });
-  return out;
+  return elementwise<1>("relu_square_forward", std::array{k}, [](auto k) {
+    const auto relu = at::vec::clamp_min(k, decltype(k)(0));
+    return std::array{relu * relu};
+  })[0];
 }
 
 at::Tensor relu_square_backward(const at::Tensor& grad, const at::Tensor& k) {
-  check_like("relu_square_backward", grad, k);
-  auto grad_k = at::empty_like(k);
-  AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "relu_square_backward", [&] {
-    using Vec = at::vec::Vectorized<scalar_t>;
-    const scalar_t *gp = grad.const_data_ptr<scalar_t>(), *kp = k.const_data_ptr<scalar_t>();
-    scalar_t* op = grad_k.data_ptr<scalar_t>();
-    for_each_vector<scalar_t>(k.numel(), [&](int64_t i, int64_t n) {
-      const Vec relu = at::vec::clamp_min(Vec::loadu(kp + i, n), Vec(0));
-      (Vec::loadu(gp + i, n) * (relu + relu)).store(op + i, n);
-    });
-  });
-  return grad_k;
+  return elementwise<1>("relu_square_backward", std::array{grad, k}, [](auto g, auto k) {
+    const auto relu = at::vec::clamp_min(k, decltype(k)(0));
+    return std::array{g * (relu + relu)};
+  })[0];
 }
 
 }  // namespace
@@ -573,7 +571,8 @@ TORCH_LIBRARY(spikegpt, m) {
   m.def("wkv_forward(Tensor w, Tensor u, Tensor k, Tensor v, Tensor num, Tensor den, Tensor log_scale) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("wkv_backward(Tensor w, Tensor u, Tensor k, Tensor v, Tensor num, Tensor den, Tensor log_scale, "
-        "Tensor grad_out, Tensor? grad_num, Tensor? grad_den) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "Tensor grad_out, Tensor? grad_num, Tensor? grad_den) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("lif_forward(Tensor x, Tensor v0, float tau, float v_threshold, bool keep_potentials) "
         "-> (Tensor, Tensor, Tensor)");
   m.def("lif_backward(Tensor grad_spikes, Tensor potentials, float tau, float v_threshold, float alpha) "
