@@ -3,23 +3,16 @@ under load, how it interleaves variants and writes a median with its range (no t
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
+import benchmark_scripts
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "machine_load.py"
 
 
 @pytest.fixture(scope="module")
 def machine_load():
-    spec = importlib.util.spec_from_file_location("machine_load", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_scripts.load("machine_load")
 
 
 def test_other_processes_share_leaves_out_this_process_and_its_children(machine_load):

@@ -253,3 +253,19 @@ def test_lif_kernel_bad_state_is_named():
     message = r"lif_forward: expected a contiguous Float tensor of sizes \[2, 3\]"
     with pytest.raises(RuntimeError, match=message):
         lif_kernel(torch.zeros(2, 4, 3), torch.zeros(2, 4), 2.0, 1.0, 2.0)
+
+
+def test_torch_compile_traces_the_reference_paths():
+    """Under torch.compile the model's blocks take the pure-PyTorch paths: the kernels' ops have no fake
+    implementations, so tracing them would fail a full-graph compile."""
+    from trainers.models.spikegpt import relu_square, shift_mix, sigmoid_gate
+
+    def block(x, previous, m):
+        mixed_k, mixed_r = shift_mix(x, previous, [m, 1 - m])
+        return sigmoid_gate(mixed_r, relu_square(mixed_k))
+
+    gen = torch.Generator().manual_seed(11)
+    args = [torch.randn(2, 5, 8, generator=gen), torch.randn(2, 8, generator=gen),
+            torch.rand(8, generator=gen)]
+    compiled = torch.compile(block, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(*args), block(*args))

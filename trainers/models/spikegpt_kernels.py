@@ -5,11 +5,11 @@ The pure-PyTorch paths in ``spikegpt.py`` and ``spiking_neuron.py`` run a handfu
 for the WKV and the neuron, and several full passes over the activations for the token shift, the
 receptance gate and the squared ReLU; these kernels walk the tokens once and fuse the rest. The model picks
 them by itself: :func:`kernels_take` says whether they run for a tensor (float32 or float64 on CPU, the
-library built, and not switched off by :func:`reference_paths`). On any other device or dtype (CUDA,
-bfloat16 under autocast) the model runs its pure-PyTorch paths, which stay the reference the tests compare
-against. The library is compiled at first use, like the optimizers' kernels (``spam_opt.kernels.cpp_build``,
-cached under ``$SPAM_OPT_CACHE`` or ``~/.cache/spam_opt``); when it cannot be built a warning says why,
-once, and the reference paths run.
+library built, not switched off by :func:`reference_paths`, not traced by ``torch.compile``). On any other
+device or dtype (CUDA, bfloat16 under autocast) the model runs its pure-PyTorch paths, which stay the
+reference the tests compare against. The library is compiled at first use, like the optimizers' kernels
+(``spam_opt.kernels.cpp_build``, cached under ``$SPAM_OPT_CACHE`` or ``~/.cache/spam_opt``); when it
+cannot be built a warning says why, once, and the reference paths run.
 
     with reference_paths():        # the pure-PyTorch paths, e.g. to compare against
         loss = model(input_ids=ids, labels=ids).loss
@@ -43,13 +43,15 @@ def _unavailable_reason() -> str | None:
 
 
 def kernels_take(x: Tensor) -> bool:
-    """Whether the kernels run for ``x``: float32/float64 on CPU, the library built, not switched off."""
-    return not _switched_off and x.is_cpu and x.dtype in _DTYPES and _unavailable_reason() is None
+    """Whether the kernels run for ``x``: float32/float64 on CPU, the library built, not switched off, and
+    not inside ``torch.compile`` (which traces the reference paths: the ops have no fake kernels)."""
+    return (not _switched_off and x.is_cpu and x.dtype in _DTYPES and not torch.compiler.is_compiling()
+            and _unavailable_reason() is None)
 
 
 @contextlib.contextmanager
 def reference_paths() -> Iterator[None]:
-    """Within this block SpikeGPT runs its pure-PyTorch reference paths."""
+    """Within this block SpikeGPT runs its pure-PyTorch reference paths (in the whole process)."""
     global _switched_off
     previous, _switched_off = _switched_off, True
     try:

@@ -131,60 +131,95 @@ struct WKVToken {
   }
 };
 
+// The sums carried past the tokens, for one vector of channels.
 template <typename scalar_t>
-void wkv_forward_impl(const scalar_t* w, const scalar_t* u, const scalar_t* k, const scalar_t* v, scalar_t* out,
-                      scalar_t* num, scalar_t* den, scalar_t* log_scale, Dims dims) {
+struct WKVSums {
   using Vec = at::vec::Vectorized<scalar_t>;
-  const auto [batch, tokens, channels] = dims;
-  for_each_block<scalar_t>(batch, tokens, channels, [&](int64_t row, int64_t c0, int64_t width) {
-    const Lanes<scalar_t> lanes{width};
-    const int64_t state_at = row * channels + c0;
-    for (int j = 0; j < lanes.kVecs; ++j) {
-      const Vec wj = lanes.load(w + c0, j), uj = lanes.load(u + c0, j);
-      Vec p = lanes.load(log_scale + state_at, j), s = lanes.load(num + state_at, j);
-      Vec d = lanes.load(den + state_at, j);
-      for (int64_t t = 0; t < tokens; ++t) {
-        const int64_t at = (row * tokens + t) * channels + c0;
-        const Vec vt = lanes.load(v + at, j);
-        const WKVToken<scalar_t> tok(p, s, d, wj, uj, lanes.load(k + at, j), vt);
-        lanes.store(out + at, j, tok.y);
-        s = tok.a * s + tok.b * vt;
-        d = tok.a * d + tok.b;
-        p = tok.p_next;
-      }
-      lanes.store(num + state_at, j, s);
-      lanes.store(den + state_at, j, d);
-      lanes.store(log_scale + state_at, j, p);
-    }
-  });
+  Vec p, s, d;
+
+  void pass(const WKVToken<scalar_t>& tok, const Vec& v) {
+    s = tok.a * s + tok.b * v;
+    d = tok.a * d + tok.b;
+    p = tok.p_next;
+  }
+};
+
+// The ops' inputs: w, u (channels); k, v (batch, tokens, channels); the carried sums (batch, channels).
+template <typename scalar_t>
+struct WKVInputs {
+  const scalar_t *w, *u, *k, *v, *num, *den, *log_scale;
+  Dims dims;
+
+  WKVInputs(const at::Tensor& w_, const at::Tensor& u_, const at::Tensor& k_, const at::Tensor& v_,
+            const at::Tensor& num_, const at::Tensor& den_, const at::Tensor& log_scale_)
+      : w(w_.const_data_ptr<scalar_t>()), u(u_.const_data_ptr<scalar_t>()), k(k_.const_data_ptr<scalar_t>()),
+        v(v_.const_data_ptr<scalar_t>()), num(num_.const_data_ptr<scalar_t>()),
+        den(den_.const_data_ptr<scalar_t>()), log_scale(log_scale_.const_data_ptr<scalar_t>()),
+        dims{k_.size(0), k_.size(1), k_.size(2)} {}
+};
+
+// Walks vector j of a task's channels through its row's tokens from the carried sums, calling
+// each(t, index of token t's entries, the sums before token t, token t's step); returns the final sums.
+template <typename scalar_t, typename F>
+WKVSums<scalar_t> wkv_walk(const WKVInputs<scalar_t>& in, const Lanes<scalar_t>& lanes, int j, int64_t row,
+                           int64_t c0, const F& each) {
+  const auto [batch, tokens, channels] = in.dims;
+  const int64_t state_at = row * channels + c0;
+  const auto w = lanes.load(in.w + c0, j), u = lanes.load(in.u + c0, j);
+  WKVSums<scalar_t> sums{lanes.load(in.log_scale + state_at, j), lanes.load(in.num + state_at, j),
+                         lanes.load(in.den + state_at, j)};
+  for (int64_t t = 0; t < tokens; ++t) {
+    const int64_t at = (row * tokens + t) * channels + c0;
+    const auto v = lanes.load(in.v + at, j);
+    const WKVToken<scalar_t> tok(sums.p, sums.s, sums.d, w, u, lanes.load(in.k + at, j), v);
+    each(t, at, sums, tok);
+    sums.pass(tok, v);
+  }
+  return sums;
+}
+
+void check_wkv(const char* op, const at::Tensor& w, const at::Tensor& u, const at::Tensor& k,
+               const at::Tensor& v, const at::Tensor& num, const at::Tensor& den, const at::Tensor& log_scale) {
+  check_sequence(op, k);
+  check_like(op, v, k);
+  for (const auto& t : {w, u}) check_shape(op, t, {k.size(2)}, k);
+  for (const auto& t : {num, den, log_scale}) check_shape(op, t, {k.size(0), k.size(2)}, k);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> wkv_forward(
     const at::Tensor& w, const at::Tensor& u, const at::Tensor& k, const at::Tensor& v, const at::Tensor& num,
     const at::Tensor& den, const at::Tensor& log_scale) {
-  check_sequence("wkv_forward", k);
-  check_like("wkv_forward", v, k);
-  const int64_t batch = k.size(0), tokens = k.size(1), channels = k.size(2);
-  for (const auto& t : {w, u}) check_shape("wkv_forward", t, {channels}, k);
-  for (const auto& t : {num, den, log_scale}) check_shape("wkv_forward", t, {batch, channels}, k);
+  check_wkv("wkv_forward", w, u, k, v, num, den, log_scale);
   auto out = at::empty_like(k);
-  auto num_out = num.clone(), den_out = den.clone(), log_scale_out = log_scale.clone();
+  auto num_out = at::empty_like(num), den_out = at::empty_like(den), log_scale_out = at::empty_like(log_scale);
   AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "wkv_forward", [&] {
-    wkv_forward_impl<scalar_t>(w.const_data_ptr<scalar_t>(), u.const_data_ptr<scalar_t>(),
-                               k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
-                               out.data_ptr<scalar_t>(), num_out.data_ptr<scalar_t>(),
-                               den_out.data_ptr<scalar_t>(), log_scale_out.data_ptr<scalar_t>(),
-                               Dims{batch, tokens, channels});
+    const WKVInputs<scalar_t> in(w, u, k, v, num, den, log_scale);
+    scalar_t *y = out.data_ptr<scalar_t>(), *s = num_out.data_ptr<scalar_t>();
+    scalar_t *d = den_out.data_ptr<scalar_t>(), *p = log_scale_out.data_ptr<scalar_t>();
+    const auto [batch, tokens, channels] = in.dims;
+    for_each_block<scalar_t>(batch, tokens, channels, [&](int64_t row, int64_t c0, int64_t width) {
+      const Lanes<scalar_t> lanes{width};
+      for (int j = 0; j < lanes.kVecs; ++j) {
+        const auto store_output = [&](int64_t, int64_t at, const auto&, const auto& tok) {
+          lanes.store(y + at, j, tok.y);
+        };
+        const auto sums = wkv_walk(in, lanes, j, row, c0, store_output);
+        const int64_t state_at = row * channels + c0;
+        lanes.store(s + state_at, j, sums.s);
+        lanes.store(d + state_at, j, sums.d);
+        lanes.store(p + state_at, j, sums.p);
+      }
+    });
   });
   return {out, num_out, den_out, log_scale_out};
 }
 
+// The gradients coming in (of the output, and of the final sums or null for none) and going out (of k, v
+// and the carried sums; of w and u as partial sums per row, (batch, channels)).
 template <typename scalar_t>
 struct WKVGrads {
-  const scalar_t* out;   // dL/dy
-  const scalar_t* num;   // dL/d(final s), or null
-  const scalar_t* den;   // dL/d(final d), or null
-  scalar_t *w_rows, *u_rows, *k, *v, *num0, *den0;  // w_rows, u_rows: (batch, channels) partial sums
+  const scalar_t *out, *num, *den;
+  scalar_t *k, *v, *num0, *den0, *w_rows, *u_rows;
 };
 
 // Recomputes a vector of channels' sums token by token into a buffer (tokens x one vector; the forward pass
@@ -194,47 +229,37 @@ struct WKVGrads {
 //   dL/du  += g n (v_t - y_t),  dL/dw += (alpha s + beta d) a   (s, d before token t)
 //   alpha <- alpha a + g o,  beta <- beta a - g o y_t           (the gradients of the sums before token t)
 template <typename scalar_t>
-void wkv_backward_impl(const scalar_t* w, const scalar_t* u, const scalar_t* k, const scalar_t* v,
-                       const scalar_t* num, const scalar_t* den, const scalar_t* log_scale,
-                       const WKVGrads<scalar_t>& g, Dims dims) {
+void wkv_backward_impl(const WKVInputs<scalar_t>& in, const WKVGrads<scalar_t>& g) {
   using Vec = at::vec::Vectorized<scalar_t>;
-  const auto [batch, tokens, channels] = dims;
+  const auto [batch, tokens, channels] = in.dims;
   constexpr int64_t vsize = Vec::size();
   for_each_block<scalar_t>(batch, tokens, channels, [&](int64_t row, int64_t c0, int64_t width) {
     const Lanes<scalar_t> lanes{width};
     const int64_t state_at = row * channels + c0;
-    std::vector<scalar_t> trail(3 * tokens * vsize);  // p, s, d before each token, one vector of lanes
+    std::vector<scalar_t> trail(3 * tokens * vsize);  // p, s, d before each token
     scalar_t *ps = trail.data(), *ss = ps + tokens * vsize, *ds = ss + tokens * vsize;
     for (int j = 0; j < lanes.kVecs; ++j) {
-      const Vec wj = lanes.load(w + c0, j), uj = lanes.load(u + c0, j);
-      Vec p = lanes.load(log_scale + state_at, j), s = lanes.load(num + state_at, j);
-      Vec d = lanes.load(den + state_at, j);
-      for (int64_t t = 0; t < tokens; ++t) {
-        const int64_t at = (row * tokens + t) * channels + c0;
-        p.store(ps + t * vsize);
-        s.store(ss + t * vsize);
-        d.store(ds + t * vsize);
-        const Vec vt = lanes.load(v + at, j);
-        const WKVToken<scalar_t> tok(p, s, d, wj, uj, lanes.load(k + at, j), vt);
-        s = tok.a * s + tok.b * vt;
-        d = tok.a * d + tok.b;
-        p = tok.p_next;
-      }
+      wkv_walk(in, lanes, j, row, c0, [&](int64_t t, int64_t, const WKVSums<scalar_t>& sums, const auto&) {
+        sums.p.store(ps + t * vsize);
+        sums.s.store(ss + t * vsize);
+        sums.d.store(ds + t * vsize);
+      });
+      const Vec w = lanes.load(in.w + c0, j), u = lanes.load(in.u + c0, j);
       Vec alpha = g.num ? lanes.load(g.num + state_at, j) : Vec(0);
       Vec beta = g.den ? lanes.load(g.den + state_at, j) : Vec(0);
       Vec grad_w(0), grad_u(0);
       for (int64_t t = tokens - 1; t >= 0; --t) {
         const int64_t at = (row * tokens + t) * channels + c0;
-        const Vec vt = lanes.load(v + at, j);
-        const Vec st = Vec::loadu(ss + t * vsize), dt = Vec::loadu(ds + t * vsize);
-        const WKVToken<scalar_t> tok(Vec::loadu(ps + t * vsize), st, dt, wj, uj, lanes.load(k + at, j), vt);
+        const Vec v = lanes.load(in.v + at, j);
+        const Vec s = Vec::loadu(ss + t * vsize), d = Vec::loadu(ds + t * vsize);
+        const WKVToken<scalar_t> tok(Vec::loadu(ps + t * vsize), s, d, w, u, lanes.load(in.k + at, j), v);
         const Vec gy = lanes.load(g.out + at, j) / tok.z;
         const Vec gn = gy * tok.n;
-        const Vec gnk = gn * (vt - tok.y);
-        lanes.store(g.k + at, j, (alpha * vt + beta) * tok.b + gnk);
+        const Vec gnk = gn * (v - tok.y);
+        lanes.store(g.k + at, j, (alpha * v + beta) * tok.b + gnk);
         lanes.store(g.v + at, j, alpha * tok.b + gn);
         grad_u = grad_u + gnk;
-        grad_w = grad_w + (alpha * st + beta * dt) * tok.a;
+        grad_w = grad_w + (alpha * s + beta * d) * tok.a;
         const Vec go = gy * tok.o;
         alpha = alpha * tok.a + go;
         beta = beta * tok.a - go * tok.y;
@@ -252,28 +277,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w, const at::Tensor& u, const at::Tensor& k, const at::Tensor& v, const at::Tensor& num,
     const at::Tensor& den, const at::Tensor& log_scale, const at::Tensor& grad_out,
     const std::optional<at::Tensor>& grad_num, const std::optional<at::Tensor>& grad_den) {
+  check_wkv("wkv_backward", w, u, k, v, num, den, log_scale);
   check_like("wkv_backward", grad_out, k);
   for (const auto& t : {grad_num, grad_den}) {
     if (t) check_like("wkv_backward", *t, num);
   }
-  const int64_t batch = k.size(0), tokens = k.size(1), channels = k.size(2);
   auto grad_k = at::empty_like(k), grad_v = at::empty_like(v);
   auto grad_num0 = at::empty_like(num), grad_den0 = at::empty_like(den);
   auto w_rows = at::empty_like(num), u_rows = at::empty_like(num);
   AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "wkv_backward", [&] {
-    const WKVGrads<scalar_t> g{grad_out.const_data_ptr<scalar_t>(),
-                               grad_num ? grad_num->const_data_ptr<scalar_t>() : nullptr,
-                               grad_den ? grad_den->const_data_ptr<scalar_t>() : nullptr,
-                               w_rows.data_ptr<scalar_t>(),
-                               u_rows.data_ptr<scalar_t>(),
-                               grad_k.data_ptr<scalar_t>(),
-                               grad_v.data_ptr<scalar_t>(),
-                               grad_num0.data_ptr<scalar_t>(),
-                               grad_den0.data_ptr<scalar_t>()};
-    wkv_backward_impl<scalar_t>(w.const_data_ptr<scalar_t>(), u.const_data_ptr<scalar_t>(),
-                                k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
-                                num.const_data_ptr<scalar_t>(), den.const_data_ptr<scalar_t>(),
-                                log_scale.const_data_ptr<scalar_t>(), g, Dims{batch, tokens, channels});
+    const auto given = [](const std::optional<at::Tensor>& t) {
+      return t ? t->const_data_ptr<scalar_t>() : nullptr;
+    };
+    wkv_backward_impl<scalar_t>(
+        WKVInputs<scalar_t>(w, u, k, v, num, den, log_scale),
+        WKVGrads<scalar_t>{grad_out.const_data_ptr<scalar_t>(), given(grad_num), given(grad_den),
+                           grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(),
+                           grad_num0.data_ptr<scalar_t>(), grad_den0.data_ptr<scalar_t>(),
+                           w_rows.data_ptr<scalar_t>(), u_rows.data_ptr<scalar_t>()});
   });
   return {w_rows.sum(0), u_rows.sum(0), grad_k, grad_v, grad_num0, grad_den0};
 }
