@@ -1,12 +1,21 @@
-"""How much a grid's validation loss wobbles from the evaluation alone, measured on one of its trained models.
+"""How much a grid's validation losses wobble from the evaluation alone, measured on two of its trained models.
 
-    python benchmarks/eval_noise.py benchmarks/results/stability/runs/clean/adamw/seed0
+    python benchmarks/eval_noise.py benchmarks/results/stability/runs/clean/adamw/seed0 \\
+                                    benchmarks/results/stability/runs/clean/spam/seed0
 
-Rebuilds the run's validation split as the trainer does, takes the loss of every validation batch with the
-run's final model, and reports (a) the spread (std) of the mean loss over disjoint subsets the size of the
-evaluation the grids used before (8 batches), and (b) the standard error of the mean over the whole split,
-which is what the grids evaluate on now. Writes ``eval_noise.json`` and ``eval_noise.md`` into the grid's
-folder (the run directory's ``runs/../..``), where the grid reports read it.
+Rebuilds the runs' validation split as the trainer does and takes the loss of every validation batch with each
+run's final model. Validation batches are consecutive blocks of documents, so neighbouring batches are alike:
+the spread is measured over disjoint subsets of 8 consecutive batches (the evaluation the grids used before),
+and the whole split is treated as that many such subsets. Two numbers matter:
+
+- the level: how far one model's loss on a subset, or on the whole split, can sit from the loss it would have on
+  unlimited data of the same kind;
+- the difference: how far the gap between two models measured on a subset, or on the whole split, can sit
+  from their gap on unlimited data. Every run of a grid is evaluated on the same split, so a difference between
+  optimizers carries this noise, not the level's.
+
+Writes ``eval_noise.json`` and ``eval_noise.md`` into the grid's folder (``RUN_DIR/../../..``), where the grid
+reports read it.
 """
 
 from __future__ import annotations
@@ -15,12 +24,11 @@ import argparse
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
-OLD_EVAL_BATCHES = 8
+SUBSET_BATCHES = 8
 
 
 @torch.no_grad()
@@ -41,39 +49,53 @@ def batch_losses(run_dir: Path) -> tuple[list[float], int]:
     return losses, cfg.batch_size * cfg.seq_len
 
 
-def measure(run_dir: Path) -> dict[str, float]:
-    losses, tokens = batch_losses(run_dir)
-    n = len(losses)
-    subsets = [statistics.fmean(losses[i:i + OLD_EVAL_BATCHES])
-               for i in range(0, n - OLD_EVAL_BATCHES + 1, OLD_EVAL_BATCHES)]
+def spread(values: list[float]) -> tuple[float, float]:
+    """(std of the mean over disjoint subsets of SUBSET_BATCHES, its standard error over the whole list)."""
+    subsets = [statistics.fmean(values[i:i + SUBSET_BATCHES])
+               for i in range(0, len(values) - SUBSET_BATCHES + 1, SUBSET_BATCHES)]
+    std = statistics.stdev(subsets)
+    return std, std / math.sqrt(len(subsets))
+
+
+def measure(first: Path, second: Path) -> dict[str, object]:
+    a, tokens = batch_losses(first)
+    b, _ = batch_losses(second)
+    level_subset, level_whole = spread(a)
+    diff_subset, diff_whole = spread([x - y for x, y in zip(a, b)])
     return {
-        "run": str(run_dir), "batches": n, "tokens": n * tokens, "mean_loss": statistics.fmean(losses),
-        "old_eval_tokens": OLD_EVAL_BATCHES * tokens,
-        "old_eval_std": statistics.stdev(subsets),
-        "whole_split_se": statistics.stdev(losses) / math.sqrt(n),
+        "runs": [str(first), str(second)], "batches": len(a), "tokens": len(a) * tokens,
+        "subset_tokens": SUBSET_BATCHES * tokens, "losses": [statistics.fmean(a), statistics.fmean(b)],
+        "level_subset_std": level_subset, "level_whole_se": level_whole,
+        "diff_subset_std": diff_subset, "diff_whole_se": diff_whole,
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="a finished run of a grid (holds final/ and config.yaml)")
+    parser.add_argument("run_dirs", type=Path, nargs=2, help="two finished runs of a grid (final/, config.yaml)")
     args = parser.parse_args(argv)
-    if not (args.run_dir / "final").is_dir():
-        parser.error(f"{args.run_dir} holds no final/ model: give a finished run of a grid")
-    noise = measure(args.run_dir)
-    out = args.run_dir.parents[2]
+    for run_dir in args.run_dirs:
+        if not (run_dir / "final").is_dir():
+            parser.error(f"{run_dir} holds no final/ model: give a finished run of a grid")
+    noise = measure(*args.run_dirs)
+    out = args.run_dirs[0].parents[2]
     (out / "eval_noise.json").write_text(json.dumps(noise, indent=1))
+    first, second = (str(p) for p in args.run_dirs)
     (out / "eval_noise.md").write_text(
-        f"# Evaluation noise\n\nCommand: `python benchmarks/eval_noise.py {args.run_dir}`\n\n"
-        f"One trained model ({args.run_dir}), the loss of each of the {noise['batches']} validation batches "
-        f"({noise['tokens']} tokens in all):\n\n"
-        f"- an evaluation on {OLD_EVAL_BATCHES} batches ({noise['old_eval_tokens']} tokens, as the grids "
-        f"used before) wobbles by {noise['old_eval_std']:.4f} nats (std over disjoint subsets);\n"
-        f"- the whole split, which the grids evaluate on now, has a standard error of "
-        f"{noise['whole_split_se']:.4f} nats (batch losses treated as independent).\n")
+        f"# Evaluation noise\n\nCommand: `python benchmarks/eval_noise.py {first} {second}`\n\n"
+        f"Two trained models, the loss of each of the {noise['batches']} validation batches ({noise['tokens']} "
+        f"tokens); spreads over disjoint subsets of {SUBSET_BATCHES} consecutive batches "
+        f"({noise['subset_tokens']} tokens, the evaluation the grids used before):\n\n"
+        "| | one model's loss | the difference between the two |\n|---|---|---|\n"
+        f"| {SUBSET_BATCHES}-batch evaluation (std) | {noise['level_subset_std']:.4f} | "
+        f"{noise['diff_subset_std']:.4f} |\n"
+        f"| whole split, as the grids evaluate now (standard error) | {noise['level_whole_se']:.4f} | "
+        f"{noise['diff_whole_se']:.4f} |\n\n"
+        "Every run of a grid is evaluated on the same split, so a difference between two rows carries the "
+        "noise of the last column: differences well above it are the optimizers', not the evaluation's.\n")
     print(json.dumps(noise, indent=1))
     return noise
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()

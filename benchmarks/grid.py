@@ -355,9 +355,9 @@ def noise_note(out: Path) -> str:
     if not path.is_file():
         return "evaluation noise not measured for this grid yet: see benchmarks/eval_noise.py"
     noise = json.loads(path.read_text())
-    return (f"{noise['tokens']} tokens; evaluation noise: standard error {noise['whole_split_se']:.4f} nats, "
-            f"against {noise['old_eval_std']:.4f} for the {noise['old_eval_tokens']}-token evaluation used "
-            "before, see eval_noise.md")
+    return (f"{noise['tokens']} tokens; the evaluation's own noise on a difference between two rows: "
+            f"standard error {noise['diff_whole_se']:.4f} nats, against {noise['diff_subset_std']:.4f} for the "
+            f"{noise['subset_tokens']}-token evaluation used before; see eval_noise.md")
 
 
 def load_note(results: list[dict[str, Any]]) -> str:
