@@ -1,4 +1,4 @@
-"""How much a grid's validation losses wobble from the evaluation alone, measured on two of its trained models.
+"""How much a grid's validation losses wobble from the evaluation alone, measured on two trained models.
 
     python benchmarks/eval_noise.py benchmarks/results/stability/runs/clean/adamw/seed0 \\
                                     benchmarks/results/stability/runs/clean/spam/seed0
@@ -8,11 +8,11 @@ run's final model. Validation batches are consecutive blocks of documents, so ne
 the spread is measured over disjoint subsets of 8 consecutive batches (the evaluation the grids used before),
 and the whole split is treated as that many such subsets. Two numbers matter:
 
-- the level: how far one model's loss on a subset, or on the whole split, can sit from the loss it would have on
-  unlimited data of the same kind;
+- the level: how far one model's loss on a subset, or on the whole split, can sit from the loss it would
+  have on unlimited data of the same kind;
 - the difference: how far the gap between two models measured on a subset, or on the whole split, can sit
-  from their gap on unlimited data. Every run of a grid is evaluated on the same split, so a difference between
-  optimizers carries this noise, not the level's.
+  from their gap on unlimited data. Every run of a grid is evaluated on the same split, so a difference
+  between optimizers carries this noise, not the level's.
 
 Writes ``eval_noise.json`` and ``eval_noise.md`` into the grid's folder (``RUN_DIR/../../..``), where the grid
 reports read it.
@@ -72,7 +72,7 @@ def measure(first: Path, second: Path) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dirs", type=Path, nargs=2, help="two finished runs of a grid (final/, config.yaml)")
+    parser.add_argument("run_dirs", type=Path, nargs=2, help="two finished runs of a grid (with final/)")
     args = parser.parse_args(argv)
     for run_dir in args.run_dirs:
         if not (run_dir / "final").is_dir():
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     first, second = (str(p) for p in args.run_dirs)
     (out / "eval_noise.md").write_text(
         f"# Evaluation noise\n\nCommand: `python benchmarks/eval_noise.py {first} {second}`\n\n"
-        f"Two trained models, the loss of each of the {noise['batches']} validation batches ({noise['tokens']} "
-        f"tokens); spreads over disjoint subsets of {SUBSET_BATCHES} consecutive batches "
+        f"Two trained models, the loss of each of the {noise['batches']} validation batches "
+        f"({noise['tokens']} tokens); spreads over disjoint subsets of {SUBSET_BATCHES} consecutive batches "
         f"({noise['subset_tokens']} tokens, the evaluation the grids used before):\n\n"
         "| | one model's loss | the difference between the two |\n|---|---|---|\n"
         f"| {SUBSET_BATCHES}-batch evaluation (std) | {noise['level_subset_std']:.4f} | "

@@ -356,8 +356,8 @@ def noise_note(out: Path) -> str:
         return "evaluation noise not measured for this grid yet: see benchmarks/eval_noise.py"
     noise = json.loads(path.read_text())
     return (f"{noise['tokens']} tokens; the evaluation's own noise on a difference between two rows: "
-            f"standard error {noise['diff_whole_se']:.4f} nats, against {noise['diff_subset_std']:.4f} for the "
-            f"{noise['subset_tokens']}-token evaluation used before; see eval_noise.md")
+            f"standard error {noise['diff_whole_se']:.4f} nats, against {noise['diff_subset_std']:.4f} for "
+            f"the {noise['subset_tokens']}-token evaluation used before; see eval_noise.md")
 
 
 def load_note(results: list[dict[str, Any]]) -> str:
