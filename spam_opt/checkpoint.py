@@ -32,7 +32,6 @@ import math
 from enum import Enum
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from spam_opt._distributed import flat_span, local_tensor
@@ -65,7 +64,8 @@ STATE_LAYOUT: dict[str, Layout] = {
 _KEPT_FIELDS = {"kept_low": "low", "kept_starts": "starts"}
 
 
-def _named_params(model: nn.Module, optimizer: SpikeAwareOptimizer) -> list[tuple[str, Tensor, dict[str, Any]]]:
+def _named_params(model: nn.Module,
+                  optimizer: SpikeAwareOptimizer) -> list[tuple[str, Tensor, dict[str, Any]]]:
     """(name, parameter, its group) for every parameter of ``optimizer``, in the optimizer's order."""
     if not isinstance(optimizer, SpikeAwareOptimizer):
         raise ValueError(f"the global layout is for SPAM and StableSPAM, got {type(optimizer).__name__}; "
@@ -113,8 +113,8 @@ def _key_to_global(p: Tensor, key: str, value: Any, kept: Tensor | None) -> Any:
     local = local_tensor(p)
     if layout is Layout.ROW:
         if value.dim() == 0 or value.shape[0] != local.shape[0]:
-            raise ValueError(f"per-row state {key!r} has shape {tuple(value.shape)} but the parameter's shard "
-                             f"has {local.shape[0]} rows")
+            raise ValueError(f"per-row state {key!r} has shape {tuple(value.shape)} but the parameter's "
+                             f"shard has {local.shape[0]} rows")
         return _as_global(p, value, (p.shape[0], *value.shape[1:]))
     if kept is not None:
         value = value.new_zeros(local.numel()).index_copy_(0, kept, value)
@@ -135,7 +135,7 @@ def _init_missing_state(optimizer: SpikeAwareOptimizer) -> None:
 def global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer) -> dict[str, Any]:
     """``optimizer``'s state in the global layout, keyed by the names of ``model``'s parameters.
 
-    ``{"state": {name: {key: value}}, "param_groups": (group, ...)}``; each group lists its parameters by name.
+    ``{"state": {name: {key: value}}, "param_groups": (group, ...)}``; groups list their parameters by name.
     A parameter without state first gets the state its first step would create (zeros), so on a fresh
     optimizer this is the template that ``dcp.load`` fills in place. Every rank must call it.
     """
@@ -167,8 +167,8 @@ def _draw(p: Tensor, group: dict[str, Any], index: int, reset_number: int) -> Ke
 def _key_from_global(key: str, value: Any, kept: KeptEntries | None, indices: Tensor | None) -> Any:
     layout = STATE_LAYOUT.get(key)
     if layout is None:
-        raise ValueError(f"the checkpoint holds optimizer state key {key!r}, which has no global layout here: "
-                         "load it with the spam-opt version that saved it")
+        raise ValueError(f"the checkpoint holds optimizer state key {key!r}, which has no global layout "
+                         "here: load it with the spam-opt version that saved it")
     if layout is Layout.SCALAR:
         return value
     if layout is Layout.KEPT:
@@ -179,7 +179,8 @@ def _key_from_global(key: str, value: Any, kept: KeptEntries | None, indices: Te
     return local
 
 
-def load_global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer, state_dict: dict[str, Any]) -> None:
+def load_global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer,
+                           state_dict: dict[str, Any]) -> None:
     """Load a state saved by ``global_state_dict`` (and filled by ``dcp.load``), on any sharding of ``model``.
 
     The kept entries of sparse momentum are drawn again for this rank's shards, and their moments gathered.
@@ -189,8 +190,8 @@ def load_global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer, sta
     current = [[n for n, _, g in named if g is group] for group in optimizer.param_groups]
     saved_names = [list(g["params"]) for g in saved_groups]
     if saved_names != current:
-        raise ValueError("the optimizer's parameter groups differ from the checkpoint's (names or order of the "
-                         "parameters): build the model and the optimizer's groups as the saved run did")
+        raise ValueError("the optimizer's parameter groups differ from the checkpoint's (names or order of "
+                         "the parameters): build the model and the optimizer's groups as the saved run did")
     groups, position = [], 0
     for group in saved_groups:
         count = len(group["params"])

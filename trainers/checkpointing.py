@@ -89,7 +89,8 @@ def save_checkpoint(accelerator: Any, store: CheckpointStore, run_dir: Path, ste
     if accelerator.is_main_process:
         _fsync_tree(tmp)
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / MANIFEST).write_text(json.dumps({"step": step, "format": store.format, "files": files}, indent=1))
+        manifest = {"step": step, "format": store.format, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoints(run_dir)[keep:] if keep > 0 else []:
@@ -131,9 +132,9 @@ def resume_from(store: CheckpointStore, run_dir: Path, resume: str) -> Path | No
     for ckpt in candidates:
         problem = verify(ckpt)
         if problem is None and checkpoint_format(ckpt) != store.format:
-            raise ValueError(f"checkpoint {ckpt} was written in the {checkpoint_format(ckpt)!r} format but this "
-                             f"run reads {store.format!r} ones: resume with the --fsdp setting it was saved "
-                             "with (--fsdp writes 'dcp')")
+            raise ValueError(f"checkpoint {ckpt} was written in the {checkpoint_format(ckpt)!r} format but "
+                             f"this run reads {store.format!r} ones: resume with the --fsdp setting it was "
+                             "saved with (--fsdp writes 'dcp')")
         if problem is None:
             try:
                 store.load(ckpt)

@@ -63,12 +63,12 @@ class TrainConfig:
     guard_action: str = "skip"
     # batch and loop
     batch_size: int = 16  # sequences per process per micro-batch
-    global_batch_size: int | None = None  # sequences per micro-batch over all processes (overrides batch_size)
+    global_batch_size: int | None = None  # sequences per micro-batch, all processes (overrides batch_size)
     grad_accum: int = 1
     max_steps: int = 600
     seed: int = 0
     mixed_precision: str = "no"
-    fsdp: bool = False  # shard with torch's fully_shard (FSDP2); checkpoints with torch.distributed.checkpoint
+    fsdp: bool = False  # shard with torch's fully_shard (FSDP2), checkpoint with torch.distributed.checkpoint
     # evaluation, monitoring, checkpoints
     eval_every: int = 200  # 0: no evaluation
     eval_batches: int = 8
@@ -98,8 +98,8 @@ class TrainConfig:
             return self.batch_size
         if self.global_batch_size % num_processes:
             raise ValueError(f"global_batch_size={self.global_batch_size} does not split evenly over "
-                             f"{num_processes} processes: use a multiple of {num_processes} or another number "
-                             "of processes")
+                             f"{num_processes} processes: use a multiple of {num_processes} or another "
+                             "number of processes")
         return self.global_batch_size // num_processes
 
     def validate(self) -> None:
@@ -127,8 +127,8 @@ class TrainConfig:
         if self.global_batch_size is not None and self.global_batch_size < 1:
             raise ValueError(f"invalid global_batch_size={self.global_batch_size}: must be >= 1")
         if self.fsdp and self.optimizer not in FSDP_OPTIMIZERS:
-            raise ValueError(f"fsdp supports the optimizers {', '.join(FSDP_OPTIMIZERS)}, not {self.optimizer!r} "
-                             "(its state does not shard); pick one of them or drop --fsdp")
+            raise ValueError(f"fsdp supports the optimizers {', '.join(FSDP_OPTIMIZERS)}, not "
+                             f"{self.optimizer!r} (its state does not shard); use one of them or drop --fsdp")
         if self.fsdp and self.mixed_precision == "fp16":
             raise ValueError("fsdp takes mixed_precision 'bf16' or 'no': its fp16 would need a sharded loss "
                              "scaler, which the trainer does not run; use bf16")

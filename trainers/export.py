@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def save_plain(model: nn.Module, state_dict: dict[str, Tensor], tokenizer: Any, 
 
 
 def export(checkpoint: Path, out: Path) -> Path:
-    """Write the weights of the sharded checkpoint ``checkpoint`` (``RUN_DIR/checkpoints/step_N``) to ``out``."""
+    """Write the weights of the sharded ``checkpoint`` (``RUN_DIR/checkpoints/step_N``) to ``out``."""
     import torch.distributed.checkpoint as dcp
 
     problem = verify(checkpoint) if checkpoint.is_dir() else "no such checkpoint directory"
@@ -46,7 +47,9 @@ def export(checkpoint: Path, out: Path) -> Path:
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     model = build_model(cfg.model, len(tokenizer), cfg.seq_len, tokenizer.eos_token_id)
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)  # reshards: this one process reads all
+    with warnings.catch_warnings():  # DCP warns that it loads in one process, which is the point here
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)  # reshards: this one process reads all
     save_plain(model, state["model"], tokenizer, out)
     return out
 

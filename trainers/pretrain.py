@@ -114,7 +114,8 @@ def _train(cfg: TrainConfig, accelerator: Any) -> Path:
     rank, world = accelerator.process_index, accelerator.num_processes
     batch_size = cfg.per_process_batch(world)
     train_batches = make_batches(splits.train, batch_size, cfg.seed, rank, world)
-    val_batches = make_batches(splits.val, batch_size, cfg.seed, rank, world, shuffle=False, name="validation")
+    val_batches = make_batches(splits.val, batch_size, cfg.seed, rank, world, shuffle=False,
+                               name="validation")
     eval_batches = min(cfg.eval_batches, len(val_batches)) if cfg.eval_every else 0
     if cfg.eval_every and eval_batches == 0:
         raise ValueError("the validation split is smaller than one global batch; raise --stream-val-docs "
@@ -131,7 +132,9 @@ def _train(cfg: TrainConfig, accelerator: Any) -> Path:
     guard = build_spike_guard(cfg, raw_optimizer) if cfg.spike_guard else None
     state = TrainState()
     # The scheduler is ours, not Accelerate's (which would step it once per process), so it is saved here.
-    stateful = {"scheduler": scheduler, "train_state": state} | ({"guard": guard} if guard is not None else {})
+    stateful: dict[str, Any] = {"scheduler": scheduler, "train_state": state}
+    if guard is not None:
+        stateful["guard"] = guard
     if cfg.fsdp:
         store = ShardedState(model, raw_optimizer, stateful)
     else:

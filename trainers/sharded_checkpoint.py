@@ -68,10 +68,15 @@ class ShardedState:
 
     def load(self, folder: Path) -> None:
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
         state = self._state()
-        dcp.load(state, checkpoint_id=str(folder))
+        try:
+            dcp.load(state, checkpoint_id=str(folder))
+        except CheckpointException as err:  # a BaseException: a caller's `except Exception` would miss it
+            raise RuntimeError(f"reading {folder} failed on rank(s) {sorted(err.failures)}: "
+                               f"{_first_failure(err)}") from err
         set_model_state_dict(self.model, state["model"])
         if self._global_layout():
             from spam_opt.checkpoint import load_global_state_dict
@@ -85,8 +90,14 @@ class ShardedState:
         _set_rng_state(trainer["rng"])
 
 
+def _first_failure(err: BaseException) -> str:
+    exc, _ = next(iter(err.failures.values()))
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 def _to_cpu(value: Any) -> Any:
-    """``value`` with its tensors on the CPU: pickled device tensors would load on the saving rank's device."""
+    """``value`` with its tensors on the CPU: a pickled device tensor would load on the saving rank's."""
     if isinstance(value, torch.Tensor):
         return value.cpu()
     if isinstance(value, dict):

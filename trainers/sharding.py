@@ -1,7 +1,7 @@
 """FSDP2 for the trainer (``--fsdp``): torch's ``fully_shard`` per block and on the root.
 
 The trainer applies the sharding itself, on CPU (gloo) and GPUs (nccl) alike, and never hands the model to
-``accelerator.prepare``: Accelerate's own FSDP plugin is switched off (see ``disable_accelerate_fsdp``), so the
+``accelerator.prepare``: Accelerate's own FSDP plugin is switched off (``disable_accelerate_fsdp``), so the
 two never both shard the model. Each parameter becomes a DTensor sharded along dim 0 over all processes;
 the optimizer then steps the local shards. With ``mixed_precision="bf16"`` the policy computes in bf16 and
 reduces gradients in float32, over float32 master weights.
@@ -56,7 +56,7 @@ def blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def shard_model(model: nn.Module, mixed_precision: str, device: torch.device) -> nn.Module:
-    """``model`` on ``device``, sharded over all processes with ``fully_shard`` (in place; returned for clarity).
+    """``model`` on ``device``, sharded over all processes with ``fully_shard`` (in place, and returned).
 
     Example::
 
