@@ -101,24 +101,43 @@ def _kept(state: dict[str, Any]) -> Tensor | None:
     return KeptEntries(state["kept_low"], state["kept_starts"]).indices()
 
 
-def _key_to_global(p: Tensor, key: str, value: Any, kept: Tensor | None) -> Any:
-    layout = STATE_LAYOUT.get(key)
-    if layout is None:
+def _layout(key: str) -> Layout:
+    if key not in STATE_LAYOUT:
         raise ValueError(f"optimizer state key {key!r} has no global layout: add it to "
                          "spam_opt.checkpoint.STATE_LAYOUT (ENTRY, ROW, SCALAR or KEPT)")
-    if layout is Layout.SCALAR:
-        return value
-    if layout is Layout.KEPT:
-        return True
+    return STATE_LAYOUT[key]
+
+
+def _entry_to_global(p: Tensor, key: str, value: Tensor, kept: Tensor | None) -> Tensor:
     local = local_tensor(p)
-    if layout is Layout.ROW:
-        if value.dim() == 0 or value.shape[0] != local.shape[0]:
-            raise ValueError(f"per-row state {key!r} has shape {tuple(value.shape)} but the parameter's "
-                             f"shard has {local.shape[0]} rows")
-        return _as_global(p, value, (p.shape[0], *value.shape[1:]))
     if kept is not None:
         value = value.new_zeros(local.numel()).index_copy_(0, kept, value)
     return _as_global(p, value.reshape(local.shape), tuple(p.shape))
+
+
+def _row_to_global(p: Tensor, key: str, value: Tensor, kept: Tensor | None) -> Tensor:
+    rows = local_tensor(p).shape[0]
+    if value.dim() == 0 or value.shape[0] != rows:
+        raise ValueError(f"per-row state {key!r} has shape {tuple(value.shape)} but the parameter's shard "
+                         f"has {rows} rows")
+    return _as_global(p, value, (p.shape[0], *value.shape[1:]))
+
+
+# (parameter, key, value, kept flat indices or None) -> what the checkpoint holds
+_TO_GLOBAL = {
+    Layout.ENTRY: _entry_to_global,
+    Layout.ROW: _row_to_global,
+    Layout.SCALAR: lambda p, key, value, kept: value,
+    Layout.KEPT: lambda p, key, value, kept: True,
+}
+# (loaded value, key, kept entries or None, their flat indices or None) -> what the optimizer holds
+_FROM_GLOBAL = {
+    Layout.ENTRY: lambda value, key, kept, indices: (local_tensor(value) if indices is None
+                                                     else local_tensor(value).reshape(-1)[indices]),
+    Layout.ROW: lambda value, key, kept, indices: local_tensor(value),
+    Layout.SCALAR: lambda value, key, kept, indices: value,
+    Layout.KEPT: lambda value, key, kept, indices: getattr(kept, _KEPT_FIELDS[key]),
+}
 
 
 def _init_missing_state(optimizer: SpikeAwareOptimizer) -> None:
@@ -152,7 +171,7 @@ def global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer) -> dict[
     for name, p, _ in named:
         entry = optimizer.state[p]
         kept = _kept(entry)
-        state[name] = {key: _key_to_global(p, key, value, kept) for key, value in entry.items()}
+        state[name] = {key: _TO_GLOBAL[_layout(key)](p, key, value, kept) for key, value in entry.items()}
     # A tuple is one leaf for DCP (saved pickled), where a list of dicts would be flattened key by key.
     return {"state": state, "param_groups": tuple(saved_groups)}
 
@@ -162,21 +181,6 @@ def _draw(p: Tensor, group: dict[str, Any], index: int, reset_number: int) -> Ke
     numel, offset = flat_span(p)
     return draw_kept(numel, mask_key(group["seed"], index, reset_number), group["density"], offset=offset,
                      device=local_tensor(p).device)
-
-
-def _key_from_global(key: str, value: Any, kept: KeptEntries | None, indices: Tensor | None) -> Any:
-    layout = STATE_LAYOUT.get(key)
-    if layout is None:
-        raise ValueError(f"the checkpoint holds optimizer state key {key!r}, which has no global layout "
-                         "here: load it with the spam-opt version that saved it")
-    if layout is Layout.SCALAR:
-        return value
-    if layout is Layout.KEPT:
-        return getattr(kept, _KEPT_FIELDS[key])
-    local = local_tensor(value)
-    if layout is Layout.ENTRY and indices is not None:
-        return local.reshape(-1)[indices]
-    return local
 
 
 def load_global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer,
@@ -206,6 +210,6 @@ def load_global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer,
         sparse = any(STATE_LAYOUT.get(k) is Layout.KEPT for k in saved)
         kept = _draw(p, group_of[index], index, int(saved["reset_number"])) if sparse else None
         indices = kept.indices() if kept is not None else None
-        state[index] = {k: _key_from_global(k, v, kept, indices) for k, v in saved.items()}
+        state[index] = {k: _FROM_GLOBAL[_layout(k)](v, k, kept, indices) for k, v in saved.items()}
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 

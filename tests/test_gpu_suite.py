@@ -1,4 +1,4 @@
-"""benchmarks/gpu_suite.sh on a machine without CUDA: the one-line skip, the argument handling, the commands."""
+"""benchmarks/gpu_suite.sh without CUDA: the one-line skip, the argument handling, the commands it runs."""
 
 from __future__ import annotations
 

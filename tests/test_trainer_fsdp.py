@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from letters_corpus import write_letters_corpus
 
 from spam_opt.sparse import kept_indices, mask_key
 from trainers.checkpointing import checkpoints
@@ -73,10 +74,7 @@ def launch(processes: int, jobs: list[dict], tmp: Path) -> str:
 def runs(tmp_path_factory) -> dict:
     """Every run of the module: trained once, inspected by the tests below."""
     tmp = tmp_path_factory.mktemp("fsdp")
-    rng = random.Random(1)
-    corpus = tmp / "corpus.jsonl"
-    docs = [" ".join(rng.choice("abcdefgh") * 3 for _ in range(60)) for _ in range(200)]
-    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    corpus = write_letters_corpus(tmp / "corpus.jsonl")
     common = ["--model", "llama-tiny", "--dataset", str(corpus), "--cache-dir", str(tmp / "cache"),
               "--seq-len", "32", "--global-batch-size", "8", "--max-steps", "8", "--warmup-steps", "2",
               "--log-every", "1", "--eval-every", "4", "--eval-batches", "1", "--keep-checkpoints", "0",
