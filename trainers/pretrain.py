@@ -3,6 +3,7 @@
     python -m trainers.pretrain                                   # the README's main job, CPU, a few minutes
     python -m trainers.pretrain --model llama-tiny --max-steps 50 --optimizer adamw
     accelerate launch -m trainers.pretrain --config configs/llama-60m.yaml --resume auto
+    torchrun --nproc-per-node 8 -m trainers.pretrain --config configs/llama-1b.yaml --fsdp   # FSDP2
 
 Per optimizer step: ``grad_accum`` micro-batches forward/backward, optional spike injection, optional
 global-norm clipping, the spike monitor reads the gradients, then the optimizer steps (through the spike
