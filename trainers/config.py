@@ -56,6 +56,7 @@ class TrainConfig:
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the optimizer as is
     warmup_steps: int = 50  # learning-rate warmup of the cosine schedule
     max_grad_norm: float = 0.0  # global-norm clipping; 0 disables
+    zclip: bool = False  # ZClip's adaptive z-score clipping of the global norm (max_grad_norm > 0: its bound)
     spike_guard: bool = False
     guard_sigma: float = 6.0
     guard_window: int = 128
@@ -78,6 +79,9 @@ class TrainConfig:
     inject_spike_steps: list[int] = field(default_factory=list)  # SpikeInjector: steps to multiply grads at
     inject_factor: float = 1000.0
     inject_pattern: str | None = None
+    inject_fraction: float = 1.0  # < 1: only this fraction of each matched gradient's entries is multiplied
+    bad_batch_steps: list[int] = field(default_factory=list)  # steps whose batch is made degenerate
+    bad_batch: str = "random"  # how: random tokens, one token repeated, or the batch's tokens shuffled
     output_dir: str = "runs"
     run_name: str | None = None  # default: "<model>-<optimizer>"
     save_every: int = 200  # 0: no checkpoints
@@ -108,6 +112,11 @@ class TrainConfig:
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("guard_action", self.guard_action, ("skip", "scale"))
         _choice("monitor_mode", self.monitor_mode, ("tensor", "element"))
+        _choice("bad_batch", self.bad_batch, ("random", "repeat", "shuffle"))
+        if not 0.0 < self.inject_fraction <= 1.0:
+            raise ValueError(f"invalid inject_fraction={self.inject_fraction}: must be in (0, 1]")
+        if any(s < 1 for s in self.bad_batch_steps + self.inject_spike_steps):
+            raise ValueError("inject_spike_steps and bad_batch_steps are optimizer steps, counted from 1")
         for name in ("seq_len", "batch_size", "grad_accum", "eval_batches", "log_every", "bpe_vocab_size",
                      "stream_val_docs"):
             if getattr(self, name) < 1:

@@ -5,9 +5,10 @@
     accelerate launch -m trainers.pretrain --config configs/llama-60m.yaml --resume auto
     torchrun --nproc-per-node 8 -m trainers.pretrain --config configs/llama-1b.yaml --fsdp   # FSDP2
 
-Per optimizer step: ``grad_accum`` micro-batches forward/backward, optional spike injection, optional
-global-norm clipping, the spike monitor reads the gradients, then the optimizer steps (through the spike
-guard when enabled) and the LR schedule advances. Evaluation, checkpoints and logging happen at their
+Per optimizer step: ``grad_accum`` micro-batches forward/backward (a degenerate batch at the steps of
+``bad_batch_steps``), optional spike injection, optional global-norm clipping (fixed, or ZClip's), the
+spike monitor reads the gradients, then the optimizer steps (through the spike guard when enabled) and the
+LR schedule advances. Evaluation, checkpoints and logging happen at their
 intervals. See docs/training.md.
 """
 
@@ -27,6 +28,7 @@ import torch
 
 from trainers import sharding
 from trainers.checkpointing import AccelerateState, TrainState, resume_from, save_checkpoint
+from trainers.clipping import build_zclip
 from trainers.config import TrainConfig, load_config, save_config
 from trainers.data import (
     BlockBatches,
@@ -37,8 +39,9 @@ from trainers.data import (
     make_tokenizer,
 )
 from trainers.export import save_plain
+from trainers.injection import build_injector, degenerate_batch
 from trainers.models import build_model
-from trainers.monitoring import build_injector, build_monitor, trim_jsonl
+from trainers.monitoring import build_monitor, trim_jsonl
 from trainers.optimizers import build_optimizer, build_spike_guard
 from trainers.sharded_checkpoint import ShardedState
 
@@ -131,11 +134,11 @@ def _train(cfg: TrainConfig, accelerator: Any) -> Path:
     raw_optimizer = optimizer.optimizer  # what the monitor reads and the spike guard wraps
     scheduler = get_cosine_schedule_with_warmup(raw_optimizer, cfg.warmup_steps, max(cfg.max_steps, 1))
     guard = build_spike_guard(cfg, raw_optimizer) if cfg.spike_guard else None
+    zclip = build_zclip(cfg)
     state = TrainState()
     # The scheduler is ours, not Accelerate's (which would step it once per process), so it is saved here.
-    stateful: dict[str, Any] = {"scheduler": scheduler, "train_state": state}
-    if guard is not None:
-        stateful["guard"] = guard
+    stateful = {"scheduler": scheduler, "train_state": state, "guard": guard, "zclip": zclip}
+    stateful = {name: obj for name, obj in stateful.items() if obj is not None}
     if cfg.fsdp:
         store = ShardedState(model, raw_optimizer, stateful)
     else:
@@ -158,6 +161,7 @@ def _train(cfg: TrainConfig, accelerator: Any) -> Path:
     monitor = build_monitor(cfg, unwrapped, raw_optimizer, run_dir, accelerator)
     injector = build_injector(cfg, unwrapped)
     spike_metrics = getattr(unwrapped, "spike_metrics", None)  # SpikeGPT's firing rates and synops
+    bad_steps = frozenset(cfg.bad_batch_steps)
 
     from tqdm.auto import tqdm
 
@@ -174,6 +178,8 @@ def _train(cfg: TrainConfig, accelerator: Any) -> Path:
         loss = torch.zeros((), device=accelerator.device)
         for micro in range(cfg.grad_accum):
             batch = train_batches[state.step * cfg.grad_accum + micro].to(accelerator.device)
+            if step in bad_steps:
+                batch = degenerate_batch(batch, cfg.bad_batch, len(tokenizer), cfg.seed, step)
             # Gradients are all-reduced once per optimizer step, on the last micro-batch.
             with nullcontext() if micro == cfg.grad_accum - 1 else no_sync(model):
                 micro_loss = model(input_ids=batch, labels=batch).loss / cfg.grad_accum
@@ -181,7 +187,9 @@ def _train(cfg: TrainConfig, accelerator: Any) -> Path:
             loss += micro_loss.detach().float()
         if injector is not None:
             injector.apply(step)
-        if cfg.max_grad_norm > 0:
+        if zclip is not None:
+            zclip.step(model)
+        elif cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         loss = accelerator.reduce(loss, "mean")
         window_steps += 1

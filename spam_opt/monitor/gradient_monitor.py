@@ -139,7 +139,7 @@ class GradientSpikeMonitor:
         self._index_of = {id(p): i for i, p in enumerate(self.params)}
         self._numel = [p.numel() for p in self.params]
         self._reductions = GradientReductions(self.params, mode, self.gss_threshold)
-        self._scores = RunningScores(len(self.params))
+        self._scores = RunningScores(len(self.params), self.gss_threshold)
         self._loss_rule: RollingOutliers | None = None  # made on the first loss's device
         self._pending: list[_Step] = []
         self._clips: list[tuple[int, Tensor, list[int]]] = []
