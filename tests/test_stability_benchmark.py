@@ -57,6 +57,8 @@ def test_quick_grid_runs_end_to_end_and_resumes(stability, tmp_path):
     report = (tmp_path / "README.md").read_text()
     assert "| spam |" in report and "## spike-tensors" in report
     assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+    page = (tmp_path / "comparison.html").read_text()  # every run's curves, a section per regime
+    assert '<h2 id="section-2">bad-batch</h2>' in page and page.count(">spam seed 0</td>") == 3
     assert "## The monitor as a detector" in report and "| bad-batch | 3 |" in report
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved) == 6

@@ -42,7 +42,7 @@ from trainers.export import save_plain
 from trainers.injection import build_injector, degenerate_batch
 from trainers.models import build_model
 from trainers.monitoring import build_monitor, trim_jsonl
-from trainers.optimizers import build_optimizer, build_spike_guard
+from trainers.optimizers import build_optimizer, build_spike_guard, state_bytes
 from trainers.sharded_checkpoint import ShardedState
 
 logger = logging.getLogger("trainers.pretrain")
@@ -206,6 +206,8 @@ def _train(cfg: TrainConfig, accelerator: Any) -> Path:
             optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if step == 1:  # the optimizer's state exists from its first step on, at its final size
+            monitor.log_scalars(step, {"optimizer_state_bytes": state_bytes(raw_optimizer)})
         state.step = step
         progress.update(1)
         restart_window = step % cfg.log_every == 0
