@@ -45,6 +45,7 @@ class Setup:
     corpus_mb: float = 2.0
     seeds: int = 3
     extra: dict[str, Any] = field(default_factory=dict)  # trainer options for every run (e.g. quantization)
+    eval_batches: int = WHOLE_SPLIT  # validation batches of the final evaluation (smoke tests take a few)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def trainer_argv(setup: Setup, variant: dict[str, Any], regime: Regime, seed: in
     values: dict[str, Any] = {
         "model": setup.model, "max_steps": steps, "batch_size": setup.batch_size, "seq_len": setup.seq_len,
         "seed": seed, "lr": lr, "corpus_max_mb": setup.corpus_mb, "warmup_steps": max(1, steps // 20),
-        "eval_every": steps, "eval_batches": WHOLE_SPLIT, "log_every": 1, "save_every": 0,
+        "eval_every": steps, "eval_batches": setup.eval_batches, "log_every": 1, "save_every": 0,
         "output_dir": str(run_dir.parent), "run_name": run_dir.name, "overwrite": True, "trackers": "",
         "dashboard": False, "progress_bar": False,
         **setup.extra, **variant, **regime.options(setup, steps),

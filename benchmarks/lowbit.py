@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.corpus_mb, args.group_size = 0.2, 16
         table = variants(args.group_size)
     setup = Setup(args.model, args.steps, args.batch_size, args.seq_len, out, corpus_mb=args.corpus_mb,
-                  seeds=args.seeds)
+                  seeds=args.seeds, eval_batches=2 if args.quick else grid.WHOLE_SPLIT)
     setup.out.mkdir(parents=True, exist_ok=True)
     lrs = {name: args.lr for name in table}
     results = grid.run_grid(setup, {n: table[n] for n in names}, {r: all_regimes[r] for r in chosen}, lrs,

@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     extra = {"monitor_mode": args.monitor_mode} if args.monitor_mode != "tensor" else {}
     setup = Setup(args.model, args.steps, args.batch_size, args.seq_len, out, args.reset_fraction,
                   args.corpus_mb, args.seeds, extra)
+    if args.quick:
+        setup.eval_batches = 2
     setup.out.mkdir(parents=True, exist_ok=True)
     variants = {n: OPTIMIZERS[n] for n in names}
     to_sweep = [n for n in names if n not in given_lrs]

@@ -47,10 +47,10 @@ def test_detector_scores_count_flags_near_each_injection(grid):
 
 
 def test_quick_grid_runs_end_to_end_and_resumes(stability, tmp_path):
-    argv = ["--quick", "--optimizers", "adamw,spam", "--regimes", "clean,spike-tensors,bad-batch",
+    argv = ["--quick", "--optimizers", "adamw,spam", "--regimes", "spike-tensors,bad-batch",
             "--out", str(tmp_path)]
     results = stability.main(argv)
-    assert len(results) == 6
+    assert len(results) == 4
     spiked = [r for r in results if r["regime"] == "spike-tensors"]
     assert all(r["curve"] and r["regime"] == "spike-tensors" for r in spiked)
     assert all(r["final_eval_loss"] is not None and r["state_bytes"] > 0 for r in results)
@@ -58,14 +58,14 @@ def test_quick_grid_runs_end_to_end_and_resumes(stability, tmp_path):
     assert "| spam |" in report and "## spike-tensors" in report
     assert (tmp_path / "loss_curves.png").stat().st_size > 1000
     page = (tmp_path / "comparison.html").read_text()  # every run's curves, a section per regime
-    assert '<h2 id="section-2">bad-batch</h2>' in page and page.count(">spam seed 0</td>") == 3
-    assert "## The monitor as a detector" in report and "| bad-batch | 3 |" in report
+    assert '<h2 id="section-1">bad-batch</h2>' in page and page.count(">spam seed 0</td>") == 2
+    assert "## The monitor as a detector" in report and "| bad-batch | 6 |" in report
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert len(saved) == 6
+    assert len(saved) == 4
     # finished runs are not repeated: a second call only reads result.json files
-    first = (tmp_path / "runs" / "clean" / "adamw" / "seed0" / "result.json").stat().st_mtime_ns
+    first = (tmp_path / "runs" / "bad-batch" / "adamw" / "seed0" / "result.json").stat().st_mtime_ns
     stability.main(argv)
-    assert (tmp_path / "runs" / "clean" / "adamw" / "seed0" / "result.json").stat().st_mtime_ns == first
+    assert (tmp_path / "runs" / "bad-batch" / "adamw" / "seed0" / "result.json").stat().st_mtime_ns == first
 
 
 def test_regimes_inject_where_they_say_and_burst_recovery_counts_from_the_last(stability, grid, tmp_path):

@@ -15,7 +15,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainers.quant import QuantConfig
 
 OPTIMIZERS = ("spam", "stable-spam", "adamw", "adamw8bit", "adafactor")
 FSDP_OPTIMIZERS = ("spam", "stable-spam", "adamw")
@@ -46,6 +49,10 @@ class TrainConfig:
     bpe_vocab_size: int = 4096
     seq_len: int = 128
     cache_dir: str | None = None  # datasets cache (default: the Hugging Face cache)
+    # low-bit training: fake quantization of the block linears (trainers/quant, docs/training.md)
+    quant: str = "none"  # none, int8, int4, fp4 (OCP MX E2M1) or fp4-e1m2 (the Stable-SPAM paper's FP4)
+    quant_group_size: int = 256  # entries per group along a layer's input width; 32 for the small presets
+    quant_activations: bool = True  # quantize the layers' inputs too, not only their weights
     # optimization
     optimizer: str = "spam"
     lr: float = 1e-3
@@ -106,6 +113,13 @@ class TrainConfig:
                              "number of processes")
         return self.global_batch_size // num_processes
 
+    def quant_config(self) -> QuantConfig:
+        """The run's ``trainers.quant.QuantConfig``."""
+        from trainers.quant import QuantConfig
+
+        return QuantConfig(format=self.quant, group_size=self.quant_group_size,
+                           activations=self.quant_activations)
+
     def validate(self) -> None:
         """Raise ValueError naming the option when a value is outside what the trainer accepts."""
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -117,6 +131,12 @@ class TrainConfig:
             raise ValueError(f"invalid inject_fraction={self.inject_fraction}: must be in (0, 1]")
         if any(s < 1 for s in self.bad_batch_steps + self.inject_spike_steps):
             raise ValueError("inject_spike_steps and bad_batch_steps are optimizer steps, counted from 1")
+        from trainers.quant.config import MIN_GROUP_SIZE, QUANT_FORMATS
+
+        _choice("quant", self.quant, QUANT_FORMATS)
+        if self.quant_group_size < MIN_GROUP_SIZE:
+            raise ValueError(f"invalid quant_group_size={self.quant_group_size}: must be >= {MIN_GROUP_SIZE} "
+                             "(the outlier rule keeps 2 entries of each group exact)")
         for name in ("seq_len", "batch_size", "grad_accum", "eval_batches", "log_every", "bpe_vocab_size",
                      "stream_val_docs"):
             if getattr(self, name) < 1:

@@ -43,6 +43,7 @@ from trainers.injection import build_injector, degenerate_batch
 from trainers.models import build_model
 from trainers.monitoring import build_monitor, trim_jsonl
 from trainers.optimizers import build_optimizer, build_spike_guard, state_bytes
+from trainers.quant import quantize_model
 from trainers.sharded_checkpoint import ShardedState
 
 logger = logging.getLogger("trainers.pretrain")
@@ -126,7 +127,10 @@ def _train(cfg: TrainConfig, accelerator: Any) -> Path:
                          "or --val-fraction, or lower --batch-size")
 
     model = build_model(cfg.model, len(tokenizer), cfg.seq_len, tokenizer.eos_token_id)
-    if cfg.fsdp:  # the optimizer is built on the sharded parameters
+    quantized = quantize_model(model, cfg.quant_config())  # before the optimizer and the wrappers see it
+    if quantized:
+        logger.info("fake quantization %s: %d linear layers", cfg.quant_config(), len(quantized))
+    if cfg.fsdp:  # quantize, then shard; the optimizer is built on the sharded parameters
         model = sharding.shard_model(model, cfg.mixed_precision, accelerator.device)
         optimizer = accelerator.prepare(build_optimizer(cfg, model))
     else:

@@ -256,6 +256,10 @@ def render_dashboard(run_dir: str | Path, output: str | Path | None = None, *,
         f"{sum(e['kind'] in GRADIENT_KINDS for e in run.events)} gradient spike event(s), " + \
         f"{sum(e['kind'] == 'loss' for e in run.events)} loss spike(s), " + \
         f"{sum(e['kind'] == 'momentum_reset' for e in run.events)} momentum reset(s)"
+    from spam_opt.dashboard.summary import describe_quant, read_config  # it imports this module
+
+    quant = describe_quant(read_config(run_dir)[0])  # a missing config.yaml is no news in a one-run page
+    summary += f"; low-bit training: {quant}" if quant else ""
     refresh = f'<meta http-equiv="refresh" content="{refresh_s:g}">' if refresh_s else ""
     warnings = "".join(f'<div class="warning">⚠ {html.escape(w)}</div>' for w in run.warnings)
     title = html.escape(f"spam-opt run: {run_dir.name or run_dir}")
