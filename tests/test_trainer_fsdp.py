@@ -34,7 +34,7 @@ RUNS = {
     "sparse": [*SPAM_SPARSE, "--spike-guard", "--grad-accum", "2", "--save-every", "2"],
     "spikegpt": ["--model", "spikegpt-tiny", "--optimizer", "stable-spam", "--max-steps", "3"],
     "adamw": ["--optimizer", "adamw", "--spike-guard", "--max-grad-norm", "0.5", "--max-steps", "4",
-              "--save-every", "2"],
+              "--save-every", "2", "--quant", "int4", "--quant-group-size", "32"],  # quantized, then sharded
     "dense": ["--optimizer", "spam", "--max-steps", "3"],
 }
 # SpikeGPT has dropout, and each process draws its own masks from the same seed, so a data-parallel run
@@ -112,7 +112,8 @@ def runs(tmp_path_factory) -> dict:
 
 
 def test_fsdp_training_matches_one_process_with_the_same_global_batch(runs):
-    """LLaMA with SPAM (sparse, dense in bf16) and AdamW against one process; SpikeGPT against DDP."""
+    """LLaMA with SPAM (sparse, dense in bf16) and AdamW (int4 fake quantization) against one process;
+    SpikeGPT against DDP."""
     tmp = runs["tmp"]
     for name in ("sparse", "spikegpt", "adamw"):
         fsdp, single = rows(tmp / name), rows(runs["single"][name])
