@@ -24,6 +24,19 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(params=["kernels", "reference"])
+def spikegpt_path(request):
+    """Run a SpikeGPT test on its C++ CPU kernels and on its pure-PyTorch reference paths."""
+    from trainers.models.spikegpt_kernels import kernels_take, reference_paths
+
+    if request.param == "kernels":
+        assert kernels_take(torch.zeros(1)), "SpikeGPT's C++ kernels did not build (see the warning)"
+        yield request.param
+    else:
+        with reference_paths():
+            yield request.param
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``cuda`` need a CUDA device: without one they are skipped, with that reason."""
     if torch.cuda.is_available():

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
+import benchmark_scripts
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "stability.py"
 
 
 @pytest.fixture(scope="module")
 def stability():
-    spec = importlib.util.spec_from_file_location("stability", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_scripts.load("stability")
 
 
 @pytest.fixture(scope="module")
 def grid(stability):
-    return sys.modules["grid"]  # the runner the script imports from beside it
+    return benchmark_scripts.load("grid")  # the runner the script imports from beside it
 
 
 def test_loss_spike_and_recovery_measures(grid):
