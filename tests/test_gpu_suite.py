@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import benchmark_scripts
 
 ROOT = Path(__file__).parents[1]
 
@@ -50,9 +51,8 @@ def test_dry_run_prints_the_parts_asked_for():
 
     # The step part times our optimizers against the baseline, and no peer's (their state would not fit
     # next to ours at 1B shapes).
-    spec = importlib.util.spec_from_file_location("optimizer_step", ROOT / "benchmarks" / "optimizer_step.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    benchmark_scripts.load("machine_load")  # what the script imports from beside it
+    bench = benchmark_scripts.load("optimizer_step")
     step = shlex.split(commands[1])
     pattern = re.compile(step[step.index("--only") + 1])
     timed = [name for name in bench.optimizers(include_reference=False) if pattern.search(name)]
