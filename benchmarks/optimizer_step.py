@@ -27,7 +27,8 @@ import torch
 from machine_load import add_wait_argument, watch
 
 # The LLaMA configs of the SPAM paper (hidden, intermediate, layers), vocabulary 32000, untied head.
-SIZES = {"20m": (256, 688, 4), "60m": (512, 1376, 8), "130m": (768, 2048, 12)}
+SIZES = {"20m": (256, 688, 4), "60m": (512, 1376, 8), "130m": (768, 2048, 12), "350m": (1024, 2736, 24),
+         "1b": (2048, 5461, 24)}
 VOCAB = 32000
 # Every ratio is against this optimizer, measured in the same process.
 BASELINE = "torch AdamW fused"

@@ -3,13 +3,13 @@ exact resume."""
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from letters_corpus import write_letters_corpus
 
 from trainers.pretrain import main
 
@@ -33,10 +33,7 @@ def train_on_two_cpu_processes(argv: list[str]) -> None:
 
 
 def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    rng = random.Random(1)
-    corpus = tmp_path / "corpus.jsonl"
-    docs = [" ".join(rng.choice("abcdefgh") * 3 for _ in range(60)) for _ in range(200)]
-    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    corpus = write_letters_corpus(tmp_path / "corpus.jsonl")
     common = ["--model", "llama-tiny", "--dataset", str(corpus), "--cache-dir", str(tmp_path / "cache"),
               "--seq-len", "32", "--max-steps", "6", "--warmup-steps", "2", "--log-every", "1",
               "--eval-every", "3", "--eval-batches", "2", "--save-every", "3", "--output-dir", str(tmp_path),

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from trainers.quant import QuantConfig
 
 OPTIMIZERS = ("spam", "stable-spam", "adamw", "adamw8bit", "adafactor")
+FSDP_OPTIMIZERS = ("spam", "stable-spam", "adamw")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # Written by the trainer into the saved config.yaml; ignored when that file is read back.
 LAUNCH_KEY = "launch"
@@ -70,10 +71,12 @@ class TrainConfig:
     guard_action: str = "skip"
     # batch and loop
     batch_size: int = 16  # sequences per process per micro-batch
+    global_batch_size: int | None = None  # sequences per micro-batch, all processes (overrides batch_size)
     grad_accum: int = 1
     max_steps: int = 600
     seed: int = 0
     mixed_precision: str = "no"
+    fsdp: bool = False  # shard with torch's fully_shard (FSDP2), checkpoint with torch.distributed.checkpoint
     # evaluation, monitoring, checkpoints
     eval_every: int = 200  # 0: no evaluation
     eval_batches: int = 8
@@ -99,6 +102,16 @@ class TrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / (self.run_name or f"{self.model}-{self.optimizer}".replace("/", "_"))
+
+    def per_process_batch(self, num_processes: int) -> int:
+        """Sequences per process per micro-batch: ``global_batch_size / num_processes`` when it is set."""
+        if self.global_batch_size is None:
+            return self.batch_size
+        if self.global_batch_size % num_processes:
+            raise ValueError(f"global_batch_size={self.global_batch_size} does not split evenly over "
+                             f"{num_processes} processes: use a multiple of {num_processes} or another "
+                             "number of processes")
+        return self.global_batch_size // num_processes
 
     def quant_config(self) -> QuantConfig:
         """The run's ``trainers.quant.QuantConfig``."""
@@ -140,6 +153,14 @@ class TrainConfig:
         if self.spike_guard and self.mixed_precision == "fp16":
             raise ValueError("spike_guard does not work with mixed_precision='fp16' (its loss scaler skips "
                              "steps on its own); use bf16")
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            raise ValueError(f"invalid global_batch_size={self.global_batch_size}: must be >= 1")
+        if self.fsdp and self.optimizer not in FSDP_OPTIMIZERS:
+            raise ValueError(f"fsdp supports the optimizers {', '.join(FSDP_OPTIMIZERS)}, not "
+                             f"{self.optimizer!r} (its state does not shard); use one of them or drop --fsdp")
+        if self.fsdp and self.mixed_precision == "fp16":
+            raise ValueError("fsdp takes mixed_precision 'bf16' or 'no': its fp16 would need a sharded loss "
+                             "scaler, which the trainer does not run; use bf16")
         if self.lr <= 0 or self.max_grad_norm < 0 or self.corpus_max_mb < 0:
             raise ValueError("lr must be > 0, max_grad_norm and corpus_max_mb must be >= 0")
 
