@@ -22,13 +22,7 @@ SPIKE_STEP, SPIKED = 60, "1.weight"  # a LayerNorm weight, where the paper saw m
 # 1000x at step 60 scores 1000 * 60 / (59 + 1000) = 57 > 50; at step 40 the running mean would hide it
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; on a shared 2-core machine more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: more threads only contend
 
 
 def _model() -> nn.Module:

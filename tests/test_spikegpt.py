@@ -20,14 +20,7 @@ from trainers.models.spikegpt import (
 )
 from trainers.models.spiking_neuron import MultiStepLIF
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The per-token loops are many small ops, which intra-op threads slow down on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: more threads only contend
 
 
 @pytest.mark.parametrize("k_scale, k_offset", [(3.0, 0.0), (30.0, 200.0)])  # the second overflows naive fp32
