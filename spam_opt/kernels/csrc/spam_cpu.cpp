@@ -4,7 +4,8 @@
 // entries; an entry whose gradient is NaN/Inf keeps its values, so no separate check of g is needed.
 // Stable-SPAM needs two reductions before its update (max|g| with the NaN check, then AdaClip's count and
 // the clipped norm for AdaGN); the second is skipped on steps where AdaClip scales nothing.
-// Registered as torch.ops.spam_opt.spam_step_, stable_spam_step_ and kept_entries;
+// SPAM with 8-bit moments dequantizes, updates and requantizes each block in the same pass.
+// Registered as torch.ops.spam_opt.spam_step_, spam_step8_, stable_spam_step_, kept_entries and kept_bits;
 // spam_opt/kernels/cpp_build.py builds and loads this file, spam_opt/kernels/{spam,stable_spam}/cpp.py and
 // spam_opt/kernels/draw.py call its ops.
 
@@ -238,6 +239,18 @@ Tally sparse_update(float* p, const float* g, float* m, float* v, const int16_t*
       std::plus<Tally>());
 }
 
+// Advance a parameter's bias-correction count n and return the step's constants for it.
+Hyper count_step(const at::Tensor& count_tensor, double lr_w, double beta1, double beta2, double eps, double decay,
+                 double clip, double sign) {
+  float* count = count_tensor.data_ptr<float>();
+  const double steps = static_cast<double>(*count) + 1.0;
+  *count = static_cast<float>(steps);
+  const double bias = std::sqrt(1.0 - std::pow(beta2, steps)) / (1.0 - std::pow(beta1, steps));
+  return Hyper{static_cast<float>(beta1), static_cast<float>(1.0 - beta1), static_cast<float>(beta2),
+               static_cast<float>(1.0 - beta2), static_cast<float>(eps), static_cast<float>(lr_w * bias),
+               static_cast<float>(decay), static_cast<float>(clip), static_cast<float>(sign)};
+}
+
 // `op` names the op in the message, so that an error says which of the ops was given what.
 void check_float32(const char* op, const at::Tensor& t, const char* what, int64_t i) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), op, ": ", what, "[",
@@ -278,13 +291,7 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
     TORCH_CHECK(g.numel() == p.numel(), "spam_step_: grads[", i, "] has ", g.numel(), " entries, params[", i,
                 "] ", p.numel());
     if (!open) continue;  // a closed gate: nothing moves, nothing is read
-    float* count = counts[i].data_ptr<float>();
-    const double steps = static_cast<double>(*count) + 1.0;
-    *count = static_cast<float>(steps);
-    const double bias = std::sqrt(1.0 - std::pow(beta2, steps)) / (1.0 - std::pow(beta1, steps));
-    const Hyper h{static_cast<float>(beta1), static_cast<float>(1.0 - beta1), static_cast<float>(beta2),
-                  static_cast<float>(1.0 - beta2), static_cast<float>(eps), static_cast<float>(lr_w * bias),
-                  static_cast<float>(decay), static_cast<float>(clip), static_cast<float>(sign)};
+    const Hyper h = count_step(counts[i], lr_w, beta1, beta2, eps, decay, clip, sign);
     float* pp = p.data_ptr<float>();
     const float* gp = g.const_data_ptr<float>();
     float* mp = exp_avgs[i].data_ptr<float>();
@@ -308,6 +315,251 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
     }
     clipped_out[i] = tally.clipped;
     nonfinite_out[i] = tally.nonfinite;
+  }
+  return {clipped, nonfinite};
+}
+
+// ---- SPAM with 8-bit moments (spam_opt/quantized_state.py: the blocks, the maps and the layout) ----------
+//
+// Per block of up to kQBlock entries of one row: dequantize its codes into m̂ and v̂ (float buffers in L1),
+// update p exactly as the float32 kernel does, keep the new s = sqrt(v) and r = m / (s + eps) (the update's
+// own sqrt and division) with their block maxima, then requantize. Every operation is the one, in the order,
+// that QuantizedMoments.dequantize / quantize_ perform in torch, so the codes equal the reference path's.
+
+constexpr int64_t kQBlock = 256;  // quantized_state.BLOCK
+constexpr float kRLevels = 127.f, kSLevels = 255.f;
+
+struct BlockMax {
+  Vec r{0.f}, s{0.f};
+};
+
+// One vector of a block: lanes [0, n) are real, the rest padding (p = g = m = v = 0, which update to 0).
+// In: m̂, v̂ in mb, vb. Out: the new p, and r, s in mb, vb.
+inline void update8_vec(float* p, const float* g, float* mb, float* vb, int64_t n, const VecHyper& h,
+                        BlockMax& mx, Tally& tally) {
+  const Vec gv = Vec::loadu(g, n) * h.sign;
+  const Vec vv = Vec::loadu(vb, n), mv = Vec::loadu(mb, n), pv = Vec::loadu(p, n);
+  const Vec g2 = gv * gv;
+  const Vec cv = h.clip * vv;
+  const Vec plain = (g2 < cv) | (g2 == h.zero);
+  Vec m_new, v_new, p_new;
+  if (true_lanes(plain) == kAllLanes) [[likely]] {
+    m_new = mv * h.beta1 + gv * h.one_minus_beta1;
+    v_new = vv * h.beta2 + g2 * h.one_minus_beta2;
+  } else {
+    const Vec finite = gv.abs() < h.inf;
+    const Vec spike = finite & (vv > h.zero) & (g2 > cv);
+    const Vec gc = Vec::blendv(gv, cv.sqrt() | (gv & h.sign_bit), spike);
+    // An entry with a NaN/Inf gradient keeps m̂ and v̂ (requantized below with its block) and p.
+    m_new = Vec::blendv(mv, mv * h.beta1 + gc * h.one_minus_beta1, finite);
+    v_new = Vec::blendv(vv, vv * h.beta2 + gc * gc * h.one_minus_beta2, finite);
+    const Vec s = v_new.sqrt();
+    const Vec r = m_new / (s + h.eps);
+    p_new = Vec::blendv(pv, (pv - h.step * r) * h.decay, finite);
+    tally.clipped += __builtin_popcount(true_lanes(spike) & ((1 << n) - 1));
+    tally.nonfinite |= (true_lanes(finite) & ((1 << n) - 1)) != ((1 << n) - 1);
+    p_new.store(p, n);
+    r.store(mb, n);
+    s.store(vb, n);
+    mx.r = at::vec::maximum(mx.r, r.abs());
+    mx.s = at::vec::maximum(mx.s, s);
+    return;
+  }
+  const Vec s = v_new.sqrt();
+  const Vec r = m_new / (s + h.eps);
+  ((pv - h.step * r) * h.decay).store(p, n);
+  r.store(mb, n);
+  s.store(vb, n);
+  mx.r = at::vec::maximum(mx.r, r.abs());
+  mx.s = at::vec::maximum(mx.s, s);
+}
+
+float max_lane(const Vec& x) {
+  alignas(64) float lanes[Vec::size()];
+  x.store(lanes);
+  return *std::max_element(lanes, lanes + Vec::size());
+}
+
+// levels / scale, and 0 for an all-zero block (QuantizedMoments: _inverse).
+inline float inverse(float scale, float levels) { return scale > 0.f ? levels / scale : 0.f; }
+
+// One block of n <= kQBlock stored entries whose p and g are at p, g (contiguous, or gathered by the caller).
+void update_block8(float* p, const float* g, int8_t* mc, uint8_t* vc, float* r_scale, float* s_scale, int64_t n,
+                   const VecHyper& h, float eps, Tally& tally) {
+  alignas(64) float mb[kQBlock];
+  alignas(64) float vb[kQBlock];
+  const float r_step = *r_scale / kRLevels, s_step = *s_scale / kSLevels;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float s = static_cast<float>(vc[i]) * s_step;
+    vb[i] = s * s;
+    mb[i] = static_cast<float>(mc[i]) * r_step * (s + eps);
+  }
+  BlockMax mx;
+  constexpr int64_t kLanes = Vec::size();
+  for (int64_t i = 0; i < n; i += kLanes) {
+    update8_vec(p + i, g + i, mb + i, vb + i, std::min(kLanes, n - i), h, mx, tally);
+  }
+  const float r_max = max_lane(mx.r), s_max = max_lane(mx.s);
+  *r_scale = r_max;
+  *s_scale = s_max;
+  const Vec r_inv(inverse(r_max, kRLevels)), s_inv(inverse(s_max, kSLevels));
+  const Vec r_top(kRLevels), s_top(kSLevels), zero(0.f), one(1.f);
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const int64_t len = std::min(kLanes, n - i);
+    const Vec s = Vec::loadu(vb + i, len);
+    const Vec code_r = at::vec::clamp(Vec(Vec::loadu(mb + i, len) * r_inv).round(), Vec(-kRLevels), r_top);
+    Vec code_s = at::vec::clamp(Vec(s * s_inv).round(), zero, s_top);
+    code_s = Vec::blendv(code_s, at::vec::maximum(code_s, one), s > zero);  // only 0 rounds to code 0
+    code_r.store(mb + i, len);
+    code_s.store(vb + i, len);
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    mc[i] = static_cast<int8_t>(static_cast<int32_t>(mb[i]));
+    vc[i] = static_cast<uint8_t>(static_cast<int32_t>(vb[i]));
+  }
+}
+
+// 32 bits of a bitmap from bit `pos` on (the bitmap carries one word of padding).
+inline uint32_t bits_at(const uint32_t* words, int64_t pos) {
+  const uint64_t pair = static_cast<uint64_t>(words[pos >> 5]) | (static_cast<uint64_t>(words[(pos >> 5) + 1]) << 32);
+  return static_cast<uint32_t>(pair >> (pos & 31));
+}
+
+inline uint32_t low_bits(int64_t n) { return n >= 32 ? ~0u : (1u << n) - 1u; }
+
+// Kept entries among local entries [start, start + n).
+inline int64_t kept_in(const uint32_t* words, int64_t start, int64_t n) {
+  int64_t count = 0;
+  for (int64_t k = 0; k < n; k += 32) count += std::popcount(bits_at(words, start + k) & low_bits(n - k));
+  return count;
+}
+
+struct Param8 {
+  float* p;
+  const float* g;
+  int8_t* mc;
+  uint8_t* vc;
+  float* r_scale;
+  float* s_scale;
+  const uint32_t* kept;  // nullptr: dense
+  int64_t numel, row_length, stored;
+};
+
+Tally update_param8(const Param8& a, const Hyper& hyper) {
+  const int64_t per_row = (a.row_length + kQBlock - 1) / kQBlock;
+  const int64_t blocks = a.numel / a.row_length * per_row;
+  auto span = [&](int64_t b) {  // first local entry and length of block b
+    const int64_t row = b / per_row, seg = b % per_row;
+    return std::pair<int64_t, int64_t>{row * a.row_length + seg * kQBlock,
+                                       std::min(kQBlock, a.row_length - seg * kQBlock)};
+  };
+  // Sparse: where each block's codes start (a popcount of the bitmap, 1 bit per entry).
+  std::vector<int64_t> starts;
+  if (a.kept != nullptr) {
+    starts.assign(blocks + 1, 0);
+    at::parallel_for(0, blocks, kGrain / kQBlock, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const auto [first, len] = span(b);
+        starts[b + 1] = kept_in(a.kept, first, len);
+      }
+    });
+    for (int64_t b = 0; b < blocks; ++b) starts[b + 1] += starts[b];
+    TORCH_CHECK(starts[blocks] == a.stored, "spam_step8_: ", a.stored, " codes for ", starts[blocks],
+                " kept entries");
+  }
+  const float eps = hyper.eps;
+  return at::parallel_reduce(
+      0, blocks, std::max<int64_t>(1, kGrain / kQBlock), Tally{},
+      [&](int64_t b0, int64_t b1, Tally tally) {
+        const VecHyper vh(hyper);
+        alignas(64) float pk[kQBlock];
+        alignas(64) float gk[kQBlock];
+        int32_t ix[kQBlock];
+        for (int64_t b = b0; b < b1; ++b) {
+          const auto [first, len] = span(b);
+          if (a.kept == nullptr) {
+            update_block8(a.p + first, a.g + first, a.mc + first, a.vc + first, a.r_scale + b, a.s_scale + b, len,
+                          vh, eps, tally);
+            continue;
+          }
+          // Gather the kept entries' p and g, update them, decay the whole block, scatter them back.
+          int64_t n = 0;
+          for (int64_t k = 0; k < len; k += 32) {
+            for (uint32_t w = bits_at(a.kept, first + k) & low_bits(len - k); w != 0; w &= w - 1) {
+              const int32_t j = static_cast<int32_t>(k + std::countr_zero(w));
+              ix[n] = j;
+              pk[n] = a.p[first + j];
+              gk[n] = a.g[first + j];
+              ++n;
+            }
+          }
+          const int64_t at = starts[b];
+          update_block8(pk, gk, a.mc + at, a.vc + at, a.r_scale + b, a.s_scale + b, n, vh, eps, tally);
+          if (hyper.decay != 1.f) {
+            float* __restrict pr = a.p + first;
+            const float d = hyper.decay;
+#pragma omp simd
+            for (int64_t q = 0; q < len; ++q) pr[q] *= d;
+          }
+          for (int64_t j = 0; j < n; ++j) a.p[first + ix[j]] = pk[j];
+        }
+        return tally;
+      },
+      std::plus<Tally>());
+}
+
+// Returns (clipped: int64 [N], nonfinite: bool [N]).
+std::tuple<at::Tensor, at::Tensor> spam_step8(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                                              at::TensorList exp_avg_sqs, at::TensorList exp_avg_scales,
+                                              at::TensorList exp_avg_sq_scales, at::TensorList counts,
+                                              const c10::List<std::optional<at::Tensor>>& kept_bits,
+                                              at::IntArrayRef row_lengths, const std::optional<at::Tensor>& gate,
+                                              double lr_w, double beta1, double beta2, double eps, double decay,
+                                              double clip, double sign) {
+  const int64_t n = static_cast<int64_t>(params.size());
+  for (auto size : {grads.size(), exp_avgs.size(), exp_avg_sqs.size(), exp_avg_scales.size(),
+                    exp_avg_sq_scales.size(), counts.size(), kept_bits.size(), row_lengths.size()}) {
+    TORCH_CHECK(static_cast<int64_t>(size) == n, "spam_step8_: all lists need one entry per parameter");
+  }
+  auto clipped = at::zeros({n}, at::kLong);
+  auto nonfinite = at::zeros({n}, at::kBool);
+  const bool open = !gate.has_value() || gate->item<bool>();
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    const at::Tensor& g = grads[i];
+    check_float32("spam_step8_", p, "params", i);
+    check_float32("spam_step8_", g, "grads", i);
+    check_float32("spam_step8_", exp_avg_scales[i], "exp_avg_scales", i);
+    check_float32("spam_step8_", exp_avg_sq_scales[i], "exp_avg_sq_scales", i);
+    const int64_t numel = p.numel(), row = row_lengths[i];
+    const std::optional<at::Tensor> kept = kept_bits.get(i);
+    TORCH_CHECK(g.numel() == numel && row > 0 && numel % row == 0 &&
+                    exp_avg_scales[i].numel() == numel / row * ((row + kQBlock - 1) / kQBlock) &&
+                    exp_avg_sq_scales[i].numel() == exp_avg_scales[i].numel(),
+                "spam_step8_: the gradient, row length or scales of params[", i, "] do not match it");
+    TORCH_CHECK(exp_avgs[i].scalar_type() == at::kChar && exp_avg_sqs[i].scalar_type() == at::kByte &&
+                    exp_avgs[i].is_contiguous() && exp_avg_sqs[i].is_contiguous() &&
+                    exp_avg_sqs[i].numel() == exp_avgs[i].numel(),
+                "spam_step8_: exp_avgs[", i, "] must be contiguous int8 codes and exp_avg_sqs[", i,
+                "] uint8 codes of the same size");
+    const uint32_t* words = nullptr;
+    if (kept.has_value()) {
+      TORCH_CHECK(kept->scalar_type() == at::kInt && kept->is_contiguous() && kept->numel() == (numel + 31) / 32 + 1,
+                  "spam_step8_: kept_bits[", i, "] is not the bitmap of params[", i, "]");
+      words = reinterpret_cast<const uint32_t*>(kept->const_data_ptr<int32_t>());
+    } else {
+      TORCH_CHECK(exp_avgs[i].numel() == numel, "spam_step8_: the codes of params[", i, "] do not match its size");
+    }
+    if (!open) continue;  // a closed gate: nothing moves, nothing is read
+    const Hyper h = count_step(counts[i], lr_w, beta1, beta2, eps, decay, clip, sign);
+    const Param8 a{p.data_ptr<float>(), g.const_data_ptr<float>(), exp_avgs[i].data_ptr<int8_t>(),
+                   exp_avg_sqs[i].data_ptr<uint8_t>(), exp_avg_scales[i].data_ptr<float>(),
+                   exp_avg_sq_scales[i].data_ptr<float>(), words, numel, row, exp_avgs[i].numel()};
+    const Tally tally = update_param8(a, h);
+    clipped.data_ptr<int64_t>()[i] = tally.clipped;
+    nonfinite.data_ptr<bool>()[i] = tally.nonfinite;
   }
   return {clipped, nonfinite};
 }
@@ -503,6 +755,29 @@ std::tuple<at::Tensor, at::Tensor> kept_entries(int64_t numel, int64_t key, int6
   return {low, starts};
 }
 
+// The kept entries of `numel` consecutive entries from flat index `offset` as a bitmap: bit j % 32 of word
+// j / 32 for entry j, plus one word of padding (the 8-bit layout, spam_opt/quantized_state.py).
+at::Tensor kept_bits(int64_t numel, int64_t key, int64_t threshold, int64_t offset) {
+  TORCH_CHECK(numel >= 0 && offset >= 0 && key >= 0 && key < (int64_t(1) << 32) && threshold >= 0 &&
+                  threshold <= (int64_t(1) << 32),
+              "kept_bits: invalid arguments");
+  const int64_t words = (numel + 31) / 32;
+  auto out = at::zeros({words + 1}, at::kInt);
+  uint32_t* w = reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>());
+  const uint32_t k32 = static_cast<uint32_t>(key);
+  const uint64_t thr = static_cast<uint64_t>(threshold);
+  at::parallel_for(0, words, kGrain / 32, [&](int64_t w0, int64_t w1) {
+    for (int64_t i = w0; i < w1; ++i) {
+      const int64_t lo = i * 32, n = std::min<int64_t>(32, numel - lo);
+      uint32_t word = 0;
+#pragma omp simd reduction(| : word)
+      for (int64_t j = 0; j < n; ++j) word |= static_cast<uint32_t>(keep(offset + lo + j, k32, thr)) << j;
+      w[i] = word;
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(spam_opt, m) {
@@ -516,10 +791,17 @@ TORCH_LIBRARY(spam_opt, m) {
       "bool[] resets, Tensor? gate, float lr, float beta1, float beta2, float gamma1, float gamma2, "
       "float theta, float eps, float weight_decay) -> (Tensor, Tensor)");
   // No tensor inputs, so no dispatch key to choose a backend by: one kernel for all, producing CPU tensors.
+  m.def(
+      "spam_step8_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] exp_avg_scales, Tensor(e!)[] exp_avg_sq_scales, Tensor(f!)[] counts, Tensor?[] kept_bits, "
+      "int[] row_lengths, Tensor? gate, float lr_w, float beta1, float beta2, float eps, float decay, "
+      "float clip, float sign) -> (Tensor, Tensor)");
   m.def("kept_entries(int numel, int key, int threshold, int offset) -> (Tensor, Tensor)", &kept_entries);
+  m.def("kept_bits(int numel, int key, int threshold, int offset) -> Tensor", &kept_bits);
 }
 
 TORCH_LIBRARY_IMPL(spam_opt, CPU, m) {
   m.impl("spam_step_", &spam_step);
+  m.impl("spam_step8_", &spam_step8);
   m.impl("stable_spam_step_", &stable_spam_step);
 }
