@@ -18,7 +18,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class Setup:
     out: Path
     reset_fraction: float
     corpus_mb: float
+    optimizers: dict[str, dict[str, Any]] = field(default_factory=lambda: OPTIMIZERS)  # name -> trainer flags
 
     def spike_steps(self) -> list[int]:
         return [max(2, round(f * self.steps)) for f in SPIKE_FRACTIONS]
@@ -75,12 +76,14 @@ class Setup:
     def optimizer_kwargs(self, name: str) -> dict[str, Any]:
         """SPAM's schedule scaled to the run: paper 500/150/20 for ~10k steps -> fractions of the run."""
         interval = max(4, round(self.reset_fraction * self.steps))
-        if OPTIMIZERS[name]["optimizer"] == "spam":
+        settings = self.optimizers[name]
+        own = settings.get("optimizer_kwargs", {})
+        if settings["optimizer"] == "spam":
             return {"reset_interval": interval, "warmup_steps": max(1, round(0.3 * interval)),
-                    "clip_delay": max(1, round(0.04 * interval))}
-        if OPTIMIZERS[name]["optimizer"] == "stable-spam":
-            return {"reset_interval": 2 * interval, "total_steps": self.steps}
-        return {}
+                    "clip_delay": max(1, round(0.04 * interval)), **own}
+        if settings["optimizer"] == "stable-spam":
+            return {"reset_interval": 2 * interval, "total_steps": self.steps, **own}
+        return dict(own)
 
 
 def _argv(setup: Setup, name: str, regime: str, seed: int, lr: float, run_dir: Path) -> list[str]:
@@ -90,7 +93,7 @@ def _argv(setup: Setup, name: str, regime: str, seed: int, lr: float, run_dir: P
         "warmup_steps": max(1, setup.steps // 20), "eval_every": max(1, setup.steps // 4), "eval_batches": 8,
         "log_every": 1, "save_every": 0, "output_dir": str(run_dir.parent), "run_name": run_dir.name,
         "overwrite": True, "trackers": "", "dashboard": False, "progress_bar": False,
-        **OPTIMIZERS[name],
+        **setup.optimizers[name],
     }
     kwargs = setup.optimizer_kwargs(name)
     if kwargs:
@@ -165,8 +168,8 @@ def loss_jump(steps: list[int], losses: list[float], at: int, smooth: int = 5,
     return max(losses[i0 + 1:index[last] + 1 + smooth]) - statistics.fmean(losses[i0 - smooth + 1:i0 + 1])
 
 
-def optimizer_state_bytes(run_dir: Path) -> int:
-    """Bytes of optimizer state after one step of the run's model with that run's optimizer config."""
+def run_optimizer(run_dir: Path) -> tuple[Any, Any]:
+    """The model and optimizer of a finished run, rebuilt from its saved config, after one step."""
     import torch
 
     from trainers.config import from_dict, read_yaml
@@ -180,6 +183,14 @@ def optimizer_state_bytes(run_dir: Path) -> int:
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     opt.step()
+    return model, opt
+
+
+def optimizer_state_bytes(run_dir: Path) -> int:
+    """Bytes of optimizer state after one step of the run's model with that run's optimizer config."""
+    import torch
+
+    _, opt = run_optimizer(run_dir)
     return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
                if torch.is_tensor(t))
 

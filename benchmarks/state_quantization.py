@@ -65,15 +65,16 @@ def fq_power(x: Tensor, block: int, signed: bool, power: float, floor_one: bool 
     return _unblock(y, x.shape, length, padded)
 
 
-def fq_ratio(m: Tensor, v: Tensor, B: int, eps: float, stochastic: bool = False) -> tuple[Tensor, Tensor]:
+def fq_ratio(m: Tensor, v: Tensor, B: int, eps: float, stochastic: bool = False,
+             s_power: float = 1.0) -> tuple[Tensor, Tensor]:
     """r = m / (sqrt(v) + eps) on a signed linear map, sqrt(v) on an unsigned linear map (zero only for 0)."""
     s = v.sqrt()
     sb, length, padded = _blocks(s, B)
     smax = sb.amax(-1, keepdim=True).clamp_min(1e-30)
-    x = 255.0 * sb / smax
+    x = 255.0 * (sb / smax) ** (1 / s_power)
     c = torch.floor(x + torch.rand_like(x)) if stochastic else torch.round(x)
     c = torch.where(sb > 0, c.clamp_min(1), c)
-    s_hat = _unblock(c / 255.0 * smax, v.shape, length, padded)
+    s_hat = _unblock((c / 255.0) ** s_power * smax, v.shape, length, padded)
     r = m / (s + eps)
     r_hat = fq_linear(r, B, True)
     return r_hat * (s_hat + eps), s_hat * s_hat
@@ -93,6 +94,7 @@ CANDIDATES = {
                                               lambda x, B: fq_power(x, B, False, 4, True)),
     "m/sqrt(v) linear / sqrt, zero only for 0": lambda m, v, B, eps: fq_ratio(m, v, B, eps),
     "m/sqrt(v) linear / sqrt stochastic": lambda m, v, B, eps: fq_ratio(m, v, B, eps, True),
+    "m/sqrt(v) linear / 4th root, zero only for 0": lambda m, v, B, eps: fq_ratio(m, v, B, eps, s_power=2.0),
 }
 
 
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--params", default=r"layers\.(0|3)\.(self_attn\.q|mlp\.(up|down))|embed")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # a shared machine: OpenMP's barriers spin when a thread is descheduled
     torch.manual_seed(0)
     from trainers.data import build_splits, load_documents, make_batches, make_tokenizer
     from trainers.models import build_model
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     params = [p for n, p in model.named_parameters() if p.dim() >= 2 and pattern.search(n)]
     print(f"{sum(p.numel() for p in params)} entries in {len(params)} tensors", file=sys.stderr)
     blocks = [int(b) for b in args.blocks.split(",")]
-    names = [n for n in CANDIDATES if args.only is None or args.only in n]
+    names = [n for n in CANDIDATES if args.only is None or any(o in n for o in args.only.split(";"))]
     shadow = {(n, B): [(torch.zeros_like(p), torch.zeros_like(p)) for p in params] for n in names for B in blocks}
     errs = {k: [] for k in shadow}
     norms = {k: [] for k in shadow}

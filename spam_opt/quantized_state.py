@@ -15,22 +15,23 @@ A block never crosses a row, and FSDP2 shards parameters along dim 0 (whole rows
 blocks, exactly the blocks a single process holds for those rows.
 
 Maps (per block, float32): the second moment is stored as s = sqrt(v), the first as r = m / (s + eps), the
-update direction of the step that wrote it. Each has one scale per block, its largest magnitude, and a linear
-code::
+update direction of the step that wrote it. Each has one scale per block, its largest magnitude; r has a
+linear code, s a code linear in sqrt(s) (a 4th root of v)::
 
-    s_scale = max s                        code_s = round(s · 255 / s_scale) in 0..255, and >= 1 where s > 0
-    r_scale = max |r|                      code_r = round(r · 127 / r_scale) in -127..127
-    ŝ = code_s · (s_scale / 255)           v̂ = ŝ · ŝ
-    r̂ = code_r · (r_scale / 127)           m̂ = r̂ · (ŝ + eps)
+    r_scale = max |r|          code_r = round(r · 127 / r_scale)                  in -127..127
+    s_scale = max s            code_s = round(sqrt(s · 255² / s_scale))           in 0..255, >= 1 where s > 0
+    r̂ = code_r · (r_scale / 127)          ŝ = code_s · code_s · (s_scale / 255²)
+    m̂ = r̂ · (ŝ + eps)                     v̂ = ŝ · ŝ
 
 (round: to nearest, ties to even; a block whose scale is 0 stores code 0).
 
 Why these maps (``benchmarks/state_quantization.py`` measured them against the dynamic maps of bitsandbytes
-and torchao, and other block sizes; docs/spam.md): r is what the update uses, so its error is an absolute
-error of at most half a code step of the block's largest update, whatever the spread of magnitudes in the
-block; an error of ŝ changes m̂ and v̂ together and so mostly cancels from the next update; a second moment
-never rounds to 0 unless it is 0 (a 0 would make the next update m / eps); and both maps cost a multiply and
-a round, the sqrt and the division being the update's own.
+and torchao, other maps and other block sizes; docs/spam.md): r is what the update uses, so its error is an
+absolute error of at most half a code step of the block's largest update, whatever the spread of magnitudes
+in the block; the square-root code of s keeps small second moments (about 1/65000 of the block's largest) at
+a few percent; an error of ŝ changes m̂ and v̂ together and so partly cancels from the next update; a second
+moment never rounds to 0 unless it is 0 (a 0 would make the next update m / eps); and the maps cost a
+multiply, a sqrt and a round, the update's own sqrt and division giving s and r.
 
 Layout (state keys, per parameter):
 
@@ -55,7 +56,7 @@ from torch import Tensor
 STATE_BITS = (8, 32)
 BLOCK = 256
 _R_LEVELS = 127.0
-_S_LEVELS = 255.0
+_S_LEVELS = 255.0 * 255.0  # codes of s are linear in sqrt(s)
 
 
 def quantizes(p: Tensor, state_bits: int) -> bool:
@@ -115,7 +116,8 @@ class QuantizedMoments:
         """(m̂, v̂) in float32, one per stored entry; ``blocks``: the block of each stored entry."""
         r_step = (self.exp_avg_scale / _R_LEVELS).index_select(0, blocks)
         s_step = (self.exp_avg_sq_scale / _S_LEVELS).index_select(0, blocks)
-        s = self.exp_avg_sq.float() * s_step
+        code_s = self.exp_avg_sq.float()
+        s = code_s * code_s * s_step
         return self.exp_avg.float() * r_step * (s + eps), s * s
 
     def quantize_(self, m: Tensor, v: Tensor, blocks: Tensor, eps: float, gate: Tensor | None = None) -> None:
@@ -126,7 +128,7 @@ class QuantizedMoments:
         r_scale = _block_max(r.abs(), blocks, self.exp_avg_scale.numel())
         s_scale = _block_max(s, blocks, self.exp_avg_sq_scale.numel())
         code_r = torch.round(r * _inverse(r_scale, _R_LEVELS).index_select(0, blocks)).clamp_(-127, 127)
-        code_s = torch.round(s * _inverse(s_scale, _S_LEVELS).index_select(0, blocks)).clamp_(0, 255)
+        code_s = torch.round((s * _inverse(s_scale, _S_LEVELS).index_select(0, blocks)).sqrt()).clamp_(0, 255)
         code_s = torch.where(s > 0, code_s.clamp(min=1), code_s)
         for target, new in ((self.exp_avg, code_r.to(torch.int8)), (self.exp_avg_sq, code_s.to(torch.uint8)),
                             (self.exp_avg_scale, r_scale), (self.exp_avg_sq_scale, s_scale)):

@@ -12,6 +12,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include <torch/library.h>
 
 #include <algorithm>
@@ -321,103 +324,91 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
 
 // ---- SPAM with 8-bit moments (spam_opt/quantized_state.py: the blocks, the maps and the layout) ----------
 //
-// Per block of up to kQBlock entries of one row: dequantize its codes into m̂ and v̂ (float buffers in L1),
-// update p exactly as the float32 kernel does, keep the new s = sqrt(v) and r = m / (s + eps) (the update's
-// own sqrt and division) with their block maxima, then requantize. Every operation is the one, in the order,
-// that QuantizedMoments.dequantize / quantize_ perform in torch, so the codes equal the reference path's.
+// Per block of up to kQBlock entries of one row, three loops over L1-resident buffers, each vectorised by the
+// compiler (the 4th-root map's extra sqrt in (3) costs nothing measurable: the loop waits on memory): (1) dequantize m̂ and v̂ from the codes, and find whether any entry needs the exact path (a spike,
+// a NaN/Inf gradient, or v̂ = 0 with g != 0, the same test as the float32 kernel's per vector); (2) update the
+// moments and p as the float32 kernel does, keeping s = sqrt(v) and r = m / (s + eps) (the update's own sqrt
+// and division) and their block maxima; (3) requantize r and s against the new maxima. Most blocks take the
+// plain update in (2); the exact one, with the clip, its selects and its counts, costs about 40% more.
 
 constexpr int64_t kQBlock = 256;  // quantized_state.BLOCK
-constexpr float kRLevels = 127.f, kSLevels = 255.f;
-
-struct BlockMax {
-  Vec r{0.f}, s{0.f};
-};
-
-// One vector of a block: lanes [0, n) are real, the rest padding (p = g = m = v = 0, which update to 0).
-// In: m̂, v̂ in mb, vb. Out: the new p, and r, s in mb, vb.
-inline void update8_vec(float* p, const float* g, float* mb, float* vb, int64_t n, const VecHyper& h,
-                        BlockMax& mx, Tally& tally) {
-  const Vec gv = Vec::loadu(g, n) * h.sign;
-  const Vec vv = Vec::loadu(vb, n), mv = Vec::loadu(mb, n), pv = Vec::loadu(p, n);
-  const Vec g2 = gv * gv;
-  const Vec cv = h.clip * vv;
-  const Vec plain = (g2 < cv) | (g2 == h.zero);
-  Vec m_new, v_new, p_new;
-  if (true_lanes(plain) == kAllLanes) [[likely]] {
-    m_new = mv * h.beta1 + gv * h.one_minus_beta1;
-    v_new = vv * h.beta2 + g2 * h.one_minus_beta2;
-  } else {
-    const Vec finite = gv.abs() < h.inf;
-    const Vec spike = finite & (vv > h.zero) & (g2 > cv);
-    const Vec gc = Vec::blendv(gv, cv.sqrt() | (gv & h.sign_bit), spike);
-    // An entry with a NaN/Inf gradient keeps m̂ and v̂ (requantized below with its block) and p.
-    m_new = Vec::blendv(mv, mv * h.beta1 + gc * h.one_minus_beta1, finite);
-    v_new = Vec::blendv(vv, vv * h.beta2 + gc * gc * h.one_minus_beta2, finite);
-    const Vec s = v_new.sqrt();
-    const Vec r = m_new / (s + h.eps);
-    p_new = Vec::blendv(pv, (pv - h.step * r) * h.decay, finite);
-    tally.clipped += __builtin_popcount(true_lanes(spike) & ((1 << n) - 1));
-    tally.nonfinite |= (true_lanes(finite) & ((1 << n) - 1)) != ((1 << n) - 1);
-    p_new.store(p, n);
-    r.store(mb, n);
-    s.store(vb, n);
-    mx.r = at::vec::maximum(mx.r, r.abs());
-    mx.s = at::vec::maximum(mx.s, s);
-    return;
-  }
-  const Vec s = v_new.sqrt();
-  const Vec r = m_new / (s + h.eps);
-  ((pv - h.step * r) * h.decay).store(p, n);
-  r.store(mb, n);
-  s.store(vb, n);
-  mx.r = at::vec::maximum(mx.r, r.abs());
-  mx.s = at::vec::maximum(mx.s, s);
-}
-
-float max_lane(const Vec& x) {
-  alignas(64) float lanes[Vec::size()];
-  x.store(lanes);
-  return *std::max_element(lanes, lanes + Vec::size());
-}
+// Codes of r are linear in r (127 steps a side); codes of s are linear in sqrt(s) (255 steps, 255^2 = 65025).
+constexpr float kRLevels = 127.f, kSLevels = 65025.f;
 
 // levels / scale, and 0 for an all-zero block (QuantizedMoments: _inverse).
 inline float inverse(float scale, float levels) { return scale > 0.f ? levels / scale : 0.f; }
 
 // One block of n <= kQBlock stored entries whose p and g are at p, g (contiguous, or gathered by the caller).
-void update_block8(float* p, const float* g, int8_t* mc, uint8_t* vc, float* r_scale, float* s_scale, int64_t n,
-                   const VecHyper& h, float eps, Tally& tally) {
-  alignas(64) float mb[kQBlock];
-  alignas(64) float vb[kQBlock];
+void update_block8(float* __restrict p, const float* __restrict g, int8_t* __restrict mc, uint8_t* __restrict vc,
+                   float* r_scale, float* s_scale, int64_t n, const Hyper& h, Tally& tally) {
+  alignas(64) float mb[kQBlock];  // m̂, then r
+  alignas(64) float vb[kQBlock];  // v̂, then s
   const float r_step = *r_scale / kRLevels, s_step = *s_scale / kSLevels;
-#pragma omp simd
+  int32_t exact = 0;
+#pragma omp simd reduction(+ : exact)
   for (int64_t i = 0; i < n; ++i) {
-    const float s = static_cast<float>(vc[i]) * s_step;
-    vb[i] = s * s;
-    mb[i] = static_cast<float>(mc[i]) * r_step * (s + eps);
+    const float code_s = static_cast<float>(vc[i]);
+    const float s_old = code_s * code_s * s_step;
+    const float v = s_old * s_old;
+    vb[i] = v;
+    mb[i] = static_cast<float>(mc[i]) * r_step * (s_old + h.eps);
+    // g^2 < clip * v rules out a spike and a NaN/Inf gradient (both compare false); so does g == 0.
+    const float g2 = g[i] * g[i];
+    exact += !((g2 < h.clip * v) | (g2 == 0.f));
   }
-  BlockMax mx;
-  constexpr int64_t kLanes = Vec::size();
-  for (int64_t i = 0; i < n; i += kLanes) {
-    update8_vec(p + i, g + i, mb + i, vb + i, std::min(kLanes, n - i), h, mx, tally);
+  float r_max = 0.f, s_max = 0.f;
+  if (exact == 0) [[likely]] {
+#pragma omp simd reduction(max : r_max, s_max)
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = g[i] * h.sign;
+      const float m_new = mb[i] * h.beta1 + gi * h.one_minus_beta1;
+      const float v_new = vb[i] * h.beta2 + gi * gi * h.one_minus_beta2;
+      const float s = std::sqrt(v_new);
+      const float r = m_new / (s + h.eps);
+      p[i] = (p[i] - h.step * r) * h.decay;
+      mb[i] = r;
+      vb[i] = s;
+      r_max = std::max(r_max, std::fabs(r));
+      s_max = std::max(s_max, s);
+    }
+  } else {
+    int32_t clipped = 0, bad = 0;
+#pragma omp simd reduction(max : r_max, s_max) reduction(+ : clipped, bad)
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = g[i] * h.sign;
+      const float m = mb[i], v = vb[i];
+      const float g2 = gi * gi;
+      const bool finite = std::fabs(gi) < INFINITY;
+      // v > 0: a first gradient is never a spike (docs/algorithm.md); clip is +inf when clipping is off.
+      const bool spike = finite & (v > 0.f) & (g2 > h.clip * v);
+      const float gc = spike ? std::copysign(std::sqrt(h.clip * v), gi) : gi;
+      // An entry with a NaN/Inf gradient keeps m̂, v̂ (requantized with its block below) and p.
+      const float m_new = finite ? m * h.beta1 + gc * h.one_minus_beta1 : m;
+      const float v_new = finite ? v * h.beta2 + gc * gc * h.one_minus_beta2 : v;
+      const float s = std::sqrt(v_new);
+      const float r = m_new / (s + h.eps);
+      p[i] = finite ? (p[i] - h.step * r) * h.decay : p[i];
+      mb[i] = r;
+      vb[i] = s;
+      r_max = std::max(r_max, std::fabs(r));
+      s_max = std::max(s_max, s);
+      clipped += spike;
+      bad += !finite;
+    }
+    tally.clipped += clipped;
+    tally.nonfinite |= bad > 0;
   }
-  const float r_max = max_lane(mx.r), s_max = max_lane(mx.s);
   *r_scale = r_max;
   *s_scale = s_max;
-  const Vec r_inv(inverse(r_max, kRLevels)), s_inv(inverse(s_max, kSLevels));
-  const Vec r_top(kRLevels), s_top(kSLevels), zero(0.f), one(1.f);
-  for (int64_t i = 0; i < n; i += kLanes) {
-    const int64_t len = std::min(kLanes, n - i);
-    const Vec s = Vec::loadu(vb + i, len);
-    const Vec code_r = at::vec::clamp(Vec(Vec::loadu(mb + i, len) * r_inv).round(), Vec(-kRLevels), r_top);
-    Vec code_s = at::vec::clamp(Vec(s * s_inv).round(), zero, s_top);
-    code_s = Vec::blendv(code_s, at::vec::maximum(code_s, one), s > zero);  // only 0 rounds to code 0
-    code_r.store(mb + i, len);
-    code_s.store(vb + i, len);
-  }
-#pragma omp simd
+  const float r_inv = inverse(r_max, kRLevels), s_inv = inverse(s_max, kSLevels);
+  // nearbyint rounds ties to even (the default rounding mode), as torch.round does. |r| <= r_max and s <= s_max,
+  // so the codes stay within ±127 and 255 (r · r_inv is at most 127 · (1 + 2^-22)). GCC vectorises this loop
+  // without an `omp simd` pragma, and not with one.
   for (int64_t i = 0; i < n; ++i) {
-    mc[i] = static_cast<int8_t>(static_cast<int32_t>(mb[i]));
-    vc[i] = static_cast<uint8_t>(static_cast<int32_t>(vb[i]));
+    float code_s = std::nearbyint(std::sqrt(vb[i] * s_inv));
+    code_s = vb[i] > 0.f ? std::max(code_s, 1.f) : code_s;  // only 0 rounds to code 0
+    mc[i] = static_cast<int8_t>(static_cast<int32_t>(std::nearbyint(mb[i] * r_inv)));
+    vc[i] = static_cast<uint8_t>(static_cast<int32_t>(code_s));
   }
 }
 
@@ -434,6 +425,51 @@ inline int64_t kept_in(const uint32_t* words, int64_t start, int64_t n) {
   int64_t count = 0;
   for (int64_t k = 0; k < n; k += 32) count += std::popcount(bits_at(words, start + k) & low_bits(n - k));
   return count;
+}
+
+#if defined(__AVX2__)
+// For each byte of kept bits, the lanes of its set bits, first: a permutation that packs those lanes of a vector
+// of 8 to its front (AVX2 has no compress instruction).
+struct CompressTable {
+  int32_t lanes[256][8];
+  constexpr CompressTable() : lanes{} {
+    for (int bits = 0; bits < 256; ++bits) {
+      int n = 0;
+      for (int j = 0; j < 8; ++j) {
+        if ((bits >> j) & 1) lanes[bits][n++] = j;
+      }
+    }
+  }
+};
+constexpr CompressTable kCompress{};
+#endif
+
+// The p and g of the kept entries among local entries [first, first + len) into pk, gk (ascending), with
+// their offsets from `first` in ix; returns how many. With AVX2, 8 entries per step through kCompress, with
+// no branch per entry (a branch per kept entry mispredicts about once per word of bits).
+int64_t gather_kept(const uint32_t* kept, int64_t first, int64_t len, const float* p, const float* g, float* pk,
+                    float* gk, int32_t* ix) {
+  int64_t n = 0, k = 0;
+#if defined(__AVX2__)
+  for (; k + 8 <= len; k += 8) {
+    const uint32_t bits = bits_at(kept, first + k) & 0xffu;
+    const __m256i lanes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kCompress.lanes[bits]));
+    _mm256_storeu_ps(pk + n, _mm256_permutevar8x32_ps(_mm256_loadu_ps(p + k), lanes));
+    _mm256_storeu_ps(gk + n, _mm256_permutevar8x32_ps(_mm256_loadu_ps(g + k), lanes));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ix + n),
+                        _mm256_add_epi32(lanes, _mm256_set1_epi32(static_cast<int32_t>(k))));
+    n += std::popcount(bits);
+  }
+#endif
+  for (; k < len; ++k) {
+    if (bits_at(kept, first + k) & 1u) {
+      ix[n] = static_cast<int32_t>(k);
+      pk[n] = p[k];
+      gk[n] = g[k];
+      ++n;
+    }
+  }
+  return n;
 }
 
 struct Param8 {
@@ -469,34 +505,34 @@ Tally update_param8(const Param8& a, const Hyper& hyper) {
     TORCH_CHECK(starts[blocks] == a.stored, "spam_step8_: ", a.stored, " codes for ", starts[blocks],
                 " kept entries");
   }
-  const float eps = hyper.eps;
   return at::parallel_reduce(
       0, blocks, std::max<int64_t>(1, kGrain / kQBlock), Tally{},
       [&](int64_t b0, int64_t b1, Tally tally) {
-        const VecHyper vh(hyper);
-        alignas(64) float pk[kQBlock];
-        alignas(64) float gk[kQBlock];
-        int32_t ix[kQBlock];
+        alignas(64) float pk[kQBlock + 8];  // gather_kept writes whole vectors of 8
+        alignas(64) float gk[kQBlock + 8];
+        alignas(64) int8_t mk[kQBlock];
+        alignas(64) uint8_t vk[kQBlock];
+        alignas(64) int32_t ix[kQBlock + 8];
+        constexpr int64_t kLanes = Vec::size();
         for (int64_t b = b0; b < b1; ++b) {
           const auto [first, len] = span(b);
           if (a.kept == nullptr) {
             update_block8(a.p + first, a.g + first, a.mc + first, a.vc + first, a.r_scale + b, a.s_scale + b, len,
-                          vh, eps, tally);
+                          hyper, tally);
             continue;
           }
           // Gather the kept entries' p and g, update them, decay the whole block, scatter them back.
-          int64_t n = 0;
-          for (int64_t k = 0; k < len; k += 32) {
-            for (uint32_t w = bits_at(a.kept, first + k) & low_bits(len - k); w != 0; w &= w - 1) {
-              const int32_t j = static_cast<int32_t>(k + std::countr_zero(w));
-              ix[n] = j;
-              pk[n] = a.p[first + j];
-              gk[n] = a.g[first + j];
-              ++n;
-            }
-          }
-          const int64_t at = starts[b];
-          update_block8(pk, gk, a.mc + at, a.vc + at, a.r_scale + b, a.s_scale + b, n, vh, eps, tally);
+          const int64_t n = gather_kept(a.kept, first, len, a.p + first, a.g + first, pk, gk, ix);
+          // Zero-padded to whole vectors (g = 0 updates nothing and is never a spike), so that the compiler's
+          // vector loops need no scalar remainder.
+          const int64_t at = starts[b], padded = (n + kLanes - 1) / kLanes * kLanes;
+          std::fill(pk + n, pk + padded, 0.f);
+          std::fill(gk + n, gk + padded, 0.f);
+          std::fill(std::copy_n(a.mc + at, n, mk), mk + padded, int8_t{0});
+          std::fill(std::copy_n(a.vc + at, n, vk), vk + padded, uint8_t{0});
+          update_block8(pk, gk, mk, vk, a.r_scale + b, a.s_scale + b, padded, hyper, tally);
+          std::copy_n(mk, n, a.mc + at);
+          std::copy_n(vk, n, a.vc + at);
           if (hyper.decay != 1.f) {
             float* __restrict pr = a.p + first;
             const float d = hyper.decay;
