@@ -150,6 +150,7 @@ def report(setup: stability.Setup, results: list[dict[str, Any]], measures: dict
 
 def _plot(setup: stability.Setup, rows: list[dict[str, Any]], front: list[str]) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -168,7 +169,10 @@ def _plot(setup: stability.Setup, rows: list[dict[str, Any]], front: list[str]) 
         ax.step(*zip(*points), where="post", color="grey", linestyle=":", linewidth=1, label="Pareto front")
         ax.legend(fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("optimizer state, bytes per parameter (log)")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xticks([0.5, 1, 2, 4, 8])
+    ax.set_xlabel("optimizer state, bytes per parameter (log scale)")
     ax.set_ylabel("final validation loss")
     ax.set_title(f"{setup.model}, {setup.steps} steps: state against loss")
     fig.tight_layout()
