@@ -182,30 +182,16 @@ def _plot(setup: stability.Setup, rows: list[dict[str, Any]], front: list[str]) 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="llama-9m")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--corpus-mb", type=float, default=2.0)
-    parser.add_argument("--reset-fraction", type=float, default=1 / 20,
-                        help="SPAM reset interval as a fraction of the run (paper: 500 of ~10k steps)")
+    stability.add_setup_arguments(parser, steps=1000, out="benchmarks/results/memory")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--timing-rounds", type=int, default=21, help="interleaved optimizer steps to time")
-    parser.add_argument("--out", default="benchmarks/results/memory")
-    parser.add_argument("--quick", action="store_true", help="one seed, 6 steps of llama-tiny, no lr sweep")
     args = parser.parse_args(argv)
     names = [n for n in args.variants.split(",") if n]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    if args.quick:
-        args.model, args.steps, args.seeds, args.batch_size, args.seq_len = "llama-tiny", 6, 1, 2, 32
-        args.corpus_mb, args.timing_rounds = 0.2, 3
-    variants = {k: dict(v) for k, v in VARIANTS.items()}
-    setup = stability.Setup(args.model, args.steps, args.batch_size, args.seq_len, Path(args.out),
-                            args.reset_fraction, args.corpus_mb, optimizers=variants)
-    setup.out.mkdir(parents=True, exist_ok=True)
+    setup = stability.setup_from(args, optimizers={k: dict(v) for k, v in VARIANTS.items()})
+    rounds = 3 if args.quick else args.timing_rounds
     from trainers.tokenizer import byte_tokenizer
 
     vocab = len(byte_tokenizer())  # the runs' tokenizer: the trainer's default, bytes
@@ -218,7 +204,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             run_dir = setup.out / "runs" / "clean" / name / f"seed{seed}"
             results.append(stability.run_one(setup, name, "clean", seed, lrs[name], run_dir))
             print(f"{name:18s} seed {seed}: val loss {results[-1]['final_eval_loss']}", flush=True)
-    ratios = step_time_ratios(setup, names, vocab, args.timing_rounds)
+    ratios = step_time_ratios(setup, names, vocab, rounds)
     measures = {name: {"bytes_per_param": bytes_per_param(_optimizer(setup, name, vocab)[1]),
                        "step_ratio": ratios[name]} for name in names}
     command = "python benchmarks/memory_grid.py " + " ".join(argv if argv is not None else sys.argv[1:])

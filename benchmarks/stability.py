@@ -362,31 +362,43 @@ def _plot(setup: Setup, results: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_setup_arguments(parser: argparse.ArgumentParser, steps: int, out: str) -> None:
+    """A grid's command line: its runs' model, length, batch and corpus, seeds, SPAM's reset fraction, the
+    output folder, and --quick. ``setup_from`` reads them back."""
     parser.add_argument("--model", default="llama-9m")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--corpus-mb", type=float, default=2.0)
     parser.add_argument("--reset-fraction", type=float, default=1 / 20,
                         help="SPAM reset interval as a fraction of the run (paper: 500 of ~10k steps)")
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--quick", action="store_true", help="one seed, 6 steps of llama-tiny, no lr sweep")
+
+
+def setup_from(args: argparse.Namespace, optimizers: dict[str, dict[str, Any]] | None = None) -> Setup:
+    """The ``Setup`` of ``add_setup_arguments``' arguments (--quick overrides them), its folder created."""
+    if args.quick:
+        args.model, args.steps, args.seeds, args.batch_size, args.seq_len = "llama-tiny", 6, 1, 2, 32
+        args.corpus_mb = 0.2
+    setup = Setup(args.model, args.steps, args.batch_size, args.seq_len, Path(args.out), args.reset_fraction,
+                  args.corpus_mb, optimizers if optimizers is not None else OPTIMIZERS)
+    setup.out.mkdir(parents=True, exist_ok=True)
+    return setup
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_setup_arguments(parser, steps=300, out="benchmarks/results/stability")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     parser.add_argument("--regimes", default=",".join(REGIMES))
-    parser.add_argument("--out", default="benchmarks/results/stability")
-    parser.add_argument("--quick", action="store_true", help="one seed, 6 steps of llama-tiny, no lr sweep")
     args = parser.parse_args(argv)
     names = [n for n in args.optimizers.split(",") if n]
     regimes = [r for r in args.regimes.split(",") if r]
     for bad in [n for n in names if n not in OPTIMIZERS] + [r for r in regimes if r not in REGIMES]:
         parser.error(f"unknown optimizer or regime {bad!r}; known: {', '.join([*OPTIMIZERS, *REGIMES])}")
-    if args.quick:
-        args.model, args.steps, args.seeds, args.batch_size, args.seq_len = "llama-tiny", 6, 1, 2, 32
-        args.corpus_mb = 0.2
-    setup = Setup(args.model, args.steps, args.batch_size, args.seq_len, Path(args.out), args.reset_fraction,
-                  args.corpus_mb)
-    setup.out.mkdir(parents=True, exist_ok=True)
+    setup = setup_from(args)
     lrs = {n: 1e-3 for n in names} if args.quick else sweep(setup, names, LR_GRID)
     high_lr = HIGH_LR_FACTOR * lrs.get("adamw", 1e-3)
     results = []

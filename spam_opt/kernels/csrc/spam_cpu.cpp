@@ -270,6 +270,21 @@ void check_param_tensors(const char* op, int64_t i, const at::Tensor& p, const a
   check_float32(op, v, "exp_avg_sqs", i);
 }
 
+// What every optimizer op starts with: its lists checked for one entry per parameter, its per-parameter
+// outputs (entries clipped: int64 [N]; a NaN/Inf gradient skipped: bool [N]), and whether the gate is open.
+struct StepOutputs {
+  at::Tensor clipped, nonfinite;
+  bool open;
+  StepOutputs(const char* op, int64_t n, std::initializer_list<size_t> list_sizes,
+              const std::optional<at::Tensor>& gate)
+      : clipped(at::zeros({n}, at::kLong)), nonfinite(at::zeros({n}, at::kBool)),
+        open(!gate.has_value() || gate->item<bool>()) {
+    for (size_t size : list_sizes) {
+      TORCH_CHECK(static_cast<int64_t>(size) == n, op, ": all lists need one entry per parameter");
+    }
+  }
+};
+
 // Returns (clipped: int64 [N], nonfinite: bool [N]).
 std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                                              at::TensorList exp_avg_sqs, at::TensorList counts,
@@ -278,22 +293,17 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
                                              const std::optional<at::Tensor>& gate, double lr_w, double beta1,
                                              double beta2, double eps, double decay, double clip, double sign) {
   const int64_t n = static_cast<int64_t>(params.size());
-  TORCH_CHECK(static_cast<int64_t>(grads.size()) == n && static_cast<int64_t>(exp_avgs.size()) == n &&
-                  static_cast<int64_t>(exp_avg_sqs.size()) == n && static_cast<int64_t>(counts.size()) == n &&
-                  static_cast<int64_t>(kept_low.size()) == n && static_cast<int64_t>(kept_starts.size()) == n,
-              "spam_step_: all tensor lists must have one entry per parameter");
-  auto clipped = at::zeros({n}, at::kLong);
-  auto nonfinite = at::zeros({n}, at::kBool);
-  auto* clipped_out = clipped.data_ptr<int64_t>();
-  auto* nonfinite_out = nonfinite.data_ptr<bool>();
-  const bool open = !gate.has_value() || gate->item<bool>();
+  const StepOutputs out("spam_step_", n, {grads.size(), exp_avgs.size(), exp_avg_sqs.size(), counts.size(),
+                                          kept_low.size(), kept_starts.size()}, gate);
+  auto* clipped_out = out.clipped.data_ptr<int64_t>();
+  auto* nonfinite_out = out.nonfinite.data_ptr<bool>();
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     const at::Tensor& g = grads[i];
     check_param_tensors("spam_step_", i, p, g, exp_avgs[i], exp_avg_sqs[i]);
     TORCH_CHECK(g.numel() == p.numel(), "spam_step_: grads[", i, "] has ", g.numel(), " entries, params[", i,
                 "] ", p.numel());
-    if (!open) continue;  // a closed gate: nothing moves, nothing is read
+    if (!out.open) continue;  // a closed gate: nothing moves, nothing is read
     const Hyper h = count_step(counts[i], lr_w, beta1, beta2, eps, decay, clip, sign);
     float* pp = p.data_ptr<float>();
     const float* gp = g.const_data_ptr<float>();
@@ -319,7 +329,7 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
     clipped_out[i] = tally.clipped;
     nonfinite_out[i] = tally.nonfinite;
   }
-  return {clipped, nonfinite};
+  return {out.clipped, out.nonfinite};
 }
 
 // ---- SPAM with 8-bit moments (spam_opt/quantized_state.py: the blocks, the maps and the layout) ----------
@@ -555,13 +565,9 @@ std::tuple<at::Tensor, at::Tensor> spam_step8(at::TensorList params, at::TensorL
                                               double lr_w, double beta1, double beta2, double eps, double decay,
                                               double clip, double sign) {
   const int64_t n = static_cast<int64_t>(params.size());
-  for (auto size : {grads.size(), exp_avgs.size(), exp_avg_sqs.size(), exp_avg_scales.size(),
-                    exp_avg_sq_scales.size(), counts.size(), kept_bits.size(), row_lengths.size()}) {
-    TORCH_CHECK(static_cast<int64_t>(size) == n, "spam_step8_: all lists need one entry per parameter");
-  }
-  auto clipped = at::zeros({n}, at::kLong);
-  auto nonfinite = at::zeros({n}, at::kBool);
-  const bool open = !gate.has_value() || gate->item<bool>();
+  const StepOutputs out("spam_step8_", n, {grads.size(), exp_avgs.size(), exp_avg_sqs.size(),
+                                           exp_avg_scales.size(), exp_avg_sq_scales.size(), counts.size(),
+                                           kept_bits.size(), row_lengths.size()}, gate);
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     const at::Tensor& g = grads[i];
@@ -588,16 +594,16 @@ std::tuple<at::Tensor, at::Tensor> spam_step8(at::TensorList params, at::TensorL
     } else {
       TORCH_CHECK(exp_avgs[i].numel() == numel, "spam_step8_: the codes of params[", i, "] do not match its size");
     }
-    if (!open) continue;  // a closed gate: nothing moves, nothing is read
+    if (!out.open) continue;  // a closed gate: nothing moves, nothing is read
     const Hyper h = count_step(counts[i], lr_w, beta1, beta2, eps, decay, clip, sign);
     const Param8 a{p.data_ptr<float>(), g.const_data_ptr<float>(), exp_avgs[i].data_ptr<int8_t>(),
                    exp_avg_sqs[i].data_ptr<uint8_t>(), exp_avg_scales[i].data_ptr<float>(),
                    exp_avg_sq_scales[i].data_ptr<float>(), words, numel, row, exp_avgs[i].numel()};
     const Tally tally = update_param8(a, h);
-    clipped.data_ptr<int64_t>()[i] = tally.clipped;
-    nonfinite.data_ptr<bool>()[i] = tally.nonfinite;
+    out.clipped.data_ptr<int64_t>()[i] = tally.clipped;
+    out.nonfinite.data_ptr<bool>()[i] = tally.nonfinite;
   }
-  return {clipped, nonfinite};
+  return {out.clipped, out.nonfinite};
 }
 
 // ---- Stable-SPAM (see spam_opt/kernels/stable_spam/reference.py for the rule) -------------------------
@@ -670,13 +676,9 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
     const c10::List<bool>& resets, const std::optional<at::Tensor>& gate, double lr, double beta1, double beta2,
     double gamma1, double gamma2, double theta, double eps, double weight_decay) {
   const int64_t n = static_cast<int64_t>(params.size());
-  for (auto size : {grads.size(), exp_avgs.size(), exp_avg_sqs.size(), steps.size(), max_emas.size(),
-                    norm_emas.size(), norm_sq_emas.size(), resets.size()}) {
-    TORCH_CHECK(static_cast<int64_t>(size) == n, "stable_spam_step_: all lists need one entry per parameter");
-  }
-  auto clipped = at::zeros({n}, at::kLong);
-  auto nonfinite = at::zeros({n}, at::kBool);
-  const bool open = !gate.has_value() || gate->item<bool>();
+  const StepOutputs out("stable_spam_step_", n, {grads.size(), exp_avgs.size(), exp_avg_sqs.size(), steps.size(),
+                                                 max_emas.size(), norm_emas.size(), norm_sq_emas.size(),
+                                                 resets.size()}, gate);
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     const at::Tensor& g = grads[i];
@@ -687,9 +689,9 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
     const int64_t numel = p.numel();
     const float* gp = g.const_data_ptr<float>();
     const AbsMax am = abs_max(gp, numel);
-    nonfinite.data_ptr<bool>()[i] = !am.finite;
+    out.nonfinite.data_ptr<bool>()[i] = !am.finite;
     float* count = scalar(steps[i]);
-    if (!am.finite || !open) {
+    if (!am.finite || !out.open) {
       // A due reset belongs to the schedule and still happens on a skipped step.
       if (resets.get(i)) {
         exp_avgs[i].zero_();
@@ -733,9 +735,9 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
     *scalar(max_emas[i]) = max_ema;
     *scalar(norm_emas[i]) = static_cast<float>(norm_ema);
     *scalar(norm_sq_emas[i]) = static_cast<float>(norm_sq_ema);
-    clipped.data_ptr<int64_t>()[i] = cs.clipped;
+    out.clipped.data_ptr<int64_t>()[i] = cs.clipped;
   }
-  return {clipped, nonfinite};
+  return {out.clipped, out.nonfinite};
 }
 
 // ---- Sparse momentum's draw (spam_opt/sparse.py holds the specification and a torch version) ------------
