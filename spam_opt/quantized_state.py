@@ -86,7 +86,7 @@ class QuantizedMoments:
     Example::
 
         q = QuantizedMoments.zeros(numel=4096, row_length=64, kept_bits=None)
-        m, v = q.dequantize(block_ids(torch.arange(4096), 64), eps=1e-6)
+        m, v = q.dequantize(q.block_of_stored(4096), eps=1e-6)
     """
 
     exp_avg: Tensor  # int8 codes of r = m / (sqrt(v) + eps)
@@ -112,31 +112,54 @@ class QuantizedMoments:
             return None
         return unpack_bits(self.kept_bits, numel).nonzero().squeeze(1)
 
-    def dequantize(self, blocks: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-        """(m̂, v̂) in float32, one per stored entry; ``blocks``: the block of each stored entry."""
-        r_step = (self.exp_avg_scale / _R_LEVELS).index_select(0, blocks)
-        s_step = (self.exp_avg_sq_scale / _S_LEVELS).index_select(0, blocks)
+    def block_of_stored(self, numel: int) -> Tensor | None:
+        """The block of each stored entry under sparse momentum (int64); None for a dense parameter, whose
+        blocks the methods below take from its rows without a per-entry index."""
+        idx = self.stored_indices(numel)
+        return None if idx is None else block_ids(idx, self.row_length)
+
+    def dequantize(self, blocks: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
+        """(m̂, v̂) in float32, one per stored entry; ``blocks``: ``block_of_stored``."""
+        r_step = self._per_entry(self.exp_avg_scale / _R_LEVELS, blocks)
+        s_step = self._per_entry(self.exp_avg_sq_scale / _S_LEVELS, blocks)
         code_s = self.exp_avg_sq.float()
         s = code_s * code_s * s_step
         return self.exp_avg.float() * r_step * (s + eps), s * s
 
-    def quantize_(self, m: Tensor, v: Tensor, blocks: Tensor, eps: float, gate: Tensor | None = None) -> None:
-        """Store float32 moments ``m``, ``v`` (one per stored entry), or leave everything as is where
-        ``gate`` (a 0-dim bool tensor) is False."""
+    def quantize_(self, m: Tensor, v: Tensor, blocks: Tensor | None, eps: float,
+                  gate: Tensor | None = None) -> None:
+        """Store float32 moments ``m``, ``v`` (one per stored entry; ``blocks``: ``block_of_stored``), or
+        leave everything as is where ``gate`` (a 0-dim bool tensor) is False."""
         s = v.sqrt()
         r = m / (s + eps)
-        r_scale = _block_max(r.abs(), blocks, self.exp_avg_scale.numel())
-        s_scale = _block_max(s, blocks, self.exp_avg_sq_scale.numel())
-        code_r = torch.round(r * _inverse(r_scale, _R_LEVELS).index_select(0, blocks)).clamp_(-127, 127)
-        code_s = torch.round((s * _inverse(s_scale, _S_LEVELS).index_select(0, blocks)).sqrt()).clamp_(0, 255)
+        r_scale, s_scale = self._block_max(r.abs(), blocks), self._block_max(s, blocks)
+        r_inv = self._per_entry(_inverse(r_scale, _R_LEVELS), blocks)
+        s_inv = self._per_entry(_inverse(s_scale, _S_LEVELS), blocks)
+        code_r = torch.round(r * r_inv).clamp_(-127, 127)
+        code_s = torch.round((s * s_inv).sqrt()).clamp_(0, 255)
         code_s = torch.where(s > 0, code_s.clamp(min=1), code_s)
         for target, new in ((self.exp_avg, code_r.to(torch.int8)), (self.exp_avg_sq, code_s.to(torch.uint8)),
                             (self.exp_avg_scale, r_scale), (self.exp_avg_sq_scale, s_scale)):
             target.copy_(new if gate is None else torch.where(gate, new, target))
 
+    def _per_entry(self, per_block: Tensor, blocks: Tensor | None) -> Tensor:
+        """A per-block value at each stored entry."""
+        if blocks is not None:
+            return per_block.index_select(0, blocks)
+        rows, per_row = self.exp_avg.numel() // max(self.row_length, 1), blocks_per_row(self.row_length)
+        spread = per_block.view(rows, per_row, 1).expand(rows, per_row, BLOCK).reshape(rows, per_row * BLOCK)
+        return spread[:, :self.row_length].reshape(-1)
 
-def _block_max(x: Tensor, blocks: Tensor, count: int) -> Tensor:
-    return torch.zeros(count, dtype=torch.float32, device=x.device).scatter_reduce_(0, blocks, x, "amax")
+    def _block_max(self, x: Tensor, blocks: Tensor | None) -> Tensor:
+        """The largest value of ``x`` (>= 0, one per stored entry) per block; 0 for a block without one."""
+        count = self.exp_avg_scale.numel()
+        out = torch.zeros(count, dtype=torch.float32, device=x.device)
+        if blocks is not None:
+            return out.scatter_reduce_(0, blocks, x, "amax")
+        if count == 0:
+            return out
+        padding = blocks_per_row(self.row_length) * BLOCK - self.row_length
+        return torch.nn.functional.pad(x.view(-1, self.row_length), (0, padding)).view(count, BLOCK).amax(1)
 
 
 def _inverse(scale: Tensor, levels: float) -> Tensor:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from spam_opt.kernels.result import Kernel, KernelResult
@@ -38,8 +37,7 @@ def _step_quantized(kernel: Kernel, p: Tensor, g: Tensor, st: QuantizedTensorSta
     q = st.moments
     numel = p.numel()
     idx = q.stored_indices(numel)
-    flat = torch.arange(numel, device=p.device) if idx is None else idx
-    blocks = block_ids(flat, q.row_length)
+    blocks = None if idx is None else block_ids(idx, q.row_length)
     m, v = q.dequantize(blocks, h.eps)
     kept = None if idx is None else KeptEntries.from_indices(idx, numel)
     if kept is None:
