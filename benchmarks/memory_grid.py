@@ -3,8 +3,9 @@
     python benchmarks/memory_grid.py                        # LLaMA grid model, 1000 steps, 3 seeds, lr sweep
     python benchmarks/memory_grid.py --quick --out /tmp/mg  # pipeline check: llama-tiny, a few steps, 1 seed
 
-Every run is ``trainers.pretrain`` through ``benchmarks/stability.py``'s runner (one ``result.json`` per run,
-finished runs are skipped, the clean regime, each variant's lr from a sweep on seed 0). GaLore's rank is the
+Every run is ``trainers.pretrain`` through the grids' shared runner, ``benchmarks/grid.py`` (one
+``result.json`` per run, finished runs are skipped, the clean regime, each variant's lr from a sweep on
+seed 0 unless ``--lrs`` gives it). GaLore's rank is the
 one whose measured state comes closest to SPAM's at density 0.25. For each variant the report gives the
 optimizer-state bytes per parameter measured from the optimizer's tensors after one step
 (``benchmarks/state_bytes.py``), the optimizer step time on the run's model against torch's fused AdamW
@@ -23,9 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # stability.py, state_bytes.py: also when imported
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # grid.py, state_bytes.py: also when imported
 
-import stability  # noqa: E402
+import grid  # noqa: E402  (the shared runner beside this script)
+from grid import Regime, Setup  # noqa: E402
 from state_bytes import params_of, state_bytes  # noqa: E402
 
 # name -> trainer flags. Names are run directories. GaLore's rank is added by galore_rank().
@@ -43,7 +45,7 @@ BASELINE = "adamw"  # the trainer's AdamW is torch's fused one on CPU and CUDA
 GALORE_MATCHES = "spam-d0.25"
 
 
-def _optimizer(setup: stability.Setup, name: str, vocab: int) -> tuple[Any, Any]:
+def _optimizer(setup: Setup, variant: dict[str, Any], vocab: int) -> tuple[Any, Any]:
     """A variant's model and optimizer as a run of ``setup`` builds them, after one step."""
     import torch
 
@@ -51,9 +53,10 @@ def _optimizer(setup: stability.Setup, name: str, vocab: int) -> tuple[Any, Any]
     from trainers.models import build_model
     from trainers.optimizers import build_optimizer
 
-    settings = {k: v for k, v in setup.optimizers[name].items() if k != "optimizer_kwargs"}
-    cfg = TrainConfig(model=setup.model, seq_len=setup.seq_len, optimizer_kwargs=setup.optimizer_kwargs(name),
-                      **settings)
+    settings = {k: v for k, v in variant.items() if k != "optimizer_kwargs"}
+    own = variant.get("optimizer_kwargs", {})
+    kwargs = grid.scaled_schedule(variant, setup.reset_fraction, setup.steps) | own
+    cfg = TrainConfig(model=setup.model, seq_len=setup.seq_len, optimizer_kwargs=kwargs, **settings)
     torch.manual_seed(0)
     model = build_model(cfg.model, vocab, cfg.seq_len)
     opt = build_optimizer(cfg, model)
@@ -67,29 +70,33 @@ def bytes_per_param(opt: Any) -> float:
     return state_bytes(opt) / params_of(opt)
 
 
-def galore_rank(setup: stability.Setup, vocab: int) -> int:
-    """The GaLore rank whose measured state bytes come closest to those of ``GALORE_MATCHES``."""
-    target = bytes_per_param(_optimizer(setup, GALORE_MATCHES, vocab)[1])
-    model, _ = _optimizer(setup, BASELINE, vocab)
+def galore_rank(setup: Setup, variants: dict[str, dict[str, Any]], vocab: int) -> int:
+    """The GaLore rank whose measured state bytes come closest to those of ``GALORE_MATCHES``.
+
+    Sets that rank in ``variants["galore"]``.
+    """
+    target = bytes_per_param(_optimizer(setup, variants[GALORE_MATCHES], vocab)[1])
+    model, _ = _optimizer(setup, variants[BASELINE], vocab)
     hidden = model.config.hidden_size
     best: tuple[float, int] | None = None
     for rank in sorted({r for r in range(1, hidden + 1) if r % 4 == 0 or r < 4}):
-        setup.optimizers["galore"] = {"optimizer": "galore", "optimizer_kwargs": {"rank": rank}}
-        gap = abs(bytes_per_param(_optimizer(setup, "galore", vocab)[1]) - target)
+        candidate = {"optimizer": "galore", "optimizer_kwargs": {"rank": rank}}
+        gap = abs(bytes_per_param(_optimizer(setup, candidate, vocab)[1]) - target)
         if best is None or gap < best[0]:
             best = (gap, rank)
     assert best is not None
-    setup.optimizers["galore"] = {"optimizer": "galore", "optimizer_kwargs": {"rank": best[1]}}
+    variants["galore"] = {"optimizer": "galore", "optimizer_kwargs": {"rank": best[1]}}
     return best[1]
 
 
-def step_time_ratios(setup: stability.Setup, names: list[str], vocab: int, rounds: int) -> dict[str, float]:
+def step_time_ratios(setup: Setup, variants: dict[str, dict[str, Any]], names: list[str], vocab: int,
+                     rounds: int) -> dict[str, float]:
     """Median optimizer step time of each variant over the fused-AdamW baseline's, on the run's model.
 
     One step of each variant per round, so load from elsewhere hits them alike; gradients are set afresh
     before each step (some peers write into them).
     """
-    runs = {name: _optimizer(setup, name, vocab) for name in dict.fromkeys([BASELINE, *names])}
+    runs = {name: _optimizer(setup, variants[name], vocab) for name in dict.fromkeys([BASELINE, *names])}
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, (model, opt) in runs.items():
@@ -113,8 +120,8 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda n: points[n][0])
 
 
-def report(setup: stability.Setup, results: list[dict[str, Any]], measures: dict[str, dict[str, float]],
-           command: str) -> list[dict[str, Any]]:
+def report(setup: Setup, variants: dict[str, dict[str, Any]], results: list[dict[str, Any]],
+           measures: dict[str, dict[str, float]], command: str) -> list[dict[str, Any]]:
     rows = []
     for name, m in measures.items():
         runs = [r for r in results if r["optimizer"] == name]
@@ -122,7 +129,7 @@ def report(setup: stability.Setup, results: list[dict[str, Any]], measures: dict
         rows.append({"variant": name, "lr": runs[0]["lr"], "seeds": len(runs), **m,
                      "val_loss": statistics.fmean(losses) if losses else None,
                      "val_loss_std": statistics.pstdev(losses) if len(losses) > 1 else 0.0,
-                     "val_loss_text": stability._mean_spread(losses)})
+                     "val_loss_text": grid.mean_spread(losses)})
     adamw = measures[BASELINE]["bytes_per_param"] if BASELINE in measures else None
     finite = {r["variant"]: (r["bytes_per_param"], r["val_loss"]) for r in rows if r["val_loss"] is not None}
     front = pareto_front(finite)
@@ -139,7 +146,7 @@ def report(setup: stability.Setup, results: list[dict[str, Any]], measures: dict
         pareto = "yes" if r["variant"] in front else ""
         lines.append(f"| {r['variant']} | {r['lr']:g} | {r['bytes_per_param']:.3f} | {ratio} | "
                      f"{r['step_ratio']:.2f} | {r['val_loss_text']} | {pareto} |")
-    galore = setup.optimizers.get("galore", {}).get("optimizer_kwargs", {}).get("rank")
+    galore = variants.get("galore", {}).get("optimizer_kwargs", {}).get("rank")
     if galore is not None:
         lines += ["", f"GaLore rank {galore}: the rank whose state comes closest to {GALORE_MATCHES}'s."]
     (setup.out / "README.md").write_text("\n".join(lines) + "\n")
@@ -148,7 +155,7 @@ def report(setup: stability.Setup, results: list[dict[str, Any]], measures: dict
     return rows
 
 
-def _plot(setup: stability.Setup, rows: list[dict[str, Any]], front: list[str]) -> None:
+def _plot(setup: Setup, rows: list[dict[str, Any]], front: list[str]) -> None:
     import matplotlib
     import matplotlib.ticker
 
@@ -182,33 +189,54 @@ def _plot(setup: stability.Setup, rows: list[dict[str, Any]], front: list[str]) 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    stability.add_setup_arguments(parser, steps=1000, out="benchmarks/results/memory")
+    parser.add_argument("--model", default="llama-9m")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--corpus-mb", type=float, default=2.0)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--lrs", default="",
+                        help="NAME=LR,... : learning rates to use instead of sweeping for those variants")
     parser.add_argument("--timing-rounds", type=int, default=21, help="interleaved optimizer steps to time")
+    parser.add_argument("--out", default=None,
+                        help="default: benchmarks/results/memory; with --quick, runs/smoke/memory")
+    parser.add_argument("--quick", action="store_true", help="one seed, 6 steps of llama-tiny, no lr sweep")
     args = parser.parse_args(argv)
     names = [n for n in args.variants.split(",") if n]
     unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    setup = stability.setup_from(args, optimizers={k: dict(v) for k, v in VARIANTS.items()})
-    rounds = 3 if args.quick else args.timing_rounds
+    if unknown or not names:
+        parser.error(f"--variants: give a comma-separated list of some of {', '.join(VARIANTS)}")
+    if min(args.steps, args.seeds, args.batch_size, args.seq_len, args.timing_rounds) < 1:
+        parser.error("--steps, --seeds, --batch-size, --seq-len and --timing-rounds must be >= 1")
+    given_lrs = grid.parse_lrs(args.lrs, list(VARIANTS), parser)
+    out = Path(args.out or ("runs/smoke/memory" if args.quick else "benchmarks/results/memory"))
+    if args.quick:
+        args.model, args.steps, args.seeds, args.batch_size, args.seq_len = "llama-tiny", 6, 1, 2, 32
+        args.corpus_mb, args.timing_rounds = 0.2, 3
+    setup = Setup(args.model, args.steps, args.batch_size, args.seq_len, out, corpus_mb=args.corpus_mb,
+                  seeds=args.seeds, eval_batches=2 if args.quick else grid.WHOLE_SPLIT)
+    setup.out.mkdir(parents=True, exist_ok=True)
+    variants = {k: dict(v) for k, v in VARIANTS.items()}
     from trainers.tokenizer import byte_tokenizer
 
     vocab = len(byte_tokenizer())  # the runs' tokenizer: the trainer's default, bytes
     if "galore" in names:
-        print(f"GaLore rank {galore_rank(setup, vocab)} (state closest to {GALORE_MATCHES})", flush=True)
-    lrs = {n: 1e-3 for n in names} if args.quick else stability.sweep(setup, names, stability.LR_GRID)
-    results = []
-    for seed in range(args.seeds):
-        for name in names:
-            run_dir = setup.out / "runs" / "clean" / name / f"seed{seed}"
-            results.append(stability.run_one(setup, name, "clean", seed, lrs[name], run_dir))
-            print(f"{name:18s} seed {seed}: val loss {results[-1]['final_eval_loss']}", flush=True)
-    ratios = step_time_ratios(setup, names, vocab, rounds)
-    measures = {name: {"bytes_per_param": bytes_per_param(_optimizer(setup, name, vocab)[1]),
+        print(f"GaLore rank {galore_rank(setup, variants, vocab)} (state closest to {GALORE_MATCHES})",
+              flush=True)
+    chosen = {n: variants[n] for n in names}
+    to_sweep = [n for n in names if n not in given_lrs]
+    if args.quick:
+        lrs = {n: 1e-3 for n in names}
+    else:
+        lrs = given_lrs | (grid.sweep(setup, chosen, to_sweep, Regime()) if to_sweep else {})
+    results = grid.run_grid(setup, chosen, {"clean": Regime()}, lrs, reference=names[0])
+    ratios = step_time_ratios(setup, variants, names, vocab, args.timing_rounds)
+    measures = {name: {"bytes_per_param": bytes_per_param(_optimizer(setup, variants[name], vocab)[1]),
                        "step_ratio": ratios[name]} for name in names}
     command = "python benchmarks/memory_grid.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    return report(setup, results, measures, command.strip())
+    return report(setup, variants, results, measures, command.strip())
+
 
 
 if __name__ == "__main__":

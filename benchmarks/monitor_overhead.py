@@ -2,7 +2,8 @@
 
 Runs forward + backward + AdamW on a randomly initialised LLaMA (hidden 256, 4 layers, sequence 256 by
 default) with no monitor, with the monitor in ``tensor`` mode and in ``element`` mode, interleaving the three
-so that machine load hits them alike. Reports the median step time, the median time spent inside
+so that machine load hits them alike (``machine_load.py`` waits for an idle machine first and marks the
+table when it was not). Reports the median step time with its range, the median time spent inside
 ``observe()`` (logging steps included, so the batched transfer is amortised as in a real run) and its share
 of a step. On CUDA, step times include a synchronisation, and ``observe()`` at non-logging steps runs under
 ``torch.cuda.set_sync_debug_mode("error")``, which raises on any host synchronisation.
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine_load import add_wait_argument, spread, watch
 
 from spam_opt.monitor import GradientSpikeMonitor
 
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     return times
 
 
-def table(args: argparse.Namespace, times: dict[str, dict[str, list[float]]]) -> str:
+def table(args: argparse.Namespace, times: dict[str, dict[str, list[float]]], load: str) -> str:
     base = statistics.median(times["none"]["step"])
     params = sum(p.numel() for p in _model(args).parameters())
     lines = [
@@ -100,8 +102,10 @@ def table(args: argparse.Namespace, times: dict[str, dict[str, list[float]]]) ->
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {args.steps} measured steps per "
         f"variant after {args.warmup} warm-up steps, interleaved; monitor log_every={args.log_every}.",
         "",
-        "| monitor | median step (ms) | median observe() (ms) | mean observe() (ms) | observe / step | "
-        "step vs none |",
+        load,
+        "",
+        "| monitor | step ms, median (min..max) | median observe() (ms) | mean observe() (ms) | "
+        "observe / step | step vs none |",
         "|---|---|---|---|---|---|",
     ]
     for name in VARIANTS:
@@ -109,7 +113,8 @@ def table(args: argparse.Namespace, times: dict[str, dict[str, list[float]]]) ->
         obs_med = statistics.median(times[name]["observe"]) * 1e3
         obs_mean = statistics.fmean(times[name]["observe"]) * 1e3
         share = obs_mean / (step * 1e3)
-        lines.append(f"| {name} | {step * 1e3:.1f} | {obs_med:.2f} | {obs_mean:.2f} | {share:.2%} | "
+        steps = spread(times[name]["step"], scale=1e3)
+        lines.append(f"| {name} | {steps} | {obs_med:.2f} | {obs_mean:.2f} | {share:.2%} | "
                      f"{(step - base) / base:+.1%} |")
     lines += ["", "`observe / step` is the mean time inside `observe()` (every step, logging steps "
               "included) over the median step: the monitor's cost. `step vs none` compares whole-step "
@@ -130,10 +135,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table here too")
+    add_wait_argument(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    text = table(args, run(args))
+    with watch(args.max_wait) as load:
+        times = run(args)
+    text = table(args, times, load.summary())
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

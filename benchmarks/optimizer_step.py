@@ -24,11 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from machine_load import add_wait_argument, watch
 from state_bytes import state_bytes
 
 # The LLaMA configs of the SPAM paper (hidden, intermediate, layers), vocabulary 32000, untied head.
-SIZES = {"20m": (256, 688, 4), "60m": (512, 1376, 8), "130m": (768, 2048, 12)}
-HEADS = {"20m": 4, "60m": 8, "130m": 12}
+SIZES = {"20m": (256, 688, 4), "60m": (512, 1376, 8), "130m": (768, 2048, 12), "350m": (1024, 2736, 24),
+         "1b": (2048, 5461, 24)}
+HEADS = {"20m": 4, "60m": 8, "130m": 12, "350m": 16, "1b": 32}
 VOCAB = 32000
 # Every ratio is against this optimizer, measured in the same process.
 BASELINE = "torch AdamW fused"
@@ -238,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"time only the optimizers whose name matches (and {BASELINE!r}, the baseline)")
     parser.add_argument("--out", default=None, help="results file (default benchmarks/results/"
                                                      "optimizer_step_<device>.md; '-' prints only)")
+    add_wait_argument(parser)
     args = parser.parse_args(argv)
     sizes = [s.strip().lower() for s in args.sizes.split(",")]
     unknown = [s for s in sizes if s not in SIZES]
@@ -253,13 +256,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--only {args.only!r} is not a regular expression: {err}")
     device = torch.device(args.device)
     rows = []
-    for size in sizes:
-        rows += bench_size(size, device, args.rounds, not args.no_reference, only)
+    with watch(args.max_wait) as load:
+        for size in sizes:
+            rows += bench_size(size, device, args.rounds, not args.no_reference, only)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     for cache in ("SPAM_OPT_CACHE", "TORCHINDUCTOR_CACHE_DIR"):  # fresh caches: first steps include builds
         if cache in os.environ:
             command = f"{cache}={os.environ[cache]} {command}"
-    text = render(rows, command, device, args.rounds)
+    text = load.summary() + "\n\n" + render(rows, command, device, args.rounds)
     print(text)
     if args.out != "-":
         out = Path(args.out or Path(__file__).parent / "results" / f"optimizer_step_{device.type}.md")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine_load import add_wait_argument, interleave, spread, watch
 from optimizer_step import BASELINE, SIZES, llama_shapes
 
 from spam_opt import SPAM
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "spam_exact_path_cpu.md"))
+    add_wait_argument(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -57,28 +59,32 @@ def main(argv: list[str] | None = None) -> None:
         _timed(adamw, adamw_params, plain)
         _timed(spam, spam_params, plain)
     ordinary, spiked = "SPAM, ordinary gradient", "SPAM, a spike in every vector"
-    times: dict[str, list[float]] = {BASELINE: [], ordinary: [], spiked: []}
     clipped = 0
-    for _ in range(args.rounds):
-        times[BASELINE].append(_timed(adamw, adamw_params, plain))
-        times[ordinary].append(_timed(spam, spam_params, plain))
+
+    def spiky_step() -> float:
+        nonlocal clipped
         saved = [(spam.state[p]["exp_avg"].clone(), spam.state[p]["exp_avg_sq"].clone()) for p in spam_params]
-        times[spiked].append(_timed(spam, spam_params, spiky))
+        seconds = _timed(spam, spam_params, spiky)
         clipped = int(spam.spike_stats().clipped.sum())
         for p, (m, v) in zip(spam_params, saved):
             spam.state[p]["exp_avg"].copy_(m)
             spam.state[p]["exp_avg_sq"].copy_(v)
+        return seconds
+
+    with watch(args.max_wait) as load:
+        times = interleave({BASELINE: lambda: _timed(adamw, adamw_params, plain),
+                            ordinary: lambda: _timed(spam, spam_params, plain),
+                            spiked: spiky_step}, args.rounds)
 
     base = statistics.median(times[BASELINE])
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     lines = [f"Command: `{command}`", "",
              f"LLaMA {args.size} shapes ({sum(p.numel() for p in spam_params) / 1e6:.1f}M parameters), torch "
              f"{torch.__version__}, {torch.get_num_threads()} thread(s), {args.rounds} interleaved rounds; "
-             f"the spiky step clipped {clipped} entries.", "",
-             "| step | median ms | x fused AdamW |", "|---|---:|---:|"]
+             f"the spiky step clipped {clipped} entries.", "", load.summary(), "",
+             "| step | ms, median (min..max) | x fused AdamW |", "|---|---:|---:|"]
     for label, values in times.items():
-        median = statistics.median(values)
-        lines.append(f"| {label} | {median * 1e3:.1f} | {median / base:.2f} |")
+        lines.append(f"| {label} | {spread(values, scale=1e3)} | {statistics.median(values) / base:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).write_text(text)

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from watching import watching
 
 from spam_opt.dashboard import render_dashboard
 from spam_opt.dashboard.cli import main
@@ -21,17 +18,9 @@ from spam_opt.dashboard.render import build_figure, load_run
 from spam_opt.monitor import GradientSpikeMonitor, SpikeInjector
 from spam_opt.spam import SPAM
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+CHROMIUM = Path("/usr/bin/chromium")
 STEPS, SPIKE = 120, 90
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; on a shared 2-core machine more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -132,37 +121,22 @@ def test_cli_watch_rerenders_when_the_run_grows(run_dir, tmp_path):
     shutil.copytree(run_dir, live, ignore=shutil.ignore_patterns("dashboard.html"))
     metrics = (live / "metrics.jsonl").read_text().splitlines()
     (live / "metrics.jsonl").write_text("\n".join(metrics[:5]) + "\n")
-    proc = subprocess.Popen([sys.executable, "-m", "spam_opt.dashboard.cli", str(live), "--watch",
-                             "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
+    with watching(str(live)) as proc:
         assert proc.stdout.readline().startswith("rendered")
         assert 'http-equiv="refresh"' in (live / "dashboard.html").read_text()
         (live / "metrics.jsonl").write_text("\n".join(metrics) + "\n")
         assert proc.stdout.readline().startswith("rendered")
         assert f"steps 5–{STEPS}" in (live / "dashboard.html").read_text()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and "Traceback" not in err
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no chromium at /usr/bin/chromium to open the report")
 def test_report_renders_in_headless_chromium_without_console_errors(run_dir, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from spam_opt.dashboard.screenshot import headless_chromium
+
     page = render_dashboard(run_dir, tmp_path / "report.html")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1800"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
+    with headless_chromium(1200, 1800) as driver:
         driver.get(page.as_uri())
         WebDriverWait(driver, 60).until(lambda d: d.find_elements("css selector", "g.hm image"))
         count = lambda selector: len(driver.find_elements("css selector", selector))  # noqa: E731
@@ -173,5 +147,3 @@ def test_report_renders_in_headless_chromium_without_console_errors(run_dir, tmp
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []
         assert driver.get_screenshot_as_png()[:8] == b"\x89PNG\r\n\x1a\n"
-    finally:
-        driver.quit()

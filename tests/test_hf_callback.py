@@ -28,12 +28,7 @@ class _Recorder(transformers.TrainerCallback):
             self.logs[state.global_step] = dict(logs)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model on a shared 2-core machine: more threads only contend
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: more threads only contend
 
 
 def test_trainer_with_spam_and_the_callback_writes_spikes_and_metrics(tmp_path):

@@ -22,13 +22,7 @@ SPIKE_STEP, SPIKED = 60, "1.weight"  # a LayerNorm weight, where the paper saw m
 # 1000x at step 60 scores 1000 * 60 / (59 + 1000) = 57 > 50; at step 40 the running mean would hide it
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; on a shared 2-core machine more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: more threads only contend
 
 
 def _model() -> nn.Module:
@@ -60,18 +54,26 @@ def _feed(monitor: GradientSpikeMonitor, model: nn.Module, stream, losses=None) 
     monitor.close()
 
 
-def _reference_tensor_scores(stream) -> list[dict[str, float]]:
-    """The paper's GSS applied to ‖g‖ and max|g|: value / mean over steps so far (current included)."""
+def _recorded(value: float, earlier: float, t: int, threshold: float) -> float:
+    """What a value adds to its running sum: itself, or if it scores above the threshold, the value that
+    would have scored the threshold exactly: v t / (earlier + v) = threshold."""
+    return threshold * earlier / (t - threshold) if value * t / (earlier + value) > threshold else value
+
+
+def _reference_tensor_scores(stream, threshold: float = 50.0) -> list[dict[str, float]]:
+    """The paper's GSS applied to ‖g‖ and max|g|: value / mean over steps so far (current included); a spike
+    enters the mean at the bound it broke."""
     sums: dict[str, list[float]] = {}
     out = []
     for t, grads in enumerate(stream, start=1):
         row = {}
         for n, g in grads.items():
-            norm, largest = float(g.norm()), float(g.abs().max())
             s = sums.setdefault(n, [0.0, 0.0])
-            s[0] += norm
-            s[1] += largest
-            row[n] = max(norm * t / s[0], largest * t / s[1])
+            scores = []
+            for k, value in enumerate((float(g.norm()), float(g.abs().max()))):
+                scores.append(value * t / (s[k] + value))
+                s[k] += _recorded(value, s[k], t, threshold)
+            row[n] = max(scores)
         out.append(row)
     return out
 
@@ -82,8 +84,10 @@ def _reference_element_scores(stream, threshold: float) -> list[dict[str, tuple[
     for t, grads in enumerate(stream, start=1):
         row = {}
         for n, g in grads.items():
-            sums[n] = sums.get(n, torch.zeros_like(g)) + g.abs()
-            gss = g.abs() * t / sums[n]
+            earlier = sums.get(n, torch.zeros_like(g))
+            gss = g.abs() * t / (earlier + g.abs())
+            bound = threshold * earlier / (t - threshold) if t > threshold else g.abs()
+            sums[n] = earlier + torch.where(gss > threshold, bound, g.abs())
             row[n] = (float(gss.max()), int((gss > threshold).sum()))
         out.append(row)
     return out
@@ -250,8 +254,24 @@ def test_injector_scales_only_matching_gradients_at_chosen_steps():
             assert torch.equal(p.grad, torch.full_like(p, 100.0 if hit else 1.0)), (step, n)
 
 
+def test_injector_with_a_fraction_hits_that_share_of_entries_and_repeats_itself():
+    model = nn.Linear(200, 100)
+    runs = []
+    for _ in range(2):
+        injector = SpikeInjector(model, steps=[4], factor=1000.0, param_pattern="weight", fraction=0.01,
+                                 seed=7)
+        model.weight.grad, model.bias.grad = torch.ones(100, 200), torch.ones(100)
+        assert injector.apply(4)
+        runs.append(model.weight.grad.clone())
+        assert torch.equal(model.bias.grad, torch.ones(100))
+    hit = runs[0] == 1000.0
+    assert torch.equal(runs[0], runs[1]) and ((runs[0] == 1.0) | hit).all()
+    assert 120 <= int(hit.sum()) <= 280  # 1% of 20000 entries, within a few standard deviations
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     (dict(steps=[0]), "steps"),
+    (dict(steps=[1], fraction=0.0), "fraction"),
     (dict(steps=[1], factor=float("nan")), "factor"),
     (dict(steps=[1], param_pattern="("), "not a regular expression"),
     (dict(steps=[1], param_pattern="attention"), "matches no trainable parameter"),
@@ -383,3 +403,41 @@ if __name__ == "__main__":  # the worker of the FSDP2 test, started by torch.dis
     _fsdp_worker(sys.argv[1])
     dist.barrier()  # no rank tears gloo down while the other is still in a collective
     dist.destroy_process_group()
+
+
+def test_cpp_element_scores_equal_the_torch_operations(torch_threads):
+    """The one-pass C++ op against the torch version of the same operations: bitwise, with tensors split
+    over threads, entries that are always 0, a 1000x spike and a NaN."""
+    from spam_opt.monitor.statistics import _cpp_takes, element_scores_torch
+
+    shapes = [(300, 257), (70001,), (3,)]
+    gen = torch.Generator().manual_seed(0)
+    sums_torch, sums_cpp = [torch.zeros(s) for s in shapes], [torch.zeros(s) for s in shapes]
+    for t in range(1, 30):
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        grads[1][:100] = 0.0
+        if t == 20:
+            grads[0][7, 7] *= 1000.0
+        if t == 25:
+            grads[2][1] = float("nan")
+        assert _cpp_takes(grads)
+        expected = element_scores_torch(sums_torch, grads, [float(t)] * 3, 10.0)
+        got = torch.ops.spam_opt_monitor.gradient_spike_scores_(sums_cpp, grads, [float(t)] * 3, 10.0)
+        assert torch.equal(got[1], expected[1]) and torch.allclose(got[0], expected[0], rtol=0, atol=0,
+                                                                      equal_nan=True), t
+        if t == 20:
+            assert expected[1][0] >= 1 and expected[0][0] > 10  # GSS is at most t: 20 here
+    assert torch.equal(sums_cpp[0], sums_torch[0]) and torch.equal(sums_cpp[1], sums_torch[1])
+
+
+@pytest.mark.parametrize("mode", ["tensor", "element"])
+def test_a_second_spike_on_the_same_tensor_is_still_flagged(tmp_path, mode):
+    """Spikes enter the running means at the bound they broke: counted in full, the 1000x spike at step 60
+    would lift the mean so far that the same spike at step 100 scored under 50."""
+    model = _model()
+    stream = _grads(model, 110)
+    stream[99][SPIKED] = stream[99][SPIKED] * 1000
+    monitor = GradientSpikeMonitor(model, run_dir=tmp_path, log_every=10, mode=mode)
+    _feed(monitor, model, stream)
+    flagged = {e["step"] for e in _rows(tmp_path / "spikes.jsonl") if e["param"] == SPIKED}
+    assert flagged == {SPIKE_STEP, 100}

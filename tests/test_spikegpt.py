@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from reference_wkv import naive_wkv, wkv_inputs
 from torch import nn
 
 from trainers.models.spikegpt import (
@@ -19,35 +20,7 @@ from trainers.models.spikegpt import (
 )
 from trainers.models.spiking_neuron import MultiStepLIF
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The per-token loops are many small ops, which intra-op threads slow down on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def naive_wkv(w, u, k, v):
-    """The WKV by its definition, in float64: out_t = sum_i weight_ti v_i / sum_i weight_ti over i <= t."""
-    w, u, k, v = (x.double() for x in (w, u, k, v))
-    out = torch.empty_like(v)
-    for t in range(k.shape[1]):
-        lags = torch.arange(t - 1, -1, -1, dtype=torch.float64)[:, None]  # t - 1 - i for i < t
-        logw = torch.cat([lags * w + k[:, :t], (u + k[:, t])[:, None]], dim=1)  # (B, t + 1, C)
-        weight = torch.exp(logw - logw.amax(dim=1, keepdim=True))  # a common factor cancels in the ratio
-        out[:, t] = (weight * v[:, : t + 1]).sum(1) / weight.sum(1)
-    return out
-
-
-def wkv_inputs(seed, batch=2, tokens=37, channels=5, k_scale=3.0, k_offset=0.0):
-    gen = torch.Generator().manual_seed(seed)
-    w = -torch.exp(torch.empty(channels).uniform_(-5, 3, generator=gen))  # RWKV's range of decays
-    u = torch.randn(channels, generator=gen)
-    k = torch.randn(batch, tokens, channels, generator=gen) * k_scale + k_offset
-    v = torch.randn(batch, tokens, channels, generator=gen)
-    return w, u, k, v
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: more threads only contend
 
 
 @pytest.mark.parametrize("k_scale, k_offset", [(3.0, 0.0), (30.0, 200.0)])  # the second overflows naive fp32
@@ -90,7 +63,7 @@ def spiking_model(seed=0, **overrides) -> SpikeGPTForCausalLM:
     return model.eval()
 
 
-def test_generation_with_carried_state_matches_full_reforward():
+def test_generation_with_carried_state_matches_full_reforward(spikegpt_path):
     model = spiking_model()
     prompt = torch.randint(0, 23, (2, 9), generator=torch.Generator().manual_seed(3))
     fed = []  # tokens per forward call: the prompt once, then one token at a time (O(1) per token)
@@ -115,7 +88,7 @@ def test_generation_with_carried_state_matches_full_reforward():
     assert all(rates[f"firing_rate/blocks.{i}.{part}"] > 0.02 for i in range(2) for part in ("att", "ffn"))
 
 
-def test_spike_metrics_match_hooks():
+def test_spike_metrics_match_hooks(spikegpt_path):
     model = spiking_model(seed=1)
     spikes = {}
     for name, module in model.named_modules():
@@ -166,6 +139,8 @@ def test_presets_have_the_stated_sizes():
 
     assert count("spikegpt-tiny", 257) < 1e6
     assert 2e6 < count("spikegpt-small", 257) < 6e6
+    assert 25e6 < count("spikegpt-60m", 257) < 30e6  # llama-60m with bytes: 25.6M
+    assert 55e6 < count("spikegpt-60m", 32000) < 65e6
     assert 40e6 < count("spikegpt-45m", 256) < 50e6  # the paper's enwik8 model, byte-level
     assert 210e6 < count("spikegpt-216m", 50277) < 222e6  # the paper's GPT-NeoX vocabulary
 

@@ -1,4 +1,5 @@
-"""The multi-step LIF neuron against snnTorch's, and its arctan surrogate against a numerical derivative."""
+"""The multi-step LIF neuron against snnTorch's (its C++ kernel and its pure-PyTorch reference path), and its
+arctan surrogate against a numerical derivative."""
 
 import math
 
@@ -23,7 +24,7 @@ def snntorch_lif(x, v0, tau, v_threshold, alpha):
 
 
 @pytest.mark.parametrize("tau, v_threshold, alpha", [(2.0, 1.0, 2.0), (3.0, 0.5, 0.7)])
-def test_matches_snntorch_forward_and_gradients(tau, v_threshold, alpha):
+def test_matches_snntorch_forward_and_gradients(tau, v_threshold, alpha, spikegpt_path):
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(3, 40, 6, generator=gen, dtype=torch.float64) * 1.5 + 0.8).requires_grad_()
     v0 = (torch.rand(3, 6, generator=gen, dtype=torch.float64) * 0.9 * v_threshold).requires_grad_()
@@ -60,7 +61,7 @@ def test_surrogate_gradient_is_the_arctan_derivative(alpha):
     assert torch.equal(atan_spike(x, alpha), (x >= 0).to(x.dtype))
 
 
-def test_carried_membrane_continues_the_sequence():
+def test_carried_membrane_continues_the_sequence(spikegpt_path):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 30, 5, generator=gen) + 0.7
     lif = MultiStepLIF()

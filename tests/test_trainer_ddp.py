@@ -3,13 +3,13 @@ exact resume."""
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from letters_corpus import write_letters_corpus
 
 from trainers.pretrain import main
 
@@ -21,24 +21,25 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
+def train_on_two_cpu_processes(argv: list[str]) -> None:
+    """``python -m trainers.pretrain ARGV`` on 2 CPU processes, as docs/training.md runs it: torchrun (or
+    ``accelerate launch --multi_gpu`` with ACCELERATE_USE_CPU=true); Accelerate picks MULTI_CPU, gloo."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "trainers.pretrain", *argv]
+    done = subprocess.run(cmd, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    rng = random.Random(1)
-    corpus = tmp_path / "corpus.jsonl"
-    docs = [" ".join(rng.choice("abcdefgh") * 3 for _ in range(60)) for _ in range(200)]
-    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    corpus = write_letters_corpus(tmp_path / "corpus.jsonl")
     common = ["--model", "llama-tiny", "--dataset", str(corpus), "--cache-dir", str(tmp_path / "cache"),
               "--seq-len", "32", "--max-steps", "6", "--warmup-steps", "2", "--log-every", "1",
               "--eval-every", "3", "--eval-batches", "2", "--save-every", "3", "--output-dir", str(tmp_path),
               "--no-progress-bar", "--no-dashboard", "--trackers", "",
               "--optimizer", "spam", "--density", "0.5"]
-    # The CPU recipe of docs/training.md: torchrun (or `accelerate launch --multi_gpu` with
-    # ACCELERATE_USE_CPU=true) starts two processes; Accelerate picks MULTI_CPU with gloo.
-    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "trainers.pretrain", *common, "--batch-size", "2", "--run-name", "ddp"]
-    done = subprocess.run(cmd, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    train_on_two_cpu_processes([*common, "--batch-size", "2", "--run-name", "ddp"])
     single = main([*common, "--batch-size", "4", "--run-name", "single"])
 
     ddp_dir = tmp_path / "ddp"
@@ -55,9 +56,7 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
 
     # Resumed on two processes from the step-3 checkpoint, the run repeats steps 4-6 exactly: each rank
     # restores its own RNG state and data position, SPAM its sparse masks and schedule.
-    resume = [*cmd[:-2], "--run-name", "ddp-resumed", "--resume", str(ddp_dir / "checkpoints" / "step_3")]
-    done = subprocess.run(resume, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    train_on_two_cpu_processes([*common, "--batch-size", "2", "--run-name", "ddp-resumed", "--resume",
+                                str(ddp_dir / "checkpoints" / "step_3")])
     resumed = losses(tmp_path / "ddp-resumed")
     assert resumed == {step: ddp[step] for step in (4, 5, 6)}

@@ -98,6 +98,9 @@ def interrupt_at_step(monkeypatch, step: int) -> None:
 @pytest.mark.parametrize("optimizer, extra", [
     ("adamw", []),
     ("adamw", ["--streaming", "--stream-val-docs", "20"]),  # the one-pass reader resumes exactly too
+    # Degenerate batches and entry spikes on both sides of the save point, through ZClip.
+    ("adamw", ["--zclip", "--max-grad-norm", "1.0", "--bad-batch-steps", "2,7", "--inject-spike-steps", "3,6",
+               "--inject-fraction", "0.05"]),
     # Resets, warmup and clipping all happen inside 8 steps; sparse momentum is redrawn at the reset.
     ("spam", ["--density", "0.5", "--optimizer-kwargs",
               '{"reset_interval": 4, "warmup_steps": 2, "clip_delay": 1, "threshold": 2.0}']),

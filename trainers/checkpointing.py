@@ -1,9 +1,12 @@
-"""Atomic checkpoints with ``Accelerator.save_state``: keep the last K, resume from the latest good one.
+"""Atomic checkpoints: keep the last K, resume from the latest good one.
 
-A checkpoint is written into ``checkpoints/.tmp-step_N/``, gets a manifest of its files and their sizes,
-and only then is renamed to ``checkpoints/step_N/`` (a rename is atomic): a run killed mid-save leaves a
-temporary folder that is never taken for a checkpoint. On resume a checkpoint whose files do not match
-its manifest, or that fails to load, is skipped with a warning in favour of the previous one.
+What a checkpoint holds is written by a store: ``AccelerateState`` (``Accelerator.save_state``) or, under
+``--fsdp``, ``trainers.sharded_checkpoint.ShardedState`` (torch.distributed.checkpoint, a file per process).
+Either way a checkpoint is written into ``checkpoints/.tmp-step_N/``, gets a manifest of its files, their
+sizes and the store's format, and only then is renamed to ``checkpoints/step_N/`` (a rename is atomic): a
+run killed mid-save leaves a temporary folder that is never taken for a checkpoint. On resume a checkpoint
+whose files do not match its manifest, or that fails to load, is skipped with a warning in favour of the
+previous one.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,31 @@ class TrainState:
         self.step = int(state["step"])
 
 
+class CheckpointStore(Protocol):
+    """Writes and reads the training state in a checkpoint folder; every process calls both."""
+
+    format: str  # recorded in the manifest: a checkpoint loads only with a store of its format
+
+    def save(self, folder: Path) -> None: ...
+
+    def load(self, folder: Path) -> None: ...
+
+
+class AccelerateState:
+    """``Accelerator.save_state``/``load_state``: model, optimizer, registered objects, each process's RNG."""
+
+    format = "accelerate"
+
+    def __init__(self, accelerator: Any) -> None:
+        self.accelerator = accelerator
+
+    def save(self, folder: Path) -> None:
+        self.accelerator.save_state(str(folder))
+
+    def load(self, folder: Path) -> None:
+        self.accelerator.load_state(str(folder))
+
+
 def checkpoints(run_dir: Path) -> list[Path]:
     """The run's checkpoint folders, newest first (temporary folders of unfinished saves excluded)."""
     root = run_dir / "checkpoints"
@@ -49,19 +77,20 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def save_checkpoint(accelerator: Any, run_dir: Path, step: int, keep: int) -> Path:
+def save_checkpoint(accelerator: Any, store: CheckpointStore, run_dir: Path, step: int, keep: int) -> Path:
     """Save the full training state as ``checkpoints/step_{step}`` atomically; delete all but ``keep``."""
     root = run_dir / "checkpoints"
     tmp, final = root / f".tmp-step_{step}", root / f"step_{step}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    store.save(tmp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _fsync_tree(tmp)
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
+        manifest = {"step": step, "format": store.format, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoints(run_dir)[keep:] if keep > 0 else []:
@@ -83,7 +112,12 @@ def verify(checkpoint: Path) -> str | None:
     return None
 
 
-def resume_from(accelerator: Any, run_dir: Path, resume: str) -> Path | None:
+def checkpoint_format(checkpoint: Path) -> str:
+    """The format its manifest records ("accelerate" for manifests older than the field)."""
+    return json.loads((checkpoint / MANIFEST).read_text()).get("format", AccelerateState.format)
+
+
+def resume_from(store: CheckpointStore, run_dir: Path, resume: str) -> Path | None:
     """Load the checkpoint ``resume`` asks for; returns it, or None when there is nothing to resume.
 
     ``"auto"``: the newest good checkpoint of ``run_dir``, falling back (with a warning) past corrupt ones.
@@ -97,9 +131,13 @@ def resume_from(accelerator: Any, run_dir: Path, resume: str) -> Path | None:
     problems = []
     for ckpt in candidates:
         problem = verify(ckpt)
+        if problem is None and checkpoint_format(ckpt) != store.format:
+            raise ValueError(f"checkpoint {ckpt} was written in the {checkpoint_format(ckpt)!r} format but "
+                             f"this run reads {store.format!r} ones: resume with the --fsdp setting it was "
+                             "saved with (--fsdp writes 'dcp')")
         if problem is None:
             try:
-                accelerator.load_state(str(ckpt))
+                store.load(ckpt)
                 return ckpt
             except Exception as err:  # a corrupt file fails in many ways (pickle, safetensors, torch)
                 problem = f"failed to load: {type(err).__name__}: {err}"

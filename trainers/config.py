@@ -15,10 +15,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainers.quant import QuantConfig
 
 OPTIMIZERS = ("spam", "stable-spam", "adamw", "adamw8bit", "adafactor", "galore", "adam-mini",
               "torchao-adamw8bit")
+FSDP_OPTIMIZERS = ("spam", "stable-spam", "adamw")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # Written by the trainer into the saved config.yaml; ignored when that file is read back.
 LAUNCH_KEY = "launch"
@@ -46,6 +50,10 @@ class TrainConfig:
     bpe_vocab_size: int = 4096
     seq_len: int = 128
     cache_dir: str | None = None  # datasets cache (default: the Hugging Face cache)
+    # low-bit training: fake quantization of the block linears (trainers/quant, docs/training.md)
+    quant: str = "none"  # none, int8, int4, fp4 (OCP MX E2M1) or fp4-e1m2 (the Stable-SPAM paper's FP4)
+    quant_group_size: int = 256  # entries per group along a layer's input width; 32 for the small presets
+    quant_activations: bool = True  # quantize the layers' inputs too, not only their weights
     # optimization
     optimizer: str = "spam"
     lr: float = 1e-3
@@ -57,6 +65,7 @@ class TrainConfig:
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the optimizer as is
     warmup_steps: int = 50  # learning-rate warmup of the cosine schedule
     max_grad_norm: float = 0.0  # global-norm clipping; 0 disables
+    zclip: bool = False  # ZClip's adaptive z-score clipping of the global norm (max_grad_norm > 0: its bound)
     spike_guard: bool = False
     guard_sigma: float = 6.0
     guard_window: int = 128
@@ -64,10 +73,12 @@ class TrainConfig:
     guard_action: str = "skip"
     # batch and loop
     batch_size: int = 16  # sequences per process per micro-batch
+    global_batch_size: int | None = None  # sequences per micro-batch, all processes (overrides batch_size)
     grad_accum: int = 1
     max_steps: int = 600
     seed: int = 0
     mixed_precision: str = "no"
+    fsdp: bool = False  # shard with torch's fully_shard (FSDP2), checkpoint with torch.distributed.checkpoint
     # evaluation, monitoring, checkpoints
     eval_every: int = 200  # 0: no evaluation
     eval_batches: int = 8
@@ -77,6 +88,9 @@ class TrainConfig:
     inject_spike_steps: list[int] = field(default_factory=list)  # SpikeInjector: steps to multiply grads at
     inject_factor: float = 1000.0
     inject_pattern: str | None = None
+    inject_fraction: float = 1.0  # < 1: only this fraction of each matched gradient's entries is multiplied
+    bad_batch_steps: list[int] = field(default_factory=list)  # steps whose batch is made degenerate
+    bad_batch: str = "random"  # how: random tokens, one token repeated, or the batch's tokens shuffled
     output_dir: str = "runs"
     run_name: str | None = None  # default: "<model>-<optimizer>"
     save_every: int = 200  # 0: no checkpoints
@@ -91,12 +105,40 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.output_dir) / (self.run_name or f"{self.model}-{self.optimizer}".replace("/", "_"))
 
+    def per_process_batch(self, num_processes: int) -> int:
+        """Sequences per process per micro-batch: ``global_batch_size / num_processes`` when it is set."""
+        if self.global_batch_size is None:
+            return self.batch_size
+        if self.global_batch_size % num_processes:
+            raise ValueError(f"global_batch_size={self.global_batch_size} does not split evenly over "
+                             f"{num_processes} processes: use a multiple of {num_processes} or another "
+                             "number of processes")
+        return self.global_batch_size // num_processes
+
+    def quant_config(self) -> QuantConfig:
+        """The run's ``trainers.quant.QuantConfig``."""
+        from trainers.quant import QuantConfig
+
+        return QuantConfig(format=self.quant, group_size=self.quant_group_size,
+                           activations=self.quant_activations)
+
     def validate(self) -> None:
         """Raise ValueError naming the option when a value is outside what the trainer accepts."""
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("guard_action", self.guard_action, ("skip", "scale"))
         _choice("monitor_mode", self.monitor_mode, ("tensor", "element"))
+        _choice("bad_batch", self.bad_batch, ("random", "repeat", "shuffle"))
+        if not 0.0 < self.inject_fraction <= 1.0:
+            raise ValueError(f"invalid inject_fraction={self.inject_fraction}: must be in (0, 1]")
+        if any(s < 1 for s in self.bad_batch_steps + self.inject_spike_steps):
+            raise ValueError("inject_spike_steps and bad_batch_steps are optimizer steps, counted from 1")
+        from trainers.quant.config import MIN_GROUP_SIZE, QUANT_FORMATS
+
+        _choice("quant", self.quant, QUANT_FORMATS)
+        if self.quant_group_size < MIN_GROUP_SIZE:
+            raise ValueError(f"invalid quant_group_size={self.quant_group_size}: must be >= {MIN_GROUP_SIZE} "
+                             "(the outlier rule keeps 2 entries of each group exact)")
         for name in ("seq_len", "batch_size", "grad_accum", "eval_batches", "log_every", "bpe_vocab_size",
                      "stream_val_docs"):
             if getattr(self, name) < 1:
@@ -118,6 +160,18 @@ class TrainConfig:
         if self.spike_guard and self.mixed_precision == "fp16":
             raise ValueError("spike_guard does not work with mixed_precision='fp16' (its loss scaler skips "
                              "steps on its own); use bf16")
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            raise ValueError(f"invalid global_batch_size={self.global_batch_size}: must be >= 1")
+        if self.fsdp and self.optimizer not in FSDP_OPTIMIZERS:
+            raise ValueError(f"fsdp supports the optimizers {', '.join(FSDP_OPTIMIZERS)}, not "
+                             f"{self.optimizer!r} (its state does not shard); use one of them or drop --fsdp")
+        if self.fsdp and self.state_bits != 32:
+            raise ValueError("fsdp checkpoints do not yet take 8-bit SPAM state (its codes, block scales and "
+                             "kept-entry bitmap have no resharding layout yet); use state_bits=32 with fsdp, "
+                             "or 8-bit state without fsdp (DDP or one process)")
+        if self.fsdp and self.mixed_precision == "fp16":
+            raise ValueError("fsdp takes mixed_precision 'bf16' or 'no': its fp16 would need a sharded loss "
+                             "scaler, which the trainer does not run; use bf16")
         if self.lr <= 0 or self.max_grad_norm < 0 or self.corpus_max_mb < 0:
             raise ValueError("lr must be > 0, max_grad_norm and corpus_max_mb must be >= 0")
 

@@ -1,4 +1,4 @@
-"""The spike monitor and injector of ``spam_opt.monitor``, set up from the config."""
+"""The spike monitor of ``spam_opt.monitor`` set up from the config, and its logs on resume."""
 
 from __future__ import annotations
 
@@ -21,16 +21,6 @@ def build_monitor(cfg: TrainConfig, model: nn.Module, optimizer: Any, run_dir: P
     return GradientSpikeMonitor(model, optimizer=optimizer, run_dir=run_dir, mode=cfg.monitor_mode,
                                 gss_threshold=cfg.gss_threshold, log_every=cfg.log_every,
                                 accelerator=accelerator)
-
-
-def build_injector(cfg: TrainConfig, model: nn.Module) -> Any:
-    """A ``SpikeInjector`` when ``inject_spike_steps`` is set, else None."""
-    if not cfg.inject_spike_steps:
-        return None
-    from spam_opt.monitor import SpikeInjector
-
-    return SpikeInjector(model, cfg.inject_spike_steps, factor=cfg.inject_factor,
-                         param_pattern=cfg.inject_pattern)
 
 
 def trim_jsonl(path: Path, last_step: int) -> None:

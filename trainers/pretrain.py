@@ -3,10 +3,12 @@
     python -m trainers.pretrain                                   # the README's main job, CPU, a few minutes
     python -m trainers.pretrain --model llama-tiny --max-steps 50 --optimizer adamw
     accelerate launch -m trainers.pretrain --config configs/llama-60m.yaml --resume auto
+    torchrun --nproc-per-node 8 -m trainers.pretrain --config configs/llama-1b.yaml --fsdp   # FSDP2
 
-Per optimizer step: ``grad_accum`` micro-batches forward/backward, optional spike injection, optional
-global-norm clipping, the spike monitor reads the gradients, then the optimizer steps (through the spike
-guard when enabled) and the LR schedule advances. Evaluation, checkpoints and logging happen at their
+Per optimizer step: ``grad_accum`` micro-batches forward/backward (a degenerate batch at the steps of
+``bad_batch_steps``), optional spike injection, optional global-norm clipping (fixed, or ZClip's), the
+spike monitor reads the gradients, then the optimizer steps (through the spike guard when enabled) and the
+LR schedule advances. Evaluation, checkpoints and logging happen at their
 intervals. See docs/training.md.
 """
 
@@ -24,7 +26,9 @@ from typing import Any
 
 import torch
 
-from trainers.checkpointing import TrainState, resume_from, save_checkpoint
+from trainers import sharding
+from trainers.checkpointing import AccelerateState, TrainState, resume_from, save_checkpoint
+from trainers.clipping import build_zclip
 from trainers.config import TrainConfig, load_config, save_config
 from trainers.data import (
     BlockBatches,
@@ -34,9 +38,13 @@ from trainers.data import (
     make_batches,
     make_tokenizer,
 )
+from trainers.export import save_plain
+from trainers.injection import build_injector, degenerate_batch
 from trainers.models import build_model
-from trainers.monitoring import build_injector, build_monitor, trim_jsonl
-from trainers.optimizers import build_optimizer, build_spike_guard
+from trainers.monitoring import build_monitor, trim_jsonl
+from trainers.optimizers import build_optimizer, build_spike_guard, state_bytes
+from trainers.quant import quantize_model
+from trainers.sharded_checkpoint import ShardedState
 
 logger = logging.getLogger("trainers.pretrain")
 
@@ -72,15 +80,26 @@ def train(cfg: TrainConfig) -> Path:
     """Run the training ``cfg`` describes; returns the run directory."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from transformers import get_cosine_schedule_with_warmup
+    from accelerate.utils import ProjectConfiguration
 
     # Accelerate keeps its state in a process-wide singleton; forget the previous run's (mixed precision,
     # plugins) so that train() can run again in one process, as the tests do. The process group stays.
     AcceleratorState._reset_state()
+    if cfg.fsdp:
+        sharding.disable_accelerate_fsdp()
     project = ProjectConfiguration(project_dir=str(cfg.run_dir), logging_dir=str(cfg.run_dir / "tensorboard"))
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.trackers or None,
-                              project_config=project)
+    # Under --fsdp the sharding's mixed-precision policy casts; Accelerate never sees the model.
+    accelerator = Accelerator(mixed_precision="no" if cfg.fsdp else cfg.mixed_precision,
+                              log_with=cfg.trackers or None, project_config=project)
+    with sharding.process_group(accelerator.device) if cfg.fsdp else nullcontext():
+        return _train(cfg, accelerator)
+
+
+def _train(cfg: TrainConfig, accelerator: Any) -> Path:
+    """The run, once the accelerator (and under --fsdp the process group) exists."""
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("trainers").setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
     set_seed(cfg.seed)
@@ -98,8 +117,9 @@ def train(cfg: TrainConfig) -> Path:
         splits = build_splits(docs, tokenizer, cfg.seq_len, cfg.val_fraction, cfg.text_field,
                               cfg.stream_val_docs)
     rank, world = accelerator.process_index, accelerator.num_processes
-    train_batches = make_batches(splits.train, cfg.batch_size, cfg.seed, rank, world)
-    val_batches = make_batches(splits.val, cfg.batch_size, cfg.seed, rank, world, shuffle=False,
+    batch_size = cfg.per_process_batch(world)
+    train_batches = make_batches(splits.train, batch_size, cfg.seed, rank, world)
+    val_batches = make_batches(splits.val, batch_size, cfg.seed, rank, world, shuffle=False,
                                name="validation")
     eval_batches = min(cfg.eval_batches, len(val_batches)) if cfg.eval_every else 0
     if cfg.eval_every and eval_batches == 0:
@@ -107,24 +127,37 @@ def train(cfg: TrainConfig) -> Path:
                          "or --val-fraction, or lower --batch-size")
 
     model = build_model(cfg.model, len(tokenizer), cfg.seq_len, tokenizer.eos_token_id)
-    optimizer = build_optimizer(cfg, model)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    quantized = quantize_model(model, cfg.quant_config())  # before the optimizer and the wrappers see it
+    if quantized:
+        logger.info("fake quantization %s: %d linear layers", cfg.quant_config(), len(quantized))
+    if cfg.fsdp:  # quantize, then shard; the optimizer is built on the sharded parameters
+        model = sharding.shard_model(model, cfg.mixed_precision, accelerator.device)
+        optimizer = accelerator.prepare(build_optimizer(cfg, model))
+    else:
+        model, optimizer = accelerator.prepare(model, build_optimizer(cfg, model))
     raw_optimizer = optimizer.optimizer  # what the monitor reads and the spike guard wraps
     scheduler = get_cosine_schedule_with_warmup(raw_optimizer, cfg.warmup_steps, max(cfg.max_steps, 1))
     guard = build_spike_guard(cfg, raw_optimizer) if cfg.spike_guard else None
+    zclip = build_zclip(cfg)
     state = TrainState()
     # The scheduler is ours, not Accelerate's (which would step it once per process), so it is saved here.
-    stateful = [scheduler, state] + ([guard] if hasattr(guard, "state_dict") else [])
-    accelerator.register_for_checkpointing(*stateful)
+    stateful = {"scheduler": scheduler, "train_state": state, "guard": guard, "zclip": zclip}
+    stateful = {name: obj for name, obj in stateful.items() if obj is not None}
+    if cfg.fsdp:
+        store = ShardedState(model, raw_optimizer, stateful)
+    else:
+        store = AccelerateState(accelerator)
+        accelerator.register_for_checkpointing(*stateful.values())
 
-    resumed = resume_from(accelerator, run_dir, cfg.resume)
+    resumed = resume_from(store, run_dir, cfg.resume)
     if resumed is not None:
         logger.info("resumed from %s at step %d", resumed, state.step)
     if accelerator.is_main_process and cfg.resume != "none":  # logged steps after it will be logged again
         for log in ("metrics.jsonl", "spikes.jsonl"):
             trim_jsonl(run_dir / log, state.step)
     if accelerator.is_main_process:
-        launch = dict(num_processes=world, distributed_type=accelerator.distributed_type.value,
+        launch = dict(num_processes=world, batch_size_per_process=batch_size,
+                      distributed_type=accelerator.distributed_type.value,
                       device=str(accelerator.device), resumed_from=str(resumed) if resumed else None)
         save_config(cfg, run_dir / "config.yaml", launch)
     accelerator.init_trackers(run_dir.name, config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
@@ -132,12 +165,14 @@ def train(cfg: TrainConfig) -> Path:
     monitor = build_monitor(cfg, unwrapped, raw_optimizer, run_dir, accelerator)
     injector = build_injector(cfg, unwrapped)
     spike_metrics = getattr(unwrapped, "spike_metrics", None)  # SpikeGPT's firing rates and synops
+    bad_steps = frozenset(cfg.bad_batch_steps)
 
     from tqdm.auto import tqdm
 
     progress = tqdm(total=cfg.max_steps, initial=state.step, desc="train", dynamic_ncols=True,
                     disable=not (accelerator.is_main_process and cfg.progress_bar))
-    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * world
+    tokens_per_step = batch_size * cfg.seq_len * cfg.grad_accum * world
+    no_sync = sharding.no_sync if cfg.fsdp else accelerator.no_sync
     # Throughput is averaged over the steps since the last log: on a GPU a single step's wall time only
     # measures the launch of its kernels, while the host syncs at logging steps keep the window honest.
     window_start, window_steps = time.perf_counter(), 0
@@ -147,14 +182,18 @@ def train(cfg: TrainConfig) -> Path:
         loss = torch.zeros((), device=accelerator.device)
         for micro in range(cfg.grad_accum):
             batch = train_batches[state.step * cfg.grad_accum + micro].to(accelerator.device)
+            if step in bad_steps:
+                batch = degenerate_batch(batch, cfg.bad_batch, len(tokenizer), cfg.seed, step)
             # Gradients are all-reduced once per optimizer step, on the last micro-batch.
-            with nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model):
+            with nullcontext() if micro == cfg.grad_accum - 1 else no_sync(model):
                 micro_loss = model(input_ids=batch, labels=batch).loss / cfg.grad_accum
                 accelerator.backward(micro_loss)
             loss += micro_loss.detach().float()
         if injector is not None:
             injector.apply(step)
-        if cfg.max_grad_norm > 0:
+        if zclip is not None:
+            zclip.step(model)
+        elif cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         loss = accelerator.reduce(loss, "mean")
         window_steps += 1
@@ -171,6 +210,8 @@ def train(cfg: TrainConfig) -> Path:
             optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if step == 1:  # the optimizer's state exists from its first step on, at its final size
+            monitor.log_scalars(step, {"optimizer_state_bytes": state_bytes(raw_optimizer)})
         state.step = step
         progress.update(1)
         restart_window = step % cfg.log_every == 0
@@ -183,7 +224,7 @@ def train(cfg: TrainConfig) -> Path:
             logger.info("step %d: eval_loss %.4f, eval_ppl %.2f", step, *metrics.values())
             restart_window = True
         if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps):
-            save_checkpoint(accelerator, run_dir, step, cfg.keep_checkpoints)
+            save_checkpoint(accelerator, store, run_dir, step, cfg.keep_checkpoints)
             restart_window = True
         if restart_window:
             window_start, window_steps = time.perf_counter(), 0
@@ -191,10 +232,9 @@ def train(cfg: TrainConfig) -> Path:
     monitor.close()
 
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)
+    state_dict = sharding.full_state_dict(model) if cfg.fsdp else accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        unwrapped.save_pretrained(str(run_dir / "final"), state_dict=state_dict)
-        tokenizer.save_pretrained(str(run_dir / "final"))
+        save_plain(unwrapped, state_dict, tokenizer, run_dir / "final")
     accelerator.end_training()
     if accelerator.is_main_process and cfg.dashboard:
         _render_dashboard(run_dir)

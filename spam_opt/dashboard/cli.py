@@ -1,4 +1,5 @@
-"""``spam-dashboard RUN_DIR [-o report.html] [--watch]``: render (and keep re-rendering) a run's report."""
+"""``spam-dashboard RUN_DIR [RUN_DIR ...] [-o report.html] [--watch]``: render (and keep re-rendering) the
+report of a run, or one page comparing several runs (also every run under a folder)."""
 
 from __future__ import annotations
 
@@ -9,43 +10,86 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from spam_opt.dashboard.compare import render_comparison
 from spam_opt.dashboard.render import render_dashboard
+from spam_opt.dashboard.runs import find_runs
+
+COMPARISON = "comparison.html"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spam-dashboard",
-        description="Render the gradient-spike report of a run directory as one self-contained HTML file "
-                    "(works offline).")
-    parser.add_argument("run_dir", type=Path, help="directory holding metrics.jsonl and spikes.jsonl")
+        description="Render the gradient-spike report of a run directory, or a comparison of several runs, "
+                    "as one self-contained HTML file (works offline).")
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="directory holding metrics.jsonl and spikes.jsonl, or a folder of such run "
+                             "directories; several runs are compared on one page")
     parser.add_argument("-o", "--output", type=Path, default=None,
-                        help="where to write the report (default: RUN_DIR/dashboard.html)")
+                        help="where to write the report (default: RUN_DIR/dashboard.html for one run, "
+                             f"FOLDER/{COMPARISON} for a folder of runs, ./{COMPARISON} for several paths)")
+    parser.add_argument("--title", default=None, help="heading of a comparison (default: how many runs)")
     parser.add_argument("--watch", action="store_true",
-                        help="re-render whenever the run's logs change, until interrupted (Ctrl-C)")
+                        help="re-render whenever the runs' logs change, until interrupted (Ctrl-C)")
     parser.add_argument("--interval", type=float, default=5.0,
                         help="seconds between checks for changes with --watch (default: 5)")
     return parser
 
 
-def _fingerprint(run_dir: Path) -> tuple[tuple[int, int], ...]:
+def _single(paths: list[Path]) -> bool:
+    """One path that is a run directory, or holds no run directory at all: the single-run report."""
+    return len(paths) == 1 and find_runs(paths[0]) in ([], [paths[0]])
+
+
+def _runs(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    runs: list[Path] = []
+    warnings = []
+    for path in paths:
+        found = find_runs(path)
+        if not found:
+            warnings.append(f"no run directory (a folder holding metrics.jsonl) at or under {path}")
+        runs += [r for r in found if r not in runs]
+    return runs, warnings
+
+
+def _fingerprint(paths: list[Path]) -> tuple[object, ...]:
+    """What changes when a run logs a row or a new run starts."""
     stats = []
-    for name in ("metrics.jsonl", "spikes.jsonl"):
-        try:
-            st = (run_dir / name).stat()
-            stats.append((st.st_mtime_ns, st.st_size))
-        except OSError:
-            stats.append((0, -1))
+    for run_dir in [r for p in paths for r in find_runs(p) or [p]]:
+        for name in ("metrics.jsonl", "spikes.jsonl"):
+            try:
+                st = (run_dir / name).stat()
+                stats.append((str(run_dir), st.st_mtime_ns, st.st_size))
+            except OSError:
+                stats.append((str(run_dir), 0, -1))
     return tuple(stats)
 
 
+def _render(args: argparse.Namespace, refresh_s: float | None = None) -> Path | None:
+    """Write the report; None when there is nothing to write yet (a run directory not created)."""
+    paths = args.run_dirs
+    if _single(paths):
+        if not paths[0].is_dir() and args.output is None:
+            return None
+        return render_dashboard(paths[0], args.output, refresh_s=refresh_s)
+    runs, warnings = _runs(paths)
+    output = args.output or (paths[0] / COMPARISON if len(paths) == 1 else Path(COMPARISON))
+    return render_comparison(runs, output, title=args.title, refresh_s=refresh_s, warnings=warnings)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.interval <= 0:
-        _parser().error(f"invalid --interval {args.interval}: it must be a positive number of seconds")
+        parser.error(f"invalid --interval {args.interval}: it must be a positive number of seconds")
     logging.basicConfig(level=logging.WARNING, format="spam-dashboard: warning: %(message)s")
-    if not args.run_dir.is_dir() and args.output is None and not args.watch:
-        _parser().error(f"no run directory at {args.run_dir}: give the directory the training run writes to, "
-                        "or -o to write a report elsewhere")
+    if not args.watch:
+        if _single(args.run_dirs) and not args.run_dirs[0].is_dir() and args.output is None:
+            parser.error(f"no run directory at {args.run_dirs[0]}: give the directory the training run "
+                         "writes to, or -o to write a report elsewhere")
+        if not _single(args.run_dirs) and not _runs(args.run_dirs)[0]:
+            parser.error("no run directory (a folder holding metrics.jsonl) at or under "
+                         f"{', '.join(map(str, args.run_dirs))}")
     try:
         import plotly  # noqa: F401
     except ImportError:
@@ -53,14 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     if not args.watch:
-        print(render_dashboard(args.run_dir, args.output))
+        print(_render(args))
         return 0
     seen = None
     try:
         while True:
-            current = _fingerprint(args.run_dir)
-            if current != seen and (args.run_dir.is_dir() or args.output is not None):
-                path = render_dashboard(args.run_dir, args.output, refresh_s=max(args.interval, 2.0))
+            current = _fingerprint(args.run_dirs)
+            if current != seen and (path := _render(args, refresh_s=max(args.interval, 2.0))) is not None:
                 print(f"rendered {path}", flush=True)
                 seen = current
             time.sleep(args.interval)

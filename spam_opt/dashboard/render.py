@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spam_opt.dashboard.binning import bins
 from spam_opt.monitor.events import GRADIENT_KINDS, SPIKE_KINDS
 from spam_opt.monitor.jsonl import read_jsonl
 
@@ -68,23 +69,37 @@ def load_run(run_dir: Path) -> RunData:
     return run
 
 
-def _heatmap(scores: dict[int, dict[str, float]]) -> tuple[list[int], list[str], list[list[float | None]]]:
-    """Steps, parameter names and log10 scores, binned to at most ``MAX_HEATMAP_COLUMNS`` columns."""
+def _heatmap(scores: dict[int, dict[str, float]], max_columns: int = MAX_HEATMAP_COLUMNS,
+             digits: int | None = None) -> tuple[list[int], list[str], list[list[float | None]]]:
+    """Steps, parameter names and log10 scores (rounded to ``digits`` decimals if given), binned to at most
+    ``max_columns`` columns."""
     steps = sorted(scores)
     names = list(dict.fromkeys(n for s in steps for n in scores[s]))
-    width = math.ceil(len(steps) / MAX_HEATMAP_COLUMNS)
-    bins = [steps[i:i + width] for i in range(0, len(steps), width)]
+    columns = [[steps[i] for i in b] for b in bins(len(steps), max_columns)]
     z = []
     for name in names:
         line = []
-        for b in bins:
+        for b in columns:
             values = [scores[s][name] for s in b if name in scores[s]]
-            line.append(math.log10(max(max(values), 1e-6)) if values else None)
+            score = math.log10(max(max(values), 1e-6)) if values else None
+            line.append(score if score is None or digits is None else round(score, digits))
         z.append(line)
-    return [b[-1] for b in bins], names, z
+    return [b[-1] for b in columns], names, z
 
 
-def _at(steps: list[int], values: list[float], step: int) -> float | None:
+def clipped_per_step(run: RunData) -> tuple[list[int], list[float]] | None:
+    """Entries the optimizer clipped, per step of its clip events (else per row of the ``clipped`` metric);
+    None when the optimizer reports no clips at all (it does not clip)."""
+    clips: dict[int, float] = defaultdict(float)
+    for e in run.events:
+        if e["kind"] == "clip" and isinstance(e.get("step"), int) and _number(e.get("value")) is not None:
+            clips[e["step"]] += e["value"]
+    if clips:
+        return sorted(clips), [clips[s] for s in sorted(clips)]
+    return run.series.get("clipped")
+
+
+def value_at(steps: list[int], values: list[float], step: int) -> float | None:
     """The value logged at or just before ``step`` (the first one when ``step`` comes earlier)."""
     if not steps:
         return None
@@ -99,14 +114,11 @@ def build_figure(run: RunData) -> Any:
     except ImportError as exc:
         raise ImportError("the dashboard needs plotly: pip install spam-opt[dashboard]") from exc
     series = run.series
-    clips: dict[int, float] = defaultdict(float)
-    for e in run.events:
-        if e["kind"] == "clip" and isinstance(e.get("step"), int) and _number(e.get("value")) is not None:
-            clips[e["step"]] += e["value"]
+    clipped = clipped_per_step(run)
     firing = sorted(k for k in series if k.startswith("firing_rate/"))
     charts = ["Loss (markers: spikes)", "Gradient norm (global)"]
     charts += ["Spike score per parameter (log10)"] if run.scores else []
-    charts += ["Entries clipped by the optimizer"] if clips or "clipped" in series else []
+    charts += ["Entries clipped by the optimizer"] if clipped else []
     charts += ["Learning rate (dotted: momentum resets)"] if "lr" in series else []
     charts += ["Firing rate per layer"] if firing else []
     heights = [2.0 if c.startswith("Spike score") else 1.0 for c in charts]
@@ -118,28 +130,21 @@ def build_figure(run: RunData) -> Any:
         if key in series:
             fig.add_trace(go.Scatter(x=series[key][0], y=series[key][1], name=name, mode="lines+markers"
                                      if key == "eval_loss" else "lines"), row=1, col=1)
-    _spike_markers(fig, go, run, series.get("loss", ([], [])))
+    _spike_markers(fig, go, run)
     for key, name in (("grad_norm", "grad norm"), ("grad_norm_max", "grad norm (max of interval)")):
         if key in series:
             fig.add_trace(go.Scatter(x=series[key][0], y=series[key][1], name=name, mode="lines"),
                           row=row["Gradient"], col=1)
     fig.update_yaxes(type="log", row=row["Gradient"], col=1)
     if run.scores:
-        steps, names, z = _heatmap(run.scores)
-        low, high = fig.get_subplot(row["Spike"], 1).yaxis.domain  # the color bar sits beside its chart
-        fig.add_trace(go.Heatmap(x=steps, y=names, z=z, colorscale="Inferno", name="spike score",
-                                 colorbar=dict(title="log10", len=high - low, y=(low + high) / 2),
-                                 hovertemplate="step %{x}<br>%{y}<br>log10 score %{z:.2f}<extra></extra>"),
-                      row=row["Spike"], col=1)
-    if "Entries" in row:
-        steps, counts = (sorted(clips), [clips[s] for s in sorted(clips)]) if clips else series["clipped"]
-        fig.add_trace(go.Bar(x=steps, y=counts, name="entries clipped"), row=row["Entries"], col=1)
+        add_heatmap(fig, go, run.scores, row["Spike"])
+    if clipped:
+        fig.add_trace(go.Bar(x=clipped[0], y=clipped[1], name="entries clipped"), row=row["Entries"], col=1)
     if "Learning" in row:
         fig.add_trace(go.Scatter(x=series["lr"][0], y=series["lr"][1], name="lr", mode="lines"),
                       row=row["Learning"], col=1)
-    for key in firing:
-        fig.add_trace(go.Scatter(x=series[key][0], y=series[key][1], name=key.removeprefix("firing_rate/"),
-                                 mode="lines", legendgroup="firing"), row=row["Firing"], col=1)
+    for trace in firing_rate_traces(go, series):
+        fig.add_trace(trace, row=row["Firing"], col=1)
     for e in run.events:
         if e["kind"] == "momentum_reset" and isinstance(e.get("step"), int):
             fig.add_vline(x=e["step"], line=dict(dash="dot", color="gray", width=1))
@@ -150,26 +155,52 @@ def build_figure(run: RunData) -> Any:
     return fig
 
 
-def _spike_markers(fig: Any, go: Any, run: RunData, loss: tuple[list[int], list[float]]) -> None:
+def add_heatmap(fig: Any, go: Any, scores: dict[int, dict[str, float]], row: int,
+                max_columns: int = MAX_HEATMAP_COLUMNS, digits: int | None = None) -> None:
+    """The layer x step heat map of spike scores in ``row`` of ``fig``, its color bar beside it."""
+    steps, names, z = _heatmap(scores, max_columns, digits)
+    low, high = fig.get_subplot(row, 1).yaxis.domain
+    fig.add_trace(go.Heatmap(x=steps, y=names, z=z, colorscale="Inferno", name="spike score",
+                             colorbar=dict(title="log10", len=high - low, y=(low + high) / 2),
+                             hovertemplate="step %{x}<br>%{y}<br>log10 score %{z:.2f}<extra></extra>"),
+                  row=row, col=1)
+
+
+def firing_rate_traces(go: Any, series: dict[str, tuple[list[int], list[float]]]) -> list[Any]:
+    """One line per spiking layer (the ``firing_rate/<layer>`` series), in layer-name order."""
+    return [go.Scatter(x=series[key][0], y=series[key][1], name=key.removeprefix("firing_rate/"),
+                       mode="lines", legendgroup="firing")
+            for key in sorted(k for k in series if k.startswith("firing_rate/"))]
+
+
+def _spike_markers(fig: Any, go: Any, run: RunData) -> None:
     """One marker per step that had spikes, on the loss curve; hover lists where and how big."""
+    steps, y, text = spike_points(run)
+    if not steps:
+        return
+    fig.add_trace(go.Scatter(x=steps, y=y, mode="markers", name="spikes", text=text, hoverinfo="text",
+                             marker=dict(symbol="x", size=10, color="crimson")), row=1, col=1)
+
+
+def spike_points(run: RunData) -> tuple[list[int], list[float], list[str]]:
+    """Per step with gradient, loss or non-finite events: the step, the train loss logged at (or just
+    before) it, and a hover text listing its five largest events."""
+    loss = run.series.get("loss", ([], []))
     by_step: dict[int, list[dict[str, Any]]] = defaultdict(list)
     marked = (*SPIKE_KINDS, "nonfinite")
     for e in run.events:
         if e["kind"] in marked and isinstance(e.get("step"), int):
             by_step[e["step"]].append(e)
-    if not by_step:
-        return
     steps = sorted(by_step)
     fallback = 0.0 if not loss[1] else max(loss[1])
-    y = [v if (v := _at(*loss, s)) is not None else fallback for s in steps]
+    y = [v if (v := value_at(*loss, s)) is not None else fallback for s in steps]
     text = []
     for s in steps:
         events = sorted(by_step[s], key=lambda e: -(_number(e.get("score")) or math.inf))
         lines = [f"{e['kind']} {e['param']} score {_fmt(e.get('score'))}" for e in events[:5]]
         more = f"<br>... and {len(events) - 5} more" if len(events) > 5 else ""
         text.append(f"step {s}<br>" + "<br>".join(html.escape(line) for line in lines) + more)
-    fig.add_trace(go.Scatter(x=steps, y=y, mode="markers", name="spikes", text=text, hoverinfo="text",
-                             marker=dict(symbol="x", size=10, color="crimson")), row=1, col=1)
+    return steps, y, text
 
 
 def _fmt(value: Any) -> str:
@@ -177,7 +208,8 @@ def _fmt(value: Any) -> str:
     return "n/a" if v is None else f"{v:.4g}"
 
 
-def _events_table(events: list[dict[str, Any]]) -> str:
+def largest_spikes_table(events: list[dict[str, Any]]) -> str:
+    """HTML: a heading and the ``TOP_EVENTS`` largest gradient and loss spikes (step, where, kind, size)."""
     spikes = [e for e in events if e["kind"] in SPIKE_KINDS]
     spikes.sort(key=lambda e: -(_number(e.get("score")) or 0.0))
     if not spikes:
@@ -191,7 +223,7 @@ def _events_table(events: list[dict[str, Any]]) -> str:
             f"{cells}</table>")
 
 
-_STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 .warning{background:#fff3cd;border:1px solid #e0c36b;padding:.6em 1em;margin:.4em 0;border-radius:4px}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"""
 
@@ -224,14 +256,23 @@ def render_dashboard(run_dir: str | Path, output: str | Path | None = None, *,
         f"{sum(e['kind'] in GRADIENT_KINDS for e in run.events)} gradient spike event(s), " + \
         f"{sum(e['kind'] == 'loss' for e in run.events)} loss spike(s), " + \
         f"{sum(e['kind'] == 'momentum_reset' for e in run.events)} momentum reset(s)"
+    from spam_opt.dashboard.summary import describe_quant, read_config  # it imports this module
+
+    quant = describe_quant(read_config(run_dir)[0])  # a missing config.yaml is no news in a one-run page
+    summary += f"; low-bit training: {quant}" if quant else ""
     refresh = f'<meta http-equiv="refresh" content="{refresh_s:g}">' if refresh_s else ""
     warnings = "".join(f'<div class="warning">⚠ {html.escape(w)}</div>' for w in run.warnings)
     title = html.escape(f"spam-opt run: {run_dir.name or run_dir}")
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{refresh}<title>{title}</title>'
-            f"<style>{_STYLE}</style></head><body><h1>{title}</h1><p>{html.escape(summary)}</p>{warnings}"
-            f"{figure}{_events_table(run.events)}</body></html>")
+            f"<style>{STYLE}</style></head><body><h1>{title}</h1><p>{html.escape(summary)}</p>{warnings}"
+            f"{figure}{largest_spikes_table(run.events)}</body></html>")
+    return write_page(output, page)
+
+
+def write_page(output: Path, page: str) -> Path:
+    """Write ``page`` to ``output`` atomically: a browser reloading mid-write sees the old page or the new."""
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
     partial.write_text(page, encoding="utf-8")
-    os.replace(partial, output)  # a browser reloading mid-write sees the old report or the new, never half
+    os.replace(partial, output)
     return output

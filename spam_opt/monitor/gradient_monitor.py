@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from spam_opt._distributed import ShardGroups, all_reduce_per_tensor, shard_groups
 from spam_opt._validation import check_int, check_number
 from spam_opt.monitor.events import SPIKE_KINDS, SpikeEvent
 from spam_opt.monitor.jsonl import append_jsonl
@@ -77,7 +78,8 @@ class GradientSpikeMonitor:
     ``clipped`` (entries the optimizer clipped in the steps it took since the previous row: the optimizer
     steps after ``observe``), ``grad_score`` (per parameter, its largest score of the interval) and the
     ``scalars``. It logs the numeric part of each row to the ``accelerator``'s trackers and warns through
-    ``logging``. Under FSDP2 every rank must call ``observe`` (sharded norms are all-reduced).
+    ``logging``. Under FSDP2 every rank must call ``observe`` and step the optimizer (sharded norms and clip
+    counts are all-reduced).
 
     Example::
 
@@ -137,7 +139,7 @@ class GradientSpikeMonitor:
         self._index_of = {id(p): i for i, p in enumerate(self.params)}
         self._numel = [p.numel() for p in self.params]
         self._reductions = GradientReductions(self.params, mode, self.gss_threshold)
-        self._scores = RunningScores(len(self.params))
+        self._scores = RunningScores(len(self.params), self.gss_threshold)
         self._loss_rule: RollingOutliers | None = None  # made on the first loss's device
         self._pending: list[_Step] = []
         self._clips: list[tuple[int, Tensor, list[int]]] = []
@@ -145,7 +147,7 @@ class GradientSpikeMonitor:
         self._scalars: dict[str, float | Tensor] = {}
         self._last_step: int | None = None
         self._optimizer_steps = 0
-        self._optimizer_indices: dict[tuple[int, ...], list[int]] = {}
+        self._optimizer_indices: dict[tuple[int, ...], tuple[list[int], list[ShardGroups]]] = {}
         self._hook = None
         self.optimizer = _innermost_optimizer(optimizer) if optimizer is not None else None
         if self.optimizer is not None and hasattr(self.optimizer, "register_step_post_hook"):
@@ -195,8 +197,12 @@ class GradientSpikeMonitor:
         if stats is not None and len(stats.params):
             key = tuple(id(p) for p in stats.params)
             if key not in self._optimizer_indices:
-                self._optimizer_indices[key] = [self._index_of.get(id(p), -1) for p in stats.params]
-            self._clips.append((step, stats.clipped, self._optimizer_indices[key]))
+                self._optimizer_indices[key] = ([self._index_of.get(id(p), -1) for p in stats.params],
+                                                [shard_groups(p) for p in stats.params])
+            indices, groups = self._optimizer_indices[key]
+            # An optimizer counts the clips of its own shards: the full tensor's count is their sum.
+            clipped = all_reduce_per_tensor(stats.clipped, groups, "sum") if any(groups) else stats.clipped
+            self._clips.append((step, clipped, indices))
         s = getattr(optimizer, "global_step", self._optimizer_steps)
         groups = optimizer.param_groups
         reset = [i for i, g in enumerate(groups)

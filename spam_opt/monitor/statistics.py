@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -71,39 +72,77 @@ class GradientReductions:
         return out.reshape(-1)
 
     def _element_scores(self, present: Sequence[int], grads: list[Tensor]) -> list[Tensor]:
-        abs_grads = torch._foreach_abs(grads)
         sums = []
-        for i, a in zip(present, abs_grads):
+        for i, g in zip(present, grads):
             if self.abs_sums[i] is None:
-                self.abs_sums[i] = torch.zeros_like(a, dtype=torch.float32)
+                self.abs_sums[i] = torch.zeros_like(g, dtype=torch.float32,
+                                                    memory_format=torch.contiguous_format)
             self.counts[i] += 1
             sums.append(self.abs_sums[i])
-        torch._foreach_add_(sums, abs_grads)
-        # GSS = |g_t| / mean_{j<=t} |g_j| = |g_t| * t / sum_{j<=t} |g_j|. Raising a zero sum to the smallest
-        # normal float makes an entry that was always 0 score 0, and is lost in the next non-zero |g|.
-        torch._foreach_clamp_min_(sums, _TINY)
-        gss = abs_grads  # computed in place: |g| is not needed any more
-        torch._foreach_div_(gss, sums)
-        torch._foreach_mul_(gss, [float(self.counts[i]) for i in present])
-        largest = torch.stack(torch._foreach_max(gss)).float()
-        above = torch.stack([(s > self.gss_threshold).sum() for s in gss]).float()
-        return [largest, above]
+        steps = [float(self.counts[i]) for i in present]
+        if _cpp_takes(grads):
+            scores = torch.ops.spam_opt_monitor.gradient_spike_scores_(sums, grads, steps, self.gss_threshold)
+            return list(scores)
+        return element_scores_torch(sums, grads, steps, self.gss_threshold)
+
+
+def element_scores_torch(sums: list[Tensor], grads: list[Tensor], steps: list[float],
+                         threshold: float) -> list[Tensor]:
+    """Score |g| against the running sums, then add it; per tensor the largest element-wise GSS and the count
+    above ``threshold``.
+
+    GSS = |g_t| / mean_{j<=t} |g_j| = |g_t| * t / sum_{j<=t} |g_j|. Raising a zero sum to the smallest normal
+    float makes an entry that was always 0 score 0, and is lost in the next non-zero |g|. An entry that scores
+    above ``threshold`` enters its sum at the value that would have scored exactly ``threshold`` (see
+    ``RunningScores``). The C++ op (``csrc/gss_cpu.cpp``) does the same in one pass per tensor; this is its
+    reference and other devices' path.
+    """
+    largest, above = [], []
+    for s, g, t in zip(sums, grads, steps):
+        a = g.float().abs()
+        gss = a / (s + a).clamp_min(_TINY) * t
+        spike = gss > threshold
+        recorded = torch.where(spike, s * threshold / (t - threshold), a) if t > threshold else a
+        s.copy_((s + recorded).clamp_min(_TINY))
+        largest.append(gss.max())
+        above.append(spike.sum())
+    return [torch.stack(largest).float(), torch.stack(above).float()]
+
+
+_GSS_SOURCE = Path(__file__).with_name("csrc") / "gss_cpu.cpp"
+
+
+def _cpp_takes(grads: list[Tensor]) -> bool:
+    """Whether the C++ op scores these gradients: contiguous float32 on CPU, and the op builds here."""
+    if not all(g.device.type == "cpu" and g.dtype == torch.float32 and g.is_contiguous() for g in grads):
+        return False
+    from spam_opt.kernels.cpp_build import load_library
+
+    return load_library(_GSS_SOURCE) is None
 
 
 class RunningScores:
-    """Host-side running means of ‖g‖ and max|g| per parameter, and the scores of new values against them."""
+    """Host-side running sums of ‖g‖ and max|g| per parameter, and the scores of new values against them.
 
-    def __init__(self, num_params: int) -> None:
+    A score is the value over its mean over the steps so far, the current one included (the paper's Gradient
+    Spike Score). A value that scores above ``threshold`` enters the sum at the value that would have scored
+    exactly ``threshold``: recorded in full, one spike would raise the mean enough to hide the next (a 1000x
+    spike at step 60 alone makes a second one at step 100 score 48).
+    """
+
+    def __init__(self, num_params: int, threshold: float) -> None:
+        self.threshold = threshold
         self.n = [0] * num_params
-        self.norm_sum = [0.0] * num_params
-        self.max_sum = [0.0] * num_params
+        self.sums = [[0.0, 0.0] for _ in range(num_params)]  # per parameter: sum of ‖g‖, sum of max|g|
 
     def update(self, i: int, norm: float, largest: float) -> tuple[float, float]:
-        """Add a step's values for parameter ``i``; return (norm score, max score), each ``value / mean``."""
+        """Add a step's values for parameter ``i``; return (norm score, max score)."""
         self.n[i] += 1
-        self.norm_sum[i] += norm
-        self.max_sum[i] += largest
-        n = self.n[i]
-        norm_score = norm * n / self.norm_sum[i] if self.norm_sum[i] > 0 else 0.0
-        max_score = largest * n / self.max_sum[i] if self.max_sum[i] > 0 else 0.0
-        return norm_score, max_score
+        n, sums = self.n[i], self.sums[i]
+        scores = []
+        for k, value in enumerate((norm, largest)):
+            total = sums[k] + value
+            score = value * n / total if total > 0 else 0.0
+            sums[k] += self.threshold * sums[k] / (n - self.threshold) if score > self.threshold else value
+            scores.append(score)
+        return scores[0], scores[1]

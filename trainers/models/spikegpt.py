@@ -1,4 +1,4 @@
-"""SpikeGPT (Zhu et al., 2023): an RWKV-4 language model whose blocks emit spikes, in plain PyTorch.
+"""SpikeGPT (Zhu et al., 2023): an RWKV-4 language model whose blocks emit spikes, in PyTorch.
 
 Token embeddings are binarised to spikes; each block adds to the residual stream the spikes of a leaky
 integrate-and-fire (LIF) neuron fed by RWKV's time-mix (the WKV recurrence, SpikeGPT's "spiking RWKV")
@@ -13,12 +13,15 @@ parallel form), generation feeds one token at a time with a carried state, O(1) 
     model.spike_metrics()                            # firing rates, synaptic ops vs dense MACs
 
 Importing this module registers ``model_type="spikegpt"`` with ``AutoConfig`` and ``AutoModelForCausalLM``.
-Deliberate differences from the authors' code: no CUDA kernel (the WKV is pure PyTorch, in float32 under
-autocast too) and no L2Wrap logit regulariser (the loss is plain cross-entropy).
+On CPU the sequential parts (the WKV, the neurons) and the element-wise work around them run in C++ kernels
+(``spikegpt_kernels.py``); the pure-PyTorch code here is their reference, and what runs on other devices.
+Deliberate differences from the authors' code: no CUDA kernel (on GPUs the WKV is pure PyTorch, in float32
+under autocast too) and no L2Wrap logit regulariser (the loss is plain cross-entropy).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -35,6 +38,13 @@ from transformers import (
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from trainers.models.spikegpt_kernels import (
+    kernels_take,
+    relu_square_kernel,
+    shift_mix_kernel,
+    sigmoid_gate_kernel,
+    wkv_kernel,
+)
 from trainers.models.spiking_neuron import MultiStepLIF, atan_spike
 
 
@@ -78,6 +88,7 @@ SPIKEGPT_PRESETS: dict[str, dict[str, Any]] = {
     "spikegpt-tiny": dict(n_embd=64, n_layer=2, ctx_len=256),  # tests: about 0.13M parameters with bytes
     "spikegpt-1m": dict(n_embd=128, n_layer=4, ctx_len=256),  # the stability grid: llama-9m's size, 0.9M
     "spikegpt-small": dict(n_embd=256, n_layer=4, ctx_len=256),  # 3.5M with bytes, the size of llama-20m
+    "spikegpt-60m": dict(n_embd=512, n_layer=8, ctx_len=1024),  # llama-60m's size: 27M with bytes
     "spikegpt-45m": dict(n_embd=512, n_layer=12, ctx_len=1024),
     "spikegpt-216m": dict(n_embd=768, n_layer=18, ctx_len=1024),
 }
@@ -107,7 +118,7 @@ class LayerState(NamedTuple):
 
 
 def wkv_recurrent(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKVState) -> tuple[Tensor, WKVState]:
-    """RWKV-4's WKV one token at a time (the generation path): O(1) work and memory per token.
+    """RWKV-4's WKV one token at a time (generation where the CPU kernel does not run): O(1) per token.
 
     ``w`` (negative: the per-channel log-decay) and ``u`` (the bonus of the current token) are ``(C,)``;
     ``k`` and ``v`` are ``(B, T, C)``. Output token t is the average of the values ``v_i``, ``i <= t``, with
@@ -156,7 +167,7 @@ class _LinearScan(torch.autograd.Function):
 
 
 def wkv_parallel(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKVState) -> tuple[Tensor, WKVState]:
-    """The same WKV as :func:`wkv_recurrent` for all tokens at once (the training path).
+    """The same WKV as :func:`wkv_recurrent` for all tokens at once (training where the kernel does not run).
 
     The running maxima that keep the exponentials finite are the closed form
     ``p[t+1] = max(p[0] + (t+1) w, max_{i<=t} k[i] + (t-i) w) = t w + cummax_{i<=t}(k[i] - i w)`` (with the
@@ -182,9 +193,43 @@ def wkv_parallel(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKVState) ->
     return out.transpose(0, 1), WKVState(sums[-1, 0], sums[-1, 1], tops[-1])
 
 
-def _shift(x: Tensor, previous: Tensor) -> Tensor:
-    """Each token's predecessor along dim 1, the first one's being ``previous`` (the carried token)."""
-    return torch.cat([previous[:, None], x[:, :-1]], dim=1)
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """A region without autocast; entered only when autocast is on (generation pays per token and layer)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+# What the blocks run: the C++ kernels where they take the tensor (``spikegpt_kernels.kernels_take``: float32
+# or float64 on CPU), else the pure-PyTorch code in each function: the reference the tests compare with.
+
+def wkv(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKVState) -> tuple[Tensor, WKVState]:
+    """The WKV: :func:`wkv_recurrent` for one token, :func:`wkv_parallel` for more, or the kernel."""
+    if kernels_take(k):
+        out, *sums = wkv_kernel(w, u, k, v, *state)
+        return out, WKVState(*sums)
+    return (wkv_recurrent if k.shape[1] == 1 else wkv_parallel)(w, u, k, v, state)
+
+
+def shift_mix(x: Tensor, previous: Tensor, mixes: list[Tensor]) -> list[Tensor]:
+    """``lerp(xx, x, m)`` for each ``m`` of ``mixes``, ``xx`` being each token's predecessor along dim 1
+    (the first one's is ``previous``, the carried token): the inputs of a block's projections."""
+    if kernels_take(x):
+        return shift_mix_kernel(x, previous, mixes)
+    xx = torch.cat([previous[:, None], x[:, :-1]], dim=1)
+    return [torch.lerp(xx, x, m) for m in mixes]
+
+
+def sigmoid_gate(r: Tensor, x: Tensor) -> Tensor:
+    """``sigmoid(r) * x``: the receptance gate of both mixes."""
+    if kernels_take(r) and x.dtype == r.dtype:
+        return sigmoid_gate_kernel(r, x)
+    return torch.sigmoid(r) * x
+
+
+def relu_square(k: Tensor) -> Tensor:
+    """``relu(k) ** 2``: the channel-mix's hidden activation."""
+    return relu_square_kernel(k) if kernels_take(k) else torch.square(torch.relu(k))
 
 
 class TimeMix(nn.Module):
@@ -202,15 +247,12 @@ class TimeMix(nn.Module):
             layer.zero_init = True  # as RWKV-4 starts them
 
     def forward(self, x: Tensor, state: LayerState) -> tuple[Tensor, Tensor, WKVState]:
-        xx = _shift(x, state.att_shift)
-        k = self.key(torch.lerp(xx, x, self.time_mix_k))
-        v = self.value(torch.lerp(xx, x, self.time_mix_v))
-        r = self.receptance(torch.lerp(xx, x, self.time_mix_r))
-        with torch.autocast(x.device.type, enabled=False):  # exponentials of sums: float32 only
+        mixed = shift_mix(x, state.att_shift, [self.time_mix_k, self.time_mix_v, self.time_mix_r])
+        k, v, r = self.key(mixed[0]), self.value(mixed[1]), self.receptance(mixed[2])
+        with _autocast_off(x.device.type):  # exponentials of sums: float32 only
             w, u, k, v = -torch.exp(self.time_decay.float()), self.time_first.float(), k.float(), v.float()
-            wkv_form = wkv_recurrent if x.shape[1] == 1 else wkv_parallel
-            wkv, wkv_state = wkv_form(w, u, k, v, state.wkv)
-        return self.output(torch.sigmoid(r) * wkv.to(r.dtype)), x[:, -1], wkv_state
+            out, wkv_state = wkv(w, u, k, v, state.wkv)
+        return self.output(sigmoid_gate(r, out.to(r.dtype))), x[:, -1], wkv_state
 
 
 class ChannelMix(nn.Module):
@@ -228,9 +270,9 @@ class ChannelMix(nn.Module):
             layer.zero_init = True
 
     def forward(self, x: Tensor, state: LayerState) -> tuple[Tensor, Tensor]:
-        xx = _shift(x, state.ffn_shift)
-        k = torch.square(torch.relu(self.key(torch.lerp(xx, x, self.time_mix_k))))
-        return torch.sigmoid(self.receptance(torch.lerp(xx, x, self.time_mix_r))) * self.value(k), x[:, -1]
+        mixed_k, mixed_r = shift_mix(x, state.ffn_shift, [self.time_mix_k, self.time_mix_r])
+        k = relu_square(self.key(mixed_k))
+        return sigmoid_gate(self.receptance(mixed_r), self.value(k)), x[:, -1]
 
 
 class Block(nn.Module):
@@ -353,14 +395,15 @@ class SpikeGPTForCausalLM(PreTrainedModel, GenerationMixin):
         last block. Dense MACs are those of all the linear layers, over the same tokens.
         """
         c, vocab, n = self.config.n_embd, self.config.vocab_size, len(self.blocks)
-        metrics, synops = {}, torch.zeros((), device=self.emb.weight.device)
-        for i, (name, count) in enumerate(counts.items()):  # embedding, then att and ffn of each block
-            fan_out = 5 * c if name.endswith(".att") else (vocab if i == 2 * n else 3 * c)
-            metrics[f"firing_rate/{name}"] = count / (tokens * c)
-            synops = synops + count * fan_out
-        metrics["synops"] = synops
+        # Embedding, then att and ffn of each block; one op for all layers (generation calls this per token).
+        fan_outs = [5 * c if name.endswith(".att") else (vocab if i == 2 * n else 3 * c)
+                    for i, name in enumerate(counts)]
+        values = torch.stack([count.float() for count in counts.values()])
+        rates = (values / (tokens * c)).unbind()
+        metrics = {f"firing_rate/{name}": rate for name, rate in zip(counts, rates)}
+        metrics["synops"] = values @ values.new_tensor(fan_outs)
         dense = tokens * (n * 13 * c * c + c * vocab)  # per token and block: time-mix 4C^2, channel-mix 9C^2
-        metrics["dense_macs"] = torch.tensor(float(dense), device=synops.device)
+        metrics["dense_macs"] = values.new_tensor(float(dense))
         self._metrics = metrics
 
     def spike_metrics(self) -> dict[str, Tensor]:

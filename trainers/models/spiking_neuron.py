@@ -10,8 +10,10 @@ Backward replaces dH/dh of the Heaviside step by the derivative of the arctan su
 ``atan(pi/2 * alpha * x) / pi + 1/2``, i.e. ``alpha / 2 / (1 + (pi/2 * alpha * x)^2)``. The reset is not
 detached (the gradient also flows through ``s_t`` in ``v_t``), as in SpikeGPT's neuron.
 
-The time loop runs inside one autograd function with a hand-written backward, so autograd records one node
-per neuron layer instead of a handful per token, and each token costs two small ops forward and one backward.
+On CPU (float32 and float64) a C++ kernel runs the neuron, one pass over the time steps forward and one
+back (``spikegpt_kernels.py``). Elsewhere, and as the reference the tests compare it with, the time loop
+runs inside one autograd function with a hand-written backward, so autograd records one node per neuron
+layer instead of a handful per token, and each token costs two small ops forward and one backward.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from trainers.models.spikegpt_kernels import kernels_take, lif_kernel
 
 
 def atan_surrogate_grad(x: Tensor, alpha: float) -> Tensor:
@@ -111,8 +115,14 @@ class MultiStepLIF(nn.Module):
         elif v.shape != x.shape[:1] + x.shape[2:]:
             raise ValueError(f"membrane state of shape {tuple(v.shape)} does not fit an input of shape "
                              f"{tuple(x.shape)}: it must be the input's shape without the time axis (dim 1)")
+        v = v.to(x.dtype)
+        if kernels_take(x):  # the C++ scan over (batch, time, neurons), no transposes
+            batch, steps, neurons = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+            spikes, v_last = lif_kernel(x.reshape(batch, steps, neurons), v.reshape(batch, neurons), self.tau,
+                                        self.v_threshold, self.alpha)
+            return spikes.view(x.shape), v_last.view(v.shape)
         # Time first makes every step a contiguous slice.
-        spikes, v = _MultiStepLIF.apply(x.transpose(0, 1).contiguous(), v.to(x.dtype), self.tau,
+        spikes, v = _MultiStepLIF.apply(x.transpose(0, 1).contiguous(), v, self.tau,
                                         self.v_threshold, self.alpha)
         return spikes.transpose(0, 1), v
 

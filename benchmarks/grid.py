@@ -1,0 +1,383 @@
+"""A grid of training runs, variants x regimes x seeds, each a real run of ``trainers.pretrain``.
+
+The grid scripts (``stability.py``, ``lowbit.py``, ``memory_grid.py``) say what their variants (trainer
+options per row: optimizer, clipping, quantization, ...) and regimes (what is done to a run: injections, a
+high LR, a longer run) are; this module runs them and measures what they share:
+
+- every run writes ``<out>/runs/<regime>/<variant>/seed<k>/result.json``; a finished run is never repeated, so
+  an interrupted grid continues where it stopped (run it again with the same command);
+- learning rates come from a short sweep (clean regime, seed 0) written next to the results, or are given;
+- SPAM's and Stable-SPAM's schedules are scaled to the run as the papers' were to theirs (``reset_fraction``);
+- the validation loss is measured once, at the end, on the whole validation split (``eval_noise.py`` measures
+  how much a smaller evaluation would wobble), and the monitor's spike events are kept per run, so that the
+  monitor can be scored as a detector against the known injection steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Validation batches of a final evaluation: more than any grid's split holds, so the whole split is used.
+WHOLE_SPLIT = 100_000
+LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
+SWEEP_EXTEND = 2  # extra x3 steps past an end of LR_GRID whose lr wins the sweep
+GRADIENT_KINDS = ("grad_norm", "grad_max", "element_gss")
+
+
+@dataclass
+class Setup:
+    """What every run of a grid shares."""
+
+    model: str
+    steps: int
+    batch_size: int
+    seq_len: int
+    out: Path
+    reset_fraction: float = 1 / 20
+    corpus_mb: float = 2.0
+    seeds: int = 3
+    extra: dict[str, Any] = field(default_factory=dict)  # trainer options for every run (e.g. quantization)
+    eval_batches: int = WHOLE_SPLIT  # validation batches of the final evaluation (smoke tests take a few)
+
+
+@dataclass(frozen=True)
+class Regime:
+    """What a regime does to a run.
+
+    ``options(setup, steps)`` gives extra trainer options; ``injections(setup, steps)`` the (first, last)
+    injected steps, for recovery measures and the detector scores. ``lr_factor`` sets every variant's lr to
+    this many times the reference variant's swept lr (a high-LR regime); ``steps_factor`` lengthens the runs;
+    ``variants`` and ``seeds`` restrict the regime to fewer rows or seeds.
+    """
+
+    options: Callable[[Setup, int], dict[str, Any]] = lambda setup, steps: {}
+    injections: Callable[[Setup, int], list[tuple[int, int]]] = lambda setup, steps: []
+    lr_factor: float | None = None
+    steps_factor: int = 1
+    variants: tuple[str, ...] | None = None
+    seeds: int | None = None
+    injection_kind: str | None = None  # "gradient" or "data": which detector the injections test
+
+
+def scaled_schedule(options: dict[str, Any], reset_fraction: float, steps: int) -> dict[str, Any]:
+    """SPAM's and Stable-SPAM's schedules scaled to the run: paper 500/150/20 for ~10k steps."""
+    interval = max(4, round(reset_fraction * steps))
+    if options.get("optimizer") == "spam":
+        return {"reset_interval": interval, "warmup_steps": max(1, round(0.3 * interval)),
+                "clip_delay": max(1, round(0.04 * interval))}
+    if options.get("optimizer") == "stable-spam":
+        return {"reset_interval": 2 * interval, "total_steps": steps}
+    return {}
+
+
+def trainer_argv(setup: Setup, variant: dict[str, Any], regime: Regime, seed: int, lr: float,
+                 run_dir: Path) -> list[str]:
+    steps = setup.steps * regime.steps_factor
+    values: dict[str, Any] = {
+        "model": setup.model, "max_steps": steps, "batch_size": setup.batch_size, "seq_len": setup.seq_len,
+        "seed": seed, "lr": lr, "corpus_max_mb": setup.corpus_mb, "warmup_steps": max(1, steps // 20),
+        "eval_every": steps, "eval_batches": setup.eval_batches, "log_every": 1, "save_every": 0,
+        "output_dir": str(run_dir.parent), "run_name": run_dir.name, "overwrite": True, "trackers": "",
+        "dashboard": False, "progress_bar": False,
+        **setup.extra, **variant, **regime.options(setup, steps),
+    }
+    kwargs = scaled_schedule(values, setup.reset_fraction, steps) | dict(values.pop("optimizer_kwargs", {}))
+    if kwargs:
+        values["optimizer_kwargs"] = json.dumps(kwargs)
+    argv = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, ",".join(map(str, value))]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def parse_lrs(text: str, known: Sequence[str], parser: Any) -> dict[str, float]:
+    """``NAME=LR,...`` (the grid scripts' ``--lrs``) as a dict; bad items end in ``parser.error``."""
+    lrs = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        try:
+            lrs[name] = float(value)
+        except ValueError:
+            parser.error(f"invalid --lrs item {item!r}: give NAME=LR pairs, e.g. adamw=1e-3,spam=1e-3")
+        if name not in known or lrs[name] <= 0:
+            parser.error(f"invalid --lrs item {item!r}: NAME is one of {', '.join(known)}, LR > 0")
+    return lrs
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    from spam_opt.monitor.jsonl import read_jsonl
+
+    return read_jsonl(path)[0]
+
+
+def optimizer_state_bytes(run_dir: Path) -> int:
+    """Bytes of optimizer state after one step of the run's model with that run's optimizer config."""
+    import torch
+
+    from trainers.config import from_dict, read_yaml
+    from trainers.models import build_model
+    from trainers.optimizers import build_optimizer
+
+    cfg = from_dict(read_yaml(run_dir / "config.yaml"))
+    vocab = json.loads((run_dir / "final" / "config.json").read_text())["vocab_size"]
+    model = build_model(cfg.model, vocab, cfg.seq_len)
+    opt = build_optimizer(cfg, model)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    opt.step()
+    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
+               if torch.is_tensor(t))
+
+
+def run_one(setup: Setup, name: str, variant: dict[str, Any], regime_name: str, regime: Regime, seed: int,
+            lr: float, run_dir: Path) -> dict[str, Any]:
+    """Train one run (or read it back, when it finished before with this lr)."""
+    result_path = run_dir / "result.json"
+    if result_path.is_file():
+        done = json.loads(result_path.read_text())
+        if done["lr"] == lr:  # the same run; a changed sweep outcome reruns it
+            return done
+    from trainers.pretrain import main
+
+    steps = setup.steps * regime.steps_factor
+    started = time.perf_counter()
+    main(trainer_argv(setup, variant, regime, seed, lr, run_dir))
+    wall = time.perf_counter() - started
+    rows = read_rows(run_dir / "metrics.jsonl")
+    evals = [r for r in rows if "eval_loss" in r]
+    events = read_rows(run_dir / "spikes.jsonl")
+    result = {
+        "optimizer": name, "regime": regime_name, "seed": seed, "lr": lr, "steps": steps,
+        "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "final_eval_ppl": evals[-1]["eval_ppl"] if evals else None,
+        "state_bytes": optimizer_state_bytes(run_dir),
+        "wall_s": wall,
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows if "tokens_per_s" in r),
+        "load_average": os.getloadavg()[0],
+        "curve": [(r["step"], r["loss"]) for r in rows if "loss" in r and "eval_loss" not in r],
+        "grad_events": sorted({e["step"] for e in events if e["kind"] in GRADIENT_KINDS}),
+        "loss_events": sorted({e["step"] for e in events if e["kind"] == "loss"}),
+        "injections": regime.injections(setup, steps),
+    }
+    result_path.write_text(json.dumps(result))
+    return result
+
+
+def sweep(setup: Setup, variants: dict[str, dict[str, Any]], names: Sequence[str], clean: Regime,
+          lrs: tuple[float, ...] = LR_GRID) -> dict[str, float]:
+    """Best clean-regime lr per variant (seed 0), by final validation loss; writes ``lr_sweep.md``.
+
+    When the best lr is at an end of the grid, the sweep goes on past that end (x3 per step, at most
+    SWEEP_EXTEND steps): an optimum at the edge of the grid is not an optimum.
+    """
+
+    def loss_at(name: str, lr: float) -> float:
+        res = run_one(setup, name, variants[name], "clean", clean, 0, lr,
+                      setup.out / "sweep" / name / f"lr{lr:g}")
+        loss = res["final_eval_loss"]
+        return loss if loss is not None and math.isfinite(loss) else math.inf
+
+    best: dict[str, float] = {}
+    all_scores: dict[str, dict[float, float]] = {}
+    for name in names:
+        scores = {lr: loss_at(name, lr) for lr in lrs}
+        for _ in range(SWEEP_EXTEND):
+            chosen, grid = min(scores, key=scores.get), sorted(scores)
+            if chosen not in (grid[0], grid[-1]):
+                break
+            lr = float(f"{chosen * 3 if chosen == grid[-1] else chosen / 3:.3g}")
+            scores[lr] = loss_at(name, lr)
+        best[name] = min(scores, key=scores.get)
+        all_scores[name] = scores
+    columns = sorted({lr for scores in all_scores.values() for lr in scores})
+    table = ["| variant | " + " | ".join(f"lr {lr:g}" for lr in columns) + " | chosen |",
+             "|---" * (len(columns) + 2) + "|"]
+    for name, scores in all_scores.items():
+        cells = " | ".join(f"{scores[lr]:.4f}" if lr in scores else "" for lr in columns)
+        table.append(f"| {name} | {cells} | {best[name]:g} |")
+    intro = ("Final validation loss of the clean regime, seed 0. The grid is extended past an end whose lr "
+             f"wins (x3 per step, up to {SWEEP_EXTEND} steps); empty cells were not run.\n\n")
+    (setup.out / "lr_sweep.md").write_text(intro + "\n".join(table) + "\n")
+    return best
+
+
+def run_grid(setup: Setup, variants: dict[str, dict[str, Any]], regimes: dict[str, Regime],
+             lrs: dict[str, float], reference: str) -> list[dict[str, Any]]:
+    """Every (regime, seed, variant) run, in an order that fills every table a little at a time."""
+    results = []
+    for regime_name, regime in regimes.items():
+        names = [n for n in variants if regime.variants is None or n in regime.variants]
+        for seed in range(min(setup.seeds, regime.seeds or setup.seeds)):
+            for name in names:
+                lr = lrs[name] if regime.lr_factor is None else regime.lr_factor * lrs[reference]
+                run_dir = setup.out / "runs" / regime_name / name / f"seed{seed}"
+                results.append(run_one(setup, name, variants[name], regime_name, regime, seed, lr, run_dir))
+                loss = results[-1]["final_eval_loss"]
+                print(f"{regime_name:14s} {name:16s} seed {seed}: val loss {loss}", flush=True)
+    return results
+
+
+# -- measures -----------------------------------------------------------------------------------------
+
+
+def loss_spikes(losses: list[float], window: int = 20, sigma: float = 6.0, floor: float = 0.1) -> list[int]:
+    """Indices where the loss exceeds the mean of the previous ``window`` by max(sigma std, floor) nats."""
+    spikes = []
+    for t in range(window, len(losses)):
+        prev = losses[t - window:t]
+        mean, std = statistics.fmean(prev), statistics.pstdev(prev)
+        if losses[t] > mean + max(sigma * std, floor):
+            spikes.append(t)
+    return spikes
+
+
+def recovery_steps(steps: list[int], losses: list[float], at: int, smooth: int = 5,
+                   last: int | None = None) -> int | None:
+    """Steps after an injection until the ``smooth``-step mean loss is back at its prior level.
+
+    The injection hits steps ``at``..``last`` (one step when ``last`` is None). An injected gradient acts
+    on the update of its step, so the first loss that can show it is that of step ``at + 1``; the level
+    before is the mean of the ``smooth`` losses up to step ``at``, and steps are counted from ``last``.
+    """
+    last = at if last is None else last
+    index = {s: i for i, s in enumerate(steps)}
+    if at not in index or last not in index or index[at] < smooth - 1:
+        return None
+    i0 = index[at]
+    baseline = statistics.fmean(losses[i0 - smooth + 1:i0 + 1])
+    for i in range(index[last] + 1, len(losses) - smooth + 1):
+        if statistics.fmean(losses[i:i + smooth]) <= baseline:
+            return steps[i] - last
+    return None
+
+
+def loss_jump(steps: list[int], losses: list[float], at: int, smooth: int = 5,
+              last: int | None = None) -> float | None:
+    """Largest loss from step ``at + 1`` to ``smooth`` steps after ``last``, minus the mean before ``at``."""
+    last = at if last is None else last
+    index = {s: i for i, s in enumerate(steps)}
+    if at not in index or last not in index or index[at] < smooth - 1:
+        return None
+    i0 = index[at]
+    return max(losses[i0 + 1:index[last] + 1 + smooth]) - statistics.fmean(losses[i0 - smooth + 1:i0 + 1])
+
+
+def detections(result: dict[str, Any], kind: str, after: int = 2) -> list[bool]:
+    """Per injection, whether the monitor flagged it: a ``kind`` event ("grad" or "loss") from its first
+    injected step to ``after`` steps past its last (a loss shows an update's harm a step later)."""
+    flagged = set(result[f"{kind}_events"])
+    return [any(first <= s <= last + after for s in flagged) for first, last in result["injections"]]
+
+
+def false_flags_per_1000(result: dict[str, Any], kind: str) -> float:
+    """Monitor events of ``kind`` per 1000 steps of a run with nothing injected."""
+    return 1000 * len(result[f"{kind}_events"]) / max(1, result["steps"])
+
+
+def mean_spread(values: Sequence[float | None], digits: int = 4) -> str:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return "diverged"
+    diverged = len(values) - len(finite)
+    note = f" ({diverged} diverged)" if diverged else ""
+    if len(finite) == 1:
+        return f"{finite[0]:.{digits}f}{note}"
+    return f"{statistics.fmean(finite):.{digits}f} ± {statistics.pstdev(finite):.{digits}f}{note}"
+
+
+def recovery_text(values: list[int | None]) -> str:
+    """Median and longest recovery over injections x seeds; a run that never recovered counts as longest."""
+    steps = [math.inf if v is None else v for v in values]
+    text = lambda x: "never" if x == math.inf else f"{x:g}"
+    never = sum(v is None for v in values)
+    return f"{text(statistics.median(steps))} / {text(max(steps))}" + (f" ({never} never)" if never else "")
+
+
+def with_spike_measures(result: dict[str, Any]) -> dict[str, Any]:
+    """A result with its loss spikes, and recovery and loss jump per injection, from its training curve."""
+    steps = [s for s, _ in result["curve"]]
+    losses = [v if v is not None and math.isfinite(v) else math.inf for _, v in result["curve"]]
+    return result | {
+        "loss_spikes": len(loss_spikes([v for v in losses if math.isfinite(v)])),
+        "recovery": [recovery_steps(steps, losses, t, last=end) for t, end in result["injections"]],
+        "jump": [loss_jump(steps, losses, t, last=end) for t, end in result["injections"]],
+    }
+
+
+# -- outputs ------------------------------------------------------------------------------------------
+
+
+def plot_curves(out: Path, results: list[dict[str, Any]], regimes: Sequence[str], variants: Sequence[str],
+                filename: str = "loss_curves.png") -> None:
+    """Training loss (mean over seeds, log scale) per regime, one line per variant, injections dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in regimes if any(x["regime"] == r for x in results)]
+    fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 4), squeeze=False)
+    for ax, regime in zip(axes[0], shown):
+        for name in variants:
+            runs = [r for r in results if r["regime"] == regime and r["optimizer"] == name]
+            if not runs:
+                continue
+            steps = [s for s, _ in runs[0]["curve"]]
+            curves = [[v for _, v in r["curve"]] for r in runs if len(r["curve"]) == len(steps)]
+            mean = [statistics.fmean(vals) for vals in zip(*curves)]
+            ax.plot(steps, mean, label=name, linewidth=1)
+        for first, _ in runs[0]["injections"] if runs else []:
+            ax.axvline(first, color="grey", linestyle=":", linewidth=0.8)
+        ax.set_title(regime)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (mean over seeds)")
+        ax.set_yscale("log")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / filename, dpi=110)
+    plt.close(fig)
+
+
+def write_comparison(out: Path, results: list[dict[str, Any]], regimes: Sequence[str], title: str) -> None:
+    """``comparison.html``: every run's curves and spikes, a section per regime, a variant's seeds grouped."""
+    from spam_opt.dashboard import RunRef, render_comparison
+
+    sections = {regime: [RunRef(out / "runs" / regime / r["optimizer"] / f"seed{r['seed']}",
+                                name=f"{r['optimizer']} seed {r['seed']}", group=r["optimizer"])
+                         for r in results if r["regime"] == regime]
+                for regime in regimes if any(r["regime"] == regime for r in results)}
+    render_comparison(sections, out / "comparison.html", title=title)
+
+
+def noise_note(out: Path) -> str:
+    """What the evaluation's own noise is, from ``eval_noise.py``'s measurement in ``out``, if made."""
+    path = out / "eval_noise.json"
+    if not path.is_file():
+        return "evaluation noise not measured for this grid yet: see benchmarks/eval_noise.py"
+    noise = json.loads(path.read_text())
+    return (f"{noise['tokens']} tokens; the evaluation's own noise on a difference between two rows: "
+            f"standard error {noise['diff_whole_se']:.4f} nats, against {noise['diff_subset_std']:.4f} for "
+            f"the {noise['subset_tokens']}-token evaluation used before; see eval_noise.md")
+
+
+def load_note(results: list[dict[str, Any]]) -> str:
+    """What the load of the machine was while the runs trained (their tokens/s depend on it)."""
+    loads = [r["load_average"] for r in results if "load_average" in r]
+    if not loads:
+        return "load average: not recorded"
+    return (f"load average at the end of each run: median {statistics.median(loads):.1f}, "
+            f"max {max(loads):.1f} (2 cores)")

@@ -1,0 +1,134 @@
+"""A run's row in a comparison: its settings (``config.yaml``, as the trainer writes it) and what its logs
+add up to. Whatever is not there stays None, with a warning when its absence means something."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spam_opt.dashboard.render import RunData, clipped_per_step
+from spam_opt.monitor.events import GRADIENT_KINDS
+
+CONFIG = "config.yaml"
+SPIKES = "spikes.jsonl"
+
+
+@dataclass
+class RunSummary:
+    """The numbers of one run, as shown in a comparison's table (None: not in this run's logs)."""
+
+    model: str | None = None
+    optimizer: str | None = None  # name and key options, e.g. "spam lr 0.001, density 0.25"
+    quant: str | None = None  # low-bit training setting; None when off or unknown to the run
+    last_step: int | None = None
+    max_steps: int | None = None  # what the run was set to reach
+    final_eval_loss: float | None = None
+    best_eval_loss: float | None = None
+    loss_spikes: int | None = None
+    grad_spike_steps: int | None = None  # steps with at least one gradient spike event
+    guard_skipped: int | None = None
+    clipped: int | None = None
+    momentum_resets: int | None = None
+    tokens_per_s: float | None = None  # median over logged steps
+    state_bytes: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_config(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    """The run's ``config.yaml`` as a mapping, and warnings when it is missing or unreadable."""
+    path = run_dir / CONFIG
+    if not run_dir.is_dir():  # the run's own warning says so
+        return {}, []
+    if not path.is_file():
+        return {}, [f"{CONFIG} is missing: model and optimizer unknown"]
+    try:
+        import yaml
+    except ImportError:
+        return {}, [f"pyyaml is missing, so {CONFIG} is not read: pip install spam-opt[dashboard]"]
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, yaml.YAMLError) as exc:
+        return {}, [f"{CONFIG} cannot be read ({type(exc).__name__}): model and optimizer unknown"]
+    if not isinstance(data, dict):
+        return {}, [f"{CONFIG} holds no mapping of settings: model and optimizer unknown"]
+    return data, []
+
+
+def _g(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def describe_optimizer(config: dict[str, Any]) -> str | None:
+    """The optimizer and the options that tell runs apart: lr, sparsity, clipping, guard, extra kwargs."""
+    name = config.get("optimizer")
+    if name is None:
+        return None
+    options = [f"lr {_g(config['lr'])}"] if "lr" in config else []
+    if isinstance(config.get("density"), (int, float)) and config["density"] < 1:
+        options.append(f"density {_g(config['density'])}")
+    if config.get("weight_decay"):
+        options.append(f"wd {_g(config['weight_decay'])}")
+    norm = config.get("max_grad_norm")
+    if config.get("zclip"):  # adaptive clipping of the global norm, bounded by max_grad_norm when set
+        options.append(f"zclip max {_g(norm)}" if norm else "zclip")
+    elif norm:
+        options.append(f"clip-norm {_g(norm)}")
+    if config.get("spike_guard"):
+        options.append(f"guard {config.get('guard_action', 'skip')}")
+    kwargs = config.get("optimizer_kwargs")
+    if isinstance(kwargs, dict):
+        options += [f"{k}={_g(v)}" for k, v in kwargs.items()]
+    return f"{name} {', '.join(options)}" if options else str(name)
+
+
+def describe_quant(config: dict[str, Any]) -> str | None:
+    """``int4 g256, activations`` for a low-bit run; None when the run has no ``quant`` key or ``none``."""
+    quant = config.get("quant")
+    if quant in (None, "none"):
+        return None
+    text = str(quant)
+    if config.get("quant_group_size") is not None:
+        text += f" g{_g(config['quant_group_size'])}"
+    if "quant_activations" in config:
+        text += ", activations" if config["quant_activations"] else ", weights only"
+    return text
+
+
+def _last(run: RunData, key: str) -> float | None:
+    values = run.series.get(key, ([], []))[1]
+    return values[-1] if values else None
+
+
+def summarize(run_dir: Path, run: RunData) -> RunSummary:
+    """The table row of the run in ``run_dir`` whose logs were read into ``run``."""
+    config, warnings = read_config(run_dir)
+    steps = [s for keys in run.series.values() for s in keys[0]]
+    evals = run.series.get("eval_loss", ([], []))[1]
+    clipped = clipped_per_step(run)
+    tokens = run.series.get("tokens_per_s", ([], []))[1]
+    skipped, state = _last(run, "guard_skipped"), _last(run, "optimizer_state_bytes")
+    events_read = (run_dir / SPIKES).is_file()  # else its counts are unknown, not 0
+    count = lambda n: n if events_read else None
+    summary = RunSummary(
+        model=str(config["model"]) if "model" in config else None,
+        optimizer=describe_optimizer(config),
+        quant=describe_quant(config),
+        last_step=max(steps) if steps else None,
+        max_steps=config.get("max_steps") if isinstance(config.get("max_steps"), int) else None,
+        final_eval_loss=evals[-1] if evals else None,
+        best_eval_loss=min(evals) if evals else None,
+        loss_spikes=count(sum(e["kind"] == "loss" for e in run.events)),
+        grad_spike_steps=count(len({e.get("step") for e in run.events if e["kind"] in GRADIENT_KINDS})),
+        guard_skipped=None if skipped is None else int(skipped),
+        clipped=None if clipped is None else int(sum(clipped[1])),
+        momentum_resets=count(sum(e["kind"] == "momentum_reset" for e in run.events)),
+        tokens_per_s=statistics.median(tokens) if tokens else None,
+        state_bytes=None if state is None else int(state),
+        warnings=warnings,
+    )
+    if summary.last_step is not None and summary.max_steps and summary.last_step < summary.max_steps:
+        summary.warnings.append(f"the logs stop at step {summary.last_step} of {summary.max_steps}: "
+                                "the run was cut off, or is still running")
+    return summary

@@ -1,0 +1,115 @@
+"""SPAM and StableSPAM on a CUDA device: the float64 references, exact resume, the compiled step.
+
+Marked ``cuda``: without a CUDA device they are skipped with that reason (conftest.py). ``bash
+benchmarks/gpu_suite.sh`` runs them on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from reference_spam import ReferenceSPAM
+from stepping import step_and_count
+from test_spam import SCHEDULE, _grad_stream
+from test_stable_spam import HYPER, Float64StableSPAM
+from test_stable_spam import _grad_stream as _stable_stream
+from torch import nn
+
+from spam_opt import SPAM, StableSPAM
+
+pytestmark = pytest.mark.cuda
+DEVICE = torch.device("cuda")
+SHAPES = [(6, 5), (7,), (4, 3, 2), (9, 4)]
+# foreach is CUDA's default path; fused=True is the torch.compile kernel.
+SPAM_PATHS = [pytest.param(dict(foreach=True), id="foreach"), pytest.param(dict(fused=True), id="compiled")]
+
+
+def _params(device: torch.device) -> list[nn.Parameter]:
+    return [nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i)).to(device))
+            for i, s in enumerate(SHAPES)]
+
+
+def _on(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [g.to(DEVICE) for g in grads]
+
+
+@pytest.mark.parametrize("flags", SPAM_PATHS)
+@pytest.mark.parametrize("density", [1.0, 0.5])
+def test_spam_on_cuda_matches_the_float64_reference(flags, density):
+    params = _params(DEVICE)
+    hyper = dict(lr=1e-2, weight_decay=0.1, density=density, seed=3, **SCHEDULE)
+    opt = SPAM(params, **flags, **hyper)
+    ref = ReferenceSPAM([p.detach().cpu() for p in params], **hyper)
+    for t, grads in enumerate(_grad_stream(SHAPES, 120), start=1):
+        clipped, nonfinite = step_and_count(opt, params, _on(grads))
+        ref.step(grads)
+        assert (clipped, nonfinite) == (ref.clipped, ref.nonfinite), t
+        for p, r in zip(params, ref.p):
+            torch.testing.assert_close(p.detach().cpu().double(), r, rtol=2e-5, atol=2e-6, msg=f"step {t}")
+
+
+def test_stable_spam_on_cuda_matches_the_float64_reference():
+    params = _params(DEVICE)
+    opt = StableSPAM(params, **HYPER)  # CUDA's path: foreach
+    ref = Float64StableSPAM([p.detach().cpu() for p in params], **HYPER)
+    for t, grads in enumerate(_stable_stream(SHAPES, 120), start=1):
+        clipped, _ = step_and_count(opt, params, _on(grads))
+        ref.step(grads)
+        # float32 and float64 may disagree on an entry within rounding of the AdaClip bound
+        assert max(abs(a - b) for a, b in zip(clipped, ref.clipped)) <= 1, t
+        for p, r in zip(params, ref.p):
+            torch.testing.assert_close(p.detach().cpu().double(), r, rtol=1e-5, atol=2e-6, msg=f"step {t}")
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda ps: SPAM(ps, foreach=True, lr=1e-2, density=0.5, **SCHEDULE), id="SPAM-foreach"),
+    pytest.param(lambda ps: SPAM(ps, fused=True, lr=1e-2, density=0.5, **SCHEDULE), id="SPAM-compiled"),
+    pytest.param(lambda ps: StableSPAM(ps, **HYPER), id="StableSPAM"),
+])
+def test_resume_on_cuda_is_bit_exact(make):
+    stream = [_on(g) for g in _grad_stream(SHAPES, 60, seed=4)]
+    whole = _params(DEVICE)
+    opt = make(whole)
+    for grads in stream:
+        step_and_count(opt, whole, grads)
+
+    head = _params(DEVICE)
+    opt = make(head)
+    for grads in stream[:27]:  # past the first reset (25) of SPAM's schedule
+        step_and_count(opt, head, grads)
+    buffer = io.BytesIO()
+    torch.save({"params": [p.detach() for p in head], "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    tail = [nn.Parameter(t.clone()) for t in saved["params"]]
+    resumed = make(tail)
+    resumed.load_state_dict(saved["opt"])
+    for grads in stream[27:]:
+        step_and_count(resumed, tail, grads)
+    for a, b in zip(whole, tail):
+        assert torch.equal(a, b)
+
+
+def test_compiled_step_on_cuda_follows_foreach_and_compiles_once():
+    from torch._dynamo.utils import counters
+
+    compiled, foreach = _params(DEVICE), _params(DEVICE)
+    hyper = dict(lr=1e-2, density=0.5, weight_decay=0.1, **SCHEDULE)
+    opts = SPAM(compiled, fused=True, **hyper), SPAM(foreach, foreach=True, **hyper)
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0 / (1 + s)) for o in opts]
+    stream = [_on(g) for g in _grad_stream(SHAPES, 80, seed=5)]
+    graphs = None
+    for t, grads in enumerate(stream, start=1):
+        counts = [step_and_count(opt, ps, [g.clone() for g in grads])
+                  for opt, ps in zip(opts, (compiled, foreach))]
+        assert counts[0] == counts[1], t
+        for sched in scheds:
+            sched.step()
+        if t == 30:  # past the first reset: new masks and state sizes, a new lr every step
+            graphs = counters["stats"]["unique_graphs"]
+            assert graphs > 0, "the fused path compiled nothing: this test would be vacuous"
+    assert counters["stats"]["unique_graphs"] == graphs
+    for a, b in zip(compiled, foreach):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

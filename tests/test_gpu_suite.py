@@ -1,0 +1,60 @@
+"""benchmarks/gpu_suite.sh without CUDA: the one-line skip, the argument handling, the commands it runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import benchmark_scripts
+
+ROOT = Path(__file__).parents[1]
+
+
+def suite(*args: str) -> subprocess.CompletedProcess:
+    # No GPU is visible even on a GPU machine: these tests must never start the real suite.
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHON=sys.executable)
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_without_cuda_it_says_so_in_one_line_and_exits_0():
+    done = suite()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["gpu_suite: no CUDA device (torch.cuda.is_available() is False): "
+                                        "nothing to run"]
+
+
+def test_bad_arguments_are_usage_errors_before_anything_runs():
+    for args, message in ((["--only", "bench"], "--only bench: the parts are tests, step and train"),
+                          (["--only"], "--only needs a part"),
+                          (["--train-steps", "0"], "--train-steps needs a positive integer"),
+                          (["--fast"], "unknown argument --fast")):
+        done = suite(*args)
+        assert done.returncode == 2, args
+        assert done.stderr.startswith(f"gpu_suite: {message}") and "usage:" in done.stderr, done.stderr
+    helped = suite("--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage:")
+
+
+def test_dry_run_prints_the_parts_asked_for():
+    commands = [line[2:] for line in suite("--dry-run").stdout.splitlines() if line.startswith("+ ")]
+    assert len(commands) == 3
+    assert commands[0].startswith(f"{sys.executable} -m pytest -m cuda")
+    assert "--device cuda --sizes 60m,130m,350m,1b" in commands[1]
+    assert "--model llama-60m --optimizer spam --mixed-precision bf16 --max-steps 200" in commands[2]
+    only = suite("--dry-run", "--only", "train", "--train-steps", "7").stdout.splitlines()
+    assert len(only) == 1 and "--max-steps 7" in only[0]
+
+    # The step part times our optimizers against the baseline, and no peer's (their state would not fit
+    # next to ours at 1B shapes).
+    benchmark_scripts.load("machine_load")  # what the script imports from beside it
+    bench = benchmark_scripts.load("optimizer_step")
+    step = shlex.split(commands[1])
+    pattern = re.compile(step[step.index("--only") + 1])
+    timed = [name for name in bench.optimizers(include_reference=False) if pattern.search(name)]
+    assert timed and all(name.startswith(("SPAM", "Stable-SPAM")) for name in timed)
+    assert set(step[step.index("--sizes") + 1].split(",")) <= set(bench.SIZES)

@@ -1,0 +1,190 @@
+"""SpikeGPT's C++ CPU kernels: the WKV recurrence, the multi-step LIF neuron, and the element-wise work
+around them, each one pass forward and one back (``csrc/spikegpt_cpu.cpp``).
+
+The pure-PyTorch paths in ``spikegpt.py`` and ``spiking_neuron.py`` run a handful of small ops per token
+for the WKV and the neuron, and several full passes over the activations for the token shift, the
+receptance gate and the squared ReLU; these kernels walk the tokens once and fuse the rest. The model picks
+them by itself: :func:`kernels_take` says whether they run for a tensor (float32 or float64 on CPU, the
+library built, not switched off by :func:`reference_paths`, not traced by ``torch.compile``). On any other
+device or dtype (CUDA, bfloat16 under autocast) the model runs its pure-PyTorch paths, which stay the
+reference the tests compare against. The library is compiled at first use, like the optimizers' kernels
+(``spam_opt.kernels.cpp_build``, cached under ``$SPAM_OPT_CACHE`` or ``~/.cache/spam_opt``); when it
+cannot be built a warning says why, once, and the reference paths run.
+
+    with reference_paths():        # the pure-PyTorch paths, e.g. to compare against
+        loss = model(input_ids=ids, labels=ids).loss
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from spam_opt.kernels.cpp_build import load_library
+
+SOURCE = Path(__file__).with_name("csrc") / "spikegpt_cpu.cpp"
+_DTYPES = (torch.float32, torch.float64)
+_switched_off = False
+
+
+@functools.cache
+def _unavailable_reason() -> str | None:
+    reason = load_library(SOURCE)
+    if reason is not None:
+        warnings.warn(f"SpikeGPT runs its pure-PyTorch paths (slower on CPU): {reason}", RuntimeWarning,
+                      stacklevel=4)
+    return reason
+
+
+def kernels_take(x: Tensor) -> bool:
+    """Whether the kernels run for ``x``: float32/float64 on CPU, the library built, not switched off, and
+    not inside ``torch.compile`` (which traces the reference paths: the ops have no fake kernels)."""
+    return (not _switched_off and x.is_cpu and x.dtype in _DTYPES and not torch.compiler.is_compiling()
+            and _unavailable_reason() is None)
+
+
+@contextlib.contextmanager
+def reference_paths() -> Iterator[None]:
+    """Within this block SpikeGPT runs its pure-PyTorch reference paths (in the whole process)."""
+    global _switched_off
+    previous, _switched_off = _switched_off, True
+    try:
+        yield
+    finally:
+        _switched_off = previous
+
+
+def _ops() -> torch._ops._OpNamespace:
+    """``torch.ops.spikegpt``, built and loaded; an error that says why when it cannot be."""
+    reason = _unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"SpikeGPT's C++ kernels cannot run: {reason}")
+    return torch.ops.spikegpt
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd must record the call; when not, the wrappers call the forward op alone."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+class _WKV(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w: Tensor, u: Tensor, k: Tensor, v: Tensor, num: Tensor, den: Tensor,
+                log_scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        out, num_t, den_t, log_scale_t = _ops().wkv_forward(w, u, k, v, num, den, log_scale)
+        ctx.save_for_backward(w, u, k, v, num, den, log_scale)  # the backward pass recomputes the sums
+        ctx.mark_non_differentiable(log_scale_t)  # a reference point: the reference path detaches it too
+        ctx.set_materialize_grads(False)
+        return out, num_t, den_t, log_scale_t
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor | None, grad_num: Tensor | None, grad_den: Tensor | None,
+                 _grad_log_scale: None) -> tuple[Tensor | None, ...]:
+        w, u, k, v, num, den, log_scale = ctx.saved_tensors
+        grad_out = torch.zeros_like(k) if grad_out is None else grad_out.contiguous()
+        grad_num, grad_den = (None if g is None else g.contiguous() for g in (grad_num, grad_den))
+        return (*_ops().wkv_backward(w, u, k, v, num, den, log_scale, grad_out, grad_num, grad_den), None)
+
+
+def wkv_kernel(w: Tensor, u: Tensor, k: Tensor, v: Tensor, num: Tensor, den: Tensor,
+               log_scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """RWKV-4's WKV over ``(B, T, C)`` keys and values, from the carried sums ``(num, den, log_scale)``.
+
+    Returns the output and the new sums, as ``wkv_recurrent`` in ``spikegpt.py`` (which states the
+    recurrence) does. Differentiable in all but ``log_scale``, which, as in ``wkv_parallel``, is held
+    constant: the outputs do not depend on it.
+    """
+    args = [t.contiguous() for t in (w, u, k, v, num, den, log_scale)]
+    return _WKV.apply(*args) if _needs_grad(*args) else _ops().wkv_forward(*args)
+
+
+class _LIF(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, v: Tensor, tau: float, v_threshold: float,
+                alpha: float) -> tuple[Tensor, Tensor]:
+        spikes, v_last, potentials = _ops().lif_forward(x, v, tau, v_threshold, True)
+        ctx.save_for_backward(potentials)
+        ctx.constants = (tau, v_threshold, alpha)
+        ctx.mark_non_differentiable(v_last)  # a carried state for the next call; gradients stop there
+        return spikes, v_last
+
+    @staticmethod
+    def backward(ctx, grad_spikes: Tensor, _grad_v: Tensor) -> tuple[Tensor, Tensor, None, None, None]:
+        (potentials,) = ctx.saved_tensors
+        return (*_ops().lif_backward(grad_spikes.contiguous(), potentials, *ctx.constants), None, None, None)
+
+
+def lif_kernel(x: Tensor, v: Tensor, tau: float, v_threshold: float, alpha: float) -> tuple[Tensor, Tensor]:
+    """The multi-step LIF along dim 1 of a ``(B, T, C)`` input, from membrane potentials ``v`` ``(B, C)``.
+
+    Returns the 0/1 spikes and the last potentials, as ``MultiStepLIF``'s reference path does.
+    """
+    x, v = x.contiguous(), v.contiguous()
+    if _needs_grad(x, v):
+        return _LIF.apply(x, v, tau, v_threshold, alpha)
+    spikes, v_last, _ = _ops().lif_forward(x, v, tau, v_threshold, False)
+    return spikes, v_last
+
+
+class _ShiftMix(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, previous: Tensor, *mixes: Tensor) -> tuple[Tensor, ...]:
+        ctx.save_for_backward(x, previous, *mixes)
+        return tuple(_ops().shift_mix_forward(x, previous, mixes))
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor, ...]:
+        x, previous, *mixes = ctx.saved_tensors
+        grad_x, grad_previous, grad_mixes = _ops().shift_mix_backward([g.contiguous() for g in grads], x,
+                                                                      previous, mixes)
+        return grad_x, grad_previous, *grad_mixes
+
+
+def shift_mix_kernel(x: Tensor, previous: Tensor, mixes: list[Tensor]) -> list[Tensor]:
+    """``lerp(xx, x, m)`` for each of 1 to 3 mixing vectors ``m`` ``(C,)``, ``xx`` being ``x`` ``(B, T, C)``
+    shifted one token back with ``previous`` ``(B, C)`` first: RWKV's inputs to its projections."""
+    x, previous = x.contiguous(), previous.contiguous()
+    mixes = [m.to(x.dtype).contiguous() for m in mixes]
+    if _needs_grad(x, previous, *mixes):
+        return list(_ShiftMix.apply(x, previous, *mixes))
+    return _ops().shift_mix_forward(x, previous, mixes)
+
+
+class _SigmoidGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, r: Tensor, x: Tensor) -> Tensor:
+        ctx.save_for_backward(r, x)
+        return _ops().sigmoid_gate_forward(r, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        return _ops().sigmoid_gate_backward(grad.contiguous(), *ctx.saved_tensors)
+
+
+def sigmoid_gate_kernel(r: Tensor, x: Tensor) -> Tensor:
+    """``sigmoid(r) * x`` for ``r`` and ``x`` of one shape and dtype."""
+    r, x = r.contiguous(), x.contiguous()
+    return _SigmoidGate.apply(r, x) if _needs_grad(r, x) else _ops().sigmoid_gate_forward(r, x)
+
+
+class _ReluSquare(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, k: Tensor) -> Tensor:
+        ctx.save_for_backward(k)
+        return _ops().relu_square_forward(k)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return _ops().relu_square_backward(grad.contiguous(), *ctx.saved_tensors)
+
+
+def relu_square_kernel(k: Tensor) -> Tensor:
+    """``relu(k) ** 2``."""
+    k = k.contiguous()
+    return _ReluSquare.apply(k) if _needs_grad(k) else _ops().relu_square_forward(k)
