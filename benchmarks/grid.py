@@ -104,6 +104,20 @@ def trainer_argv(setup: Setup, variant: dict[str, Any], regime: Regime, seed: in
     return argv
 
 
+def parse_lrs(text: str, known: Sequence[str], parser: Any) -> dict[str, float]:
+    """``NAME=LR,...`` (the grid scripts' ``--lrs``) as a dict; bad items end in ``parser.error``."""
+    lrs = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        try:
+            lrs[name] = float(value)
+        except ValueError:
+            parser.error(f"invalid --lrs item {item!r}: give NAME=LR pairs, e.g. adamw=1e-3,spam=1e-3")
+        if name not in known or lrs[name] <= 0:
+            parser.error(f"invalid --lrs item {item!r}: NAME is one of {', '.join(known)}, LR > 0")
+    return lrs
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     from spam_opt.monitor.jsonl import read_jsonl
 

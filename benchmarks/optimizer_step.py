@@ -25,68 +25,124 @@ from pathlib import Path
 
 import torch
 from machine_load import add_wait_argument, watch
+from state_bytes import state_bytes
 
 # The LLaMA configs of the SPAM paper (hidden, intermediate, layers), vocabulary 32000, untied head.
 SIZES = {"20m": (256, 688, 4), "60m": (512, 1376, 8), "130m": (768, 2048, 12), "350m": (1024, 2736, 24),
          "1b": (2048, 5461, 24)}
+HEADS = {"20m": 4, "60m": 8, "130m": 12, "350m": 16, "1b": 32}
 VOCAB = 32000
 # Every ratio is against this optimizer, measured in the same process.
 BASELINE = "torch AdamW fused"
 
 
-def llama_shapes(hidden: int, intermediate: int, layers: int) -> list[tuple[int, ...]]:
-    mlp = [(intermediate, hidden), (intermediate, hidden), (hidden, intermediate)]
-    layer = [(hidden, hidden)] * 4 + mlp + [(hidden,), (hidden,)]  # q k v o, gate up down, two norms
-    return [(VOCAB, hidden)] + layer * layers + [(hidden,), (VOCAB, hidden)]
+def llama_shapes(hidden: int, intermediate: int, layers: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every parameter, named as in Hugging Face's LLaMA (Adam-mini partitions by name)."""
+    mlp = [("mlp.gate_proj", (intermediate, hidden)), ("mlp.up_proj", (intermediate, hidden)),
+           ("mlp.down_proj", (hidden, intermediate))]
+    attn = [(f"self_attn.{x}_proj", (hidden, hidden)) for x in "qkvo"]
+    norms = [("input_layernorm", (hidden,)), ("post_attention_layernorm", (hidden,))]
+    layer = attn + mlp + norms
+    return ([("model.embed_tokens.weight", (VOCAB, hidden))]
+            + [(f"model.layers.{i}.{name}.weight", shape) for i in range(layers) for name, shape in layer]
+            + [("model.norm.weight", (hidden,)), ("lm_head.weight", (VOCAB, hidden))])
 
 
-Factory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+# A factory gets the parameters and their names (peers that partition a model by name need them).
+Factory = Callable[[list[torch.nn.Parameter], list[str]], torch.optim.Optimizer]
+# GaLore as its paper's LLaMA runs: rank a quarter of the hidden size (128 at 60M), projection every 200
+# steps, scale 0.25, on the attention and MLP matrices; Adam on the rest.
+GALORE_RANK_FRACTION = 0.25
 
 
-def optimizers(include_reference: bool) -> dict[str, Factory]:
-    """Name -> factory. Peers that are not installed are left out with a note on stderr."""
+def galore_groups(params: list[torch.nn.Parameter], names: list[str], rank: int, update_proj_gap: int = 200,
+                  scale: float = 0.25) -> list[dict]:
+    """GaLore's param groups: its projection for the blocks' matrices, plain Adam for the rest."""
+    blocks = [p for p, n in zip(params, names) if p.dim() == 2 and (".self_attn." in n or ".mlp." in n)]
+    ids = {id(p) for p in blocks}
+    return [{"params": [p for p in params if id(p) not in ids]},
+            {"params": blocks, "rank": rank, "update_proj_gap": update_proj_gap, "scale": scale,
+             "proj_type": "std"}]
+
+
+def optimizers(include_reference: bool, hidden: int, heads: int) -> dict[str, Factory]:
+    """Name -> factory. Peers that are not installed are left out with a note on stderr (and a line in the
+    results)."""
     from spam_opt.spam import SPAM
     from spam_opt.stable_spam import StableSPAM
 
     # clip_delay=0: the timed steps run with the spike clip on, as every step after the first 20 does.
     table: dict[str, Factory] = {
-        BASELINE: lambda ps: torch.optim.AdamW(ps, fused=True),
-        "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, foreach=True),
-        "SPAM (default flags)": lambda ps: SPAM(ps, clip_delay=0),
-        "SPAM foreach": lambda ps: SPAM(ps, clip_delay=0, foreach=True),
-        "SPAM density 0.25 (default flags)": lambda ps: SPAM(ps, clip_delay=0, density=0.25),
-        "SPAM density 0.25 foreach": lambda ps: SPAM(ps, clip_delay=0, density=0.25, foreach=True),
+        BASELINE: lambda ps, _: torch.optim.AdamW(ps, fused=True),
+        "torch AdamW foreach": lambda ps, _: torch.optim.AdamW(ps, foreach=True),
+        "SPAM (default flags)": lambda ps, _: SPAM(ps, clip_delay=0),
+        "SPAM foreach": lambda ps, _: SPAM(ps, clip_delay=0, foreach=True),
+        "SPAM density 0.25 (default flags)": lambda ps, _: SPAM(ps, clip_delay=0, density=0.25),
+        "SPAM density 0.25 foreach": lambda ps, _: SPAM(ps, clip_delay=0, density=0.25, foreach=True),
+        "SPAM 8-bit state (default flags)": lambda ps, _: SPAM(ps, clip_delay=0, state_bits=8),
+        "SPAM 8-bit state foreach": lambda ps, _: SPAM(ps, clip_delay=0, state_bits=8, foreach=True),
+        "SPAM density 0.25, 8-bit state (default flags)":
+            lambda ps, _: SPAM(ps, clip_delay=0, density=0.25, state_bits=8),
     }
     if include_reference:
-        table["SPAM reference (foreach=False)"] = lambda ps: SPAM(ps, clip_delay=0, foreach=False)
-    table["Stable-SPAM (spam_opt, default flags)"] = lambda ps: StableSPAM(ps)
-    table["Stable-SPAM foreach"] = lambda ps: StableSPAM(ps, foreach=True)
-    try:
-        import pytorch_optimizer as po
-
-        table["pytorch-optimizer SPAM foreach"] = lambda ps: po.SPAM(ps, foreach=True)
-        table["pytorch-optimizer SPAM"] = lambda ps: po.SPAM(ps)
-        table["pytorch-optimizer StableSPAM"] = lambda ps: po.StableSPAM(ps)
-    except ImportError as err:
-        print(f"skipping pytorch-optimizer: {err}", file=sys.stderr)
-    try:
-        import bitsandbytes as bnb
-
-        table["bitsandbytes AdamW8bit"] = lambda ps: bnb.optim.AdamW8bit(ps)
-    except ImportError as err:
-        print(f"skipping bitsandbytes: {err}", file=sys.stderr)
+        table["SPAM reference (foreach=False)"] = lambda ps, _: SPAM(ps, clip_delay=0, foreach=False)
+    table["Stable-SPAM (spam_opt, default flags)"] = lambda ps, _: StableSPAM(ps)
+    table["Stable-SPAM foreach"] = lambda ps, _: StableSPAM(ps, foreach=True)
+    peers: list[tuple[str, Callable[[], dict[str, Factory]]]] = [
+        ("pytorch-optimizer", _pytorch_optimizer),
+        ("bitsandbytes", _bitsandbytes),
+        ("torchao", _torchao),
+        ("galore-torch", lambda: _galore(hidden)),
+        ("adam-mini", lambda: _adam_mini(hidden, heads)),
+    ]
+    for package, make in peers:
+        try:
+            table.update(make())
+        except ImportError as err:
+            print(f"skipping {package}: {err}", file=sys.stderr)
+            table[f"{package} (not installed)"] = _not_installed(package, err)
     return table
 
 
-def state_bytes(opt: torch.optim.Optimizer) -> int:
-    total = 0
-    for state in opt.state.values():
-        if not isinstance(state, dict):  # some peers keep counters keyed by name next to per-tensor state
-            continue
-        for value in state.values():
-            if torch.is_tensor(value) and value.dim() > 0:
-                total += value.numel() * value.element_size()
-    return total
+def _not_installed(package: str, err: ImportError) -> Factory:
+    def fail(ps: list[torch.nn.Parameter], names: list[str]) -> torch.optim.Optimizer:
+        raise ImportError(f"{package} is not installed ({err})")
+    return fail
+
+
+def _pytorch_optimizer() -> dict[str, Factory]:
+    import pytorch_optimizer as po
+
+    return {"pytorch-optimizer SPAM foreach": lambda ps, _: po.SPAM(ps, foreach=True),
+            "pytorch-optimizer SPAM": lambda ps, _: po.SPAM(ps),
+            "pytorch-optimizer StableSPAM": lambda ps, _: po.StableSPAM(ps)}
+
+
+def _bitsandbytes() -> dict[str, Factory]:
+    import bitsandbytes as bnb
+
+    return {"bitsandbytes AdamW8bit": lambda ps, _: bnb.optim.AdamW8bit(ps)}
+
+
+def _torchao() -> dict[str, Factory]:
+    from torchao.optim import AdamW4bit, AdamW8bit
+
+    return {"torchao AdamW8bit": lambda ps, _: AdamW8bit(ps),
+            "torchao AdamW4bit": lambda ps, _: AdamW4bit(ps)}
+
+
+def _galore(hidden: int) -> dict[str, Factory]:
+    from galore_torch import GaLoreAdamW
+
+    rank = round(GALORE_RANK_FRACTION * hidden)
+    return {f"GaLore AdamW rank {rank}": lambda ps, names: GaLoreAdamW(galore_groups(ps, names, rank))}
+
+
+def _adam_mini(hidden: int, heads: int) -> dict[str, Factory]:
+    from adam_mini import Adam_mini
+
+    return {"Adam-mini": lambda ps, names: Adam_mini(list(zip(names, ps)), dim=hidden, n_heads=heads,
+                                                     verbose=False)}
 
 
 def _sync(device: torch.device) -> None:
@@ -98,7 +154,7 @@ def bench_size(name: str, device: torch.device, rounds: int, include_reference: 
                only: re.Pattern[str] | None = None) -> list[dict]:
     hidden, intermediate, layers = SIZES[name]
     gen = torch.Generator().manual_seed(0)
-    shapes = llama_shapes(hidden, intermediate, layers)
+    names, shapes = zip(*llama_shapes(hidden, intermediate, layers))
     # One set of parameters and gradients shared by every optimizer: the step's cost does not depend on
     # the values, and sharing keeps the 130M run within a few GB.
     params = [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(device)) for s in shapes]
@@ -106,22 +162,22 @@ def bench_size(name: str, device: torch.device, rounds: int, include_reference: 
     numel = sum(p.numel() for p in params)
     rows = []
     opts = {}
-    for label, factory in optimizers(include_reference).items():
+    for label, factory in optimizers(include_reference, hidden, HEADS[name]).items():
         if only is not None and label != BASELINE and not only.search(label):
             continue
         for p, g in zip(params, grads):
             p.grad = g.clone()
         try:
-            opt = factory(params)
+            opt = factory(params, list(names))
             _sync(device)
             start = time.perf_counter()
             opt.step()
             _sync(device)
             first = time.perf_counter() - start
             opt.step()  # a second untimed step: lazily created buffers, the second-step code paths
-        except Exception as err:  # a peer that does not run on this device: report it, keep going
+        except Exception as err:  # a peer that does not run here (or is not installed): report it, go on
             print(f"{name} {label}: {type(err).__name__}: {err}", file=sys.stderr)
-            rows.append(dict(size=name, label=label, error=f"{type(err).__name__}"))
+            rows.append(dict(size=name, label=label, error=f"{type(err).__name__}: {str(err)[:80]}"))
             continue
         opts[label] = (opt, first)
     times: dict[str, list[float]] = {label: [] for label in opts}

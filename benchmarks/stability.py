@@ -179,18 +179,6 @@ def report(setup: Setup, results: list[dict[str, Any]], command: str, noise: str
                           title=f"Stability benchmark ({setup.model}, {setup.steps} steps)")
 
 
-def _parse_lrs(text: str, parser: argparse.ArgumentParser) -> dict[str, float]:
-    lrs = {}
-    for item in filter(None, text.split(",")):
-        name, _, value = item.partition("=")
-        try:
-            lrs[name] = float(value)
-        except ValueError:
-            parser.error(f"invalid --lrs item {item!r}: give NAME=LR pairs, e.g. adamw=1e-3,spam=1e-3")
-        if name not in OPTIMIZERS or lrs[name] <= 0:
-            parser.error(f"invalid --lrs item {item!r}: NAME is one of {', '.join(OPTIMIZERS)}, LR > 0")
-    return lrs
-
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -226,7 +214,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         unknown = [x for x in given if x not in known]
         if unknown:
             parser.error(f"unknown {flag[2:-1]} {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
-    given_lrs = _parse_lrs(args.lrs, parser)
+    given_lrs = grid.parse_lrs(args.lrs, list(OPTIMIZERS), parser)
     out = Path(args.out or ("runs/smoke/stability" if args.quick else "benchmarks/results/stability"))
     if args.quick:
         args.model, args.steps, args.seeds, args.batch_size, args.seq_len = "llama-tiny", 6, 1, 2, 32

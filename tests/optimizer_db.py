@@ -47,6 +47,8 @@ _SPAM_BAD = [
     (dict(clip_delay=2.5), "clip_delay"),
     (dict(reset_interval=100, warmup_steps=150), "warmup_steps"),
     (dict(maximize="yes"), "maximize"),
+    (dict(state_bits=16), "state_bits.*accepted values are 8, 32"),
+    (dict(state_bits=True), "state_bits"),
 ]
 _SPAM_SCHEDULE = dict(lr=1e-2, weight_decay=0.05, reset_interval=20, warmup_steps=10, clip_delay=4,
                       threshold=20.0)
@@ -57,6 +59,11 @@ OPTIMIZERS = [
     OptimizerInfo("SPAM-density0.5", lambda params, **kw: SPAM(params, density=0.5, seed=3, **kw),
                   _SPAM_SCHEDULE, save_points=(3, 12, 19, 20, 27), group_option=dict(density=0.25),
                   bad_options=[]),
+    OptimizerInfo("SPAM-8bit", lambda params, **kw: SPAM(params, state_bits=8, **kw), _SPAM_SCHEDULE,
+                  save_points=(12, 20), group_option=dict(threshold=100.0)),
+    OptimizerInfo("SPAM-8bit-density0.5",
+                  lambda params, **kw: SPAM(params, state_bits=8, density=0.5, seed=3, **kw),
+                  _SPAM_SCHEDULE, save_points=(3, 12, 19, 20, 27), group_option=dict(density=0.25)),
     OptimizerInfo("StableSPAM", lambda params, **kw: StableSPAM(params, **kw),
                   dict(lr=1e-2, weight_decay=0.05, reset_interval=10, total_steps=20),
                   save_points=(9, 10, 17),

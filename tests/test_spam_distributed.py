@@ -33,10 +33,18 @@ def test_ddp_ranks_stay_bitwise_identical_with_sparse_momentum(tmp_path):
     assert not torch.equal(a["0.weight"], fresh.weight)  # it did train
 
 
-@pytest.mark.parametrize("density", [1.0, 0.25])
-def test_fsdp2_sharded_step_matches_single_process(tmp_path, density):
-    _launch("fsdp", str(tmp_path), "40", str(density))
-    result = json.loads((tmp_path / f"fsdp_{density}.json").read_text())
-    assert result["max_abs_diff"] < 1e-5, result
-    # each rank keeps exactly its shard's part of the entries a single process keeps
-    assert result["kept_sharded"] == result["kept_single"]
+@pytest.mark.parametrize(("density", "state_bits"), [(1.0, 32), (0.25, 32), (1.0, 8), (0.25, 8)])
+def test_fsdp2_sharded_step_matches_single_process(tmp_path, density, state_bits):
+    _launch("fsdp", str(tmp_path), "40", str(density), str(state_bits))
+    result = json.loads((tmp_path / f"fsdp_{density}_{state_bits}.json").read_text())
+    # each rank keeps exactly its shard's part of the entries (and 8-bit blocks) a single process keeps
+    assert result["stored_equal"], result
+    if state_bits == 32:
+        assert result["max_abs_diff"] < 1e-5, result
+        return
+    # The ranks' gradients differ from the single process's in the last bits (a reduce-scatter of two halves
+    # against one full batch), so a code at a rounding tie may take its neighbour: one code step of r, about
+    # lr / 100, in that entry's next few updates. The scales (block maxima) agree to float32 rounding.
+    diffs = torch.tensor(result["abs_diffs"])
+    assert (diffs > 1e-5).float().mean() <= 0.01 and diffs.max() < 1e-3, result["max_abs_diff"]
+    assert result["scale_rel_diff"] < 1e-3

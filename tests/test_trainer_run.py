@@ -239,6 +239,50 @@ def test_every_optimizer_builds_and_steps(name):
         assert densities == {"blocks": 0.5, "dense": 1.0}
 
 
+@pytest.mark.parametrize("density", [1.0, 0.5])
+def test_spam_with_8bit_state_builds_and_steps(density):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 10))
+    opt = build_optimizer(TrainConfig(optimizer="spam", state_bits=8, density=density, lr=1e-2), model)
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.arange(10)).logsumexp(-1).mean().backward()
+    opt.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert opt.state[model[1].weight]["exp_avg"].dtype == torch.int8  # 2-D: 8-bit
+    assert opt.state[model[1].bias]["exp_avg"].dtype == torch.float32  # 1-D: float32
+    with pytest.raises(ValueError, match="state_bits=8 is a SPAM option"):
+        TrainConfig(optimizer="adamw", state_bits=8).validate()
+    with pytest.raises(ValueError, match="accepted values are 8, 32"):
+        TrainConfig(state_bits=4).validate()
+
+
+@pytest.mark.parametrize("name", ["galore", "adam-mini", "torchao-adamw8bit"])
+def test_memory_saving_peers_build_and_step(name, monkeypatch):
+    from trainers.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("llama-tiny", vocab_size=257, seq_len=32)
+    # torchao compiles its step on first use; eager is enough to show that it builds and steps
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
+    opt = build_optimizer(TrainConfig(optimizer=name, lr=1e-2), model)
+    before = [p.detach().clone() for p in model.parameters()]
+    ids = torch.randint(0, 257, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    if name == "galore":  # the block matrices get the projection, at a quarter of the hidden size
+        ranks = [g.get("rank") for g in opt.param_groups]
+        assert ranks.count(model.config.hidden_size // 4) == 1 and ranks.count(None) == 1
+        ranked = build_optimizer(TrainConfig(optimizer="galore", optimizer_kwargs={"rank": 3}), model)
+        assert [g.get("rank") for g in ranked.param_groups if "rank" in g] == [3]
+
+
+def test_a_missing_memory_peer_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "galore_torch", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=r"needs the galore-torch package: pip install spam-opt\[memory\]"):
+        build_optimizer(TrainConfig(optimizer="galore"), torch.nn.Linear(2, 2))
+
+
 def test_optimizer_kwargs_the_optimizer_rejects_are_a_clear_error():
     model = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="rejected its options"):

@@ -2,7 +2,8 @@
 
 ddp:  each rank trains a DDP model on its own data with sparse momentum, then saves its parameters.
 fsdp: each rank trains an FSDP2-sharded model (torch's fully_shard, DTensor parameters) and rank 0
-      compares the gathered parameters with a single-process run on the full batch.
+      compares the gathered parameters, stored moments and 8-bit scales with a single-process run on the
+      full batch.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ def _model():
     return nn.Sequential(nn.Linear(12, 33), nn.Tanh(), nn.Linear(33, 10), nn.LayerNorm(10))
 
 
-def _groups(model, density):
+def _groups(model, density, state_bits=32):
     return [
-        {"params": [p for p in model.parameters() if p.dim() >= 2], "density": density},
+        {"params": [p for p in model.parameters() if p.dim() >= 2], "density": density,
+         "state_bits": state_bits},
         {"params": [p for p in model.parameters() if p.dim() < 2]},
     ]
 
@@ -63,15 +65,15 @@ def ddp(out: str, steps: int) -> None:
     torch.save({k: v.detach() for k, v in model.module.state_dict().items()}, f"{out}/rank{rank}.pt")
 
 
-def fsdp(out: str, steps: int, density: float) -> None:
+def fsdp(out: str, steps: int, density: float, state_bits: int) -> None:
     from torch.distributed.fsdp import fully_shard
 
     rank, world = dist.get_rank(), dist.get_world_size()
     sharded = _model()
     fully_shard(sharded)
-    opt = SPAM(_groups(sharded, density), **HYPER, seed=5)
+    opt = SPAM(_groups(sharded, density, state_bits), **HYPER, seed=5)
     single = _model()
-    single_opt = SPAM(_groups(single, density), **HYPER, seed=5)
+    single_opt = SPAM(_groups(single, density, state_bits), **HYPER, seed=5)
     for step in range(steps):
         _backward(sharded, *_batch(step, rank, world), step)
         opt.step()
@@ -79,17 +81,40 @@ def fsdp(out: str, steps: int, density: float) -> None:
         _backward(single, *_batch(step), step)
         single_opt.step()
         single_opt.zero_grad()
-    worst = 0.0
+    worst, diffs = 0.0, []
     for p, q in zip(sharded.parameters(), single.parameters()):
         full = p.full_tensor()
         worst = max(worst, (full - q).abs().max().item())
-    kept_local = sum(s["kept_low"].numel() for s in opt.state.values() if "kept_low" in s)
-    kept_total = torch.tensor(kept_local)
-    dist.all_reduce(kept_total)
-    kept_single = sum(s["kept_low"].numel() for s in single_opt.state.values() if "kept_low" in s)
+        diffs += (full - q).abs().view(-1).tolist()
+    # Per parameter, the stored moments (one per kept entry) and 8-bit scales (one per block) of the ranks,
+    # in rank order, against the single process's: sharding by rows must not move a block.
+    keys = ("exp_avg", "exp_avg_scale")
+    local = [{k: opt.state[p][k].reshape(-1).tolist() for k in keys if k in opt.state[p]}
+             for p in sharded.parameters()]
+    gathered = [None] * world
+    dist.all_gather_object(gathered, local)
     if rank == 0:
-        with open(f"{out}/fsdp_{density}.json", "w") as f:
-            json.dump({"max_abs_diff": worst, "kept_sharded": int(kept_total), "kept_single": kept_single}, f)
+        stored_equal, scale_diff = _compare_layouts(gathered, single_opt, list(single.parameters()))
+        with open(f"{out}/fsdp_{density}_{state_bits}.json", "w") as f:
+            json.dump({"max_abs_diff": worst, "stored_equal": stored_equal, "scale_rel_diff": scale_diff,
+                       "abs_diffs": diffs}, f)
+
+
+def _compare_layouts(gathered, single_opt, params):
+    """Whether the ranks' stored moments and scales, joined in rank order, have the single process's sizes;
+    and the largest relative difference of the joined scales from the single process's."""
+    equal, worst = True, 0.0
+    for i, q in enumerate(params):
+        state = single_opt.state[q]
+        equal &= sum(len(part[i]["exp_avg"]) for part in gathered) == state["exp_avg"].numel()
+        if "exp_avg_scale" not in state:
+            continue
+        scales = torch.tensor([x for part in gathered for x in part[i]["exp_avg_scale"]])
+        if scales.shape != state["exp_avg_scale"].shape:
+            return False, worst
+        rel = (scales - state["exp_avg_scale"]).abs() / state["exp_avg_scale"].abs().clamp_min(1e-12)
+        worst = max(worst, rel.max().item())
+    return bool(equal), worst
 
 
 if __name__ == "__main__":
@@ -99,6 +124,6 @@ if __name__ == "__main__":
     if mode == "ddp":
         ddp(out, steps)
     else:
-        fsdp(out, steps, float(sys.argv[4]))
+        fsdp(out, steps, float(sys.argv[4]), int(sys.argv[5]))
     dist.barrier()  # no rank tears gloo down while the other is still in a collective
     dist.destroy_process_group()

@@ -4,13 +4,17 @@
 // entries; an entry whose gradient is NaN/Inf keeps its values, so no separate check of g is needed.
 // Stable-SPAM needs two reductions before its update (max|g| with the NaN check, then AdaClip's count and
 // the clipped norm for AdaGN); the second is skipped on steps where AdaClip scales nothing.
-// Registered as torch.ops.spam_opt.spam_step_, stable_spam_step_ and kept_entries;
+// SPAM with 8-bit moments dequantizes, updates and requantizes each block in the same pass.
+// Registered as torch.ops.spam_opt.spam_step_, spam_step8_, stable_spam_step_, kept_entries and kept_bits;
 // spam_opt/kernels/cpp_build.py builds and loads this file, spam_opt/kernels/{spam,stable_spam}/cpp.py and
 // spam_opt/kernels/draw.py call its ops.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include <torch/library.h>
 
 #include <algorithm>
@@ -238,6 +242,18 @@ Tally sparse_update(float* p, const float* g, float* m, float* v, const int16_t*
       std::plus<Tally>());
 }
 
+// Advance a parameter's bias-correction count n and return the step's constants for it.
+Hyper count_step(const at::Tensor& count_tensor, double lr_w, double beta1, double beta2, double eps, double decay,
+                 double clip, double sign) {
+  float* count = count_tensor.data_ptr<float>();
+  const double steps = static_cast<double>(*count) + 1.0;
+  *count = static_cast<float>(steps);
+  const double bias = std::sqrt(1.0 - std::pow(beta2, steps)) / (1.0 - std::pow(beta1, steps));
+  return Hyper{static_cast<float>(beta1), static_cast<float>(1.0 - beta1), static_cast<float>(beta2),
+               static_cast<float>(1.0 - beta2), static_cast<float>(eps), static_cast<float>(lr_w * bias),
+               static_cast<float>(decay), static_cast<float>(clip), static_cast<float>(sign)};
+}
+
 // `op` names the op in the message, so that an error says which of the ops was given what.
 void check_float32(const char* op, const at::Tensor& t, const char* what, int64_t i) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), op, ": ", what, "[",
@@ -254,6 +270,21 @@ void check_param_tensors(const char* op, int64_t i, const at::Tensor& p, const a
   check_float32(op, v, "exp_avg_sqs", i);
 }
 
+// What every optimizer op starts with: its lists checked for one entry per parameter, its per-parameter
+// outputs (entries clipped: int64 [N]; a NaN/Inf gradient skipped: bool [N]), and whether the gate is open.
+struct StepOutputs {
+  at::Tensor clipped, nonfinite;
+  bool open;
+  StepOutputs(const char* op, int64_t n, std::initializer_list<size_t> list_sizes,
+              const std::optional<at::Tensor>& gate)
+      : clipped(at::zeros({n}, at::kLong)), nonfinite(at::zeros({n}, at::kBool)),
+        open(!gate.has_value() || gate->item<bool>()) {
+    for (size_t size : list_sizes) {
+      TORCH_CHECK(static_cast<int64_t>(size) == n, op, ": all lists need one entry per parameter");
+    }
+  }
+};
+
 // Returns (clipped: int64 [N], nonfinite: bool [N]).
 std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                                              at::TensorList exp_avg_sqs, at::TensorList counts,
@@ -262,29 +293,18 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
                                              const std::optional<at::Tensor>& gate, double lr_w, double beta1,
                                              double beta2, double eps, double decay, double clip, double sign) {
   const int64_t n = static_cast<int64_t>(params.size());
-  TORCH_CHECK(static_cast<int64_t>(grads.size()) == n && static_cast<int64_t>(exp_avgs.size()) == n &&
-                  static_cast<int64_t>(exp_avg_sqs.size()) == n && static_cast<int64_t>(counts.size()) == n &&
-                  static_cast<int64_t>(kept_low.size()) == n && static_cast<int64_t>(kept_starts.size()) == n,
-              "spam_step_: all tensor lists must have one entry per parameter");
-  auto clipped = at::zeros({n}, at::kLong);
-  auto nonfinite = at::zeros({n}, at::kBool);
-  auto* clipped_out = clipped.data_ptr<int64_t>();
-  auto* nonfinite_out = nonfinite.data_ptr<bool>();
-  const bool open = !gate.has_value() || gate->item<bool>();
+  const StepOutputs out("spam_step_", n, {grads.size(), exp_avgs.size(), exp_avg_sqs.size(), counts.size(),
+                                          kept_low.size(), kept_starts.size()}, gate);
+  auto* clipped_out = out.clipped.data_ptr<int64_t>();
+  auto* nonfinite_out = out.nonfinite.data_ptr<bool>();
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     const at::Tensor& g = grads[i];
     check_param_tensors("spam_step_", i, p, g, exp_avgs[i], exp_avg_sqs[i]);
     TORCH_CHECK(g.numel() == p.numel(), "spam_step_: grads[", i, "] has ", g.numel(), " entries, params[", i,
                 "] ", p.numel());
-    if (!open) continue;  // a closed gate: nothing moves, nothing is read
-    float* count = counts[i].data_ptr<float>();
-    const double steps = static_cast<double>(*count) + 1.0;
-    *count = static_cast<float>(steps);
-    const double bias = std::sqrt(1.0 - std::pow(beta2, steps)) / (1.0 - std::pow(beta1, steps));
-    const Hyper h{static_cast<float>(beta1), static_cast<float>(1.0 - beta1), static_cast<float>(beta2),
-                  static_cast<float>(1.0 - beta2), static_cast<float>(eps), static_cast<float>(lr_w * bias),
-                  static_cast<float>(decay), static_cast<float>(clip), static_cast<float>(sign)};
+    if (!out.open) continue;  // a closed gate: nothing moves, nothing is read
+    const Hyper h = count_step(counts[i], lr_w, beta1, beta2, eps, decay, clip, sign);
     float* pp = p.data_ptr<float>();
     const float* gp = g.const_data_ptr<float>();
     float* mp = exp_avgs[i].data_ptr<float>();
@@ -309,7 +329,281 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
     clipped_out[i] = tally.clipped;
     nonfinite_out[i] = tally.nonfinite;
   }
-  return {clipped, nonfinite};
+  return {out.clipped, out.nonfinite};
+}
+
+// ---- SPAM with 8-bit moments (spam_opt/quantized_state.py: the blocks, the maps and the layout) ----------
+//
+// Per block of up to kQBlock entries of one row, three loops over L1-resident buffers, each vectorised by the
+// compiler (the 4th-root map's extra sqrt in (3) costs nothing measurable: the loop waits on memory): (1) dequantize m̂ and v̂ from the codes, and find whether any entry needs the exact path (a spike,
+// a NaN/Inf gradient, or v̂ = 0 with g != 0, the same test as the float32 kernel's per vector); (2) update the
+// moments and p as the float32 kernel does, keeping s = sqrt(v) and r = m / (s + eps) (the update's own sqrt
+// and division) and their block maxima; (3) requantize r and s against the new maxima. Most blocks take the
+// plain update in (2); the exact one, with the clip, its selects and its counts, costs about 40% more.
+
+constexpr int64_t kQBlock = 256;  // quantized_state.BLOCK
+// Codes of r are linear in r (127 steps a side); codes of s are linear in sqrt(s) (255 steps, 255^2 = 65025).
+constexpr float kRLevels = 127.f, kSLevels = 65025.f;
+
+// levels / scale, and 0 for an all-zero block (QuantizedMoments: _inverse).
+inline float inverse(float scale, float levels) { return scale > 0.f ? levels / scale : 0.f; }
+
+// One block of n <= kQBlock stored entries whose p and g are at p, g (contiguous, or gathered by the caller).
+void update_block8(float* __restrict p, const float* __restrict g, int8_t* __restrict mc, uint8_t* __restrict vc,
+                   float* r_scale, float* s_scale, int64_t n, const Hyper& h, Tally& tally) {
+  alignas(64) float mb[kQBlock];  // m̂, then r
+  alignas(64) float vb[kQBlock];  // v̂, then s
+  const float r_step = *r_scale / kRLevels, s_step = *s_scale / kSLevels;
+  int32_t exact = 0;
+#pragma omp simd reduction(+ : exact)
+  for (int64_t i = 0; i < n; ++i) {
+    const float code_s = static_cast<float>(vc[i]);
+    const float s_old = code_s * code_s * s_step;
+    const float v = s_old * s_old;
+    vb[i] = v;
+    mb[i] = static_cast<float>(mc[i]) * r_step * (s_old + h.eps);
+    // g^2 < clip * v rules out a spike and a NaN/Inf gradient (both compare false); so does g == 0.
+    const float g2 = g[i] * g[i];
+    exact += !((g2 < h.clip * v) | (g2 == 0.f));
+  }
+  float r_max = 0.f, s_max = 0.f;
+  if (exact == 0) [[likely]] {
+#pragma omp simd reduction(max : r_max, s_max)
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = g[i] * h.sign;
+      const float m_new = mb[i] * h.beta1 + gi * h.one_minus_beta1;
+      const float v_new = vb[i] * h.beta2 + gi * gi * h.one_minus_beta2;
+      const float s = std::sqrt(v_new);
+      const float r = m_new / (s + h.eps);
+      p[i] = (p[i] - h.step * r) * h.decay;
+      mb[i] = r;
+      vb[i] = s;
+      r_max = std::max(r_max, std::fabs(r));
+      s_max = std::max(s_max, s);
+    }
+  } else {
+    int32_t clipped = 0, bad = 0;
+#pragma omp simd reduction(max : r_max, s_max) reduction(+ : clipped, bad)
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = g[i] * h.sign;
+      const float m = mb[i], v = vb[i];
+      const float g2 = gi * gi;
+      const bool finite = std::fabs(gi) < INFINITY;
+      // v > 0: a first gradient is never a spike (docs/algorithm.md); clip is +inf when clipping is off.
+      const bool spike = finite & (v > 0.f) & (g2 > h.clip * v);
+      const float gc = spike ? std::copysign(std::sqrt(h.clip * v), gi) : gi;
+      // An entry with a NaN/Inf gradient keeps m̂, v̂ (requantized with its block below) and p.
+      const float m_new = finite ? m * h.beta1 + gc * h.one_minus_beta1 : m;
+      const float v_new = finite ? v * h.beta2 + gc * gc * h.one_minus_beta2 : v;
+      const float s = std::sqrt(v_new);
+      const float r = m_new / (s + h.eps);
+      p[i] = finite ? (p[i] - h.step * r) * h.decay : p[i];
+      mb[i] = r;
+      vb[i] = s;
+      r_max = std::max(r_max, std::fabs(r));
+      s_max = std::max(s_max, s);
+      clipped += spike;
+      bad += !finite;
+    }
+    tally.clipped += clipped;
+    tally.nonfinite |= bad > 0;
+  }
+  *r_scale = r_max;
+  *s_scale = s_max;
+  const float r_inv = inverse(r_max, kRLevels), s_inv = inverse(s_max, kSLevels);
+  // nearbyint rounds ties to even (the default rounding mode), as torch.round does. |r| <= r_max and s <= s_max,
+  // so the codes stay within ±127 and 255 (r · r_inv is at most 127 · (1 + 2^-22)). GCC vectorises this loop
+  // without an `omp simd` pragma, and not with one.
+  for (int64_t i = 0; i < n; ++i) {
+    float code_s = std::nearbyint(std::sqrt(vb[i] * s_inv));
+    code_s = vb[i] > 0.f ? std::max(code_s, 1.f) : code_s;  // only 0 rounds to code 0
+    mc[i] = static_cast<int8_t>(static_cast<int32_t>(std::nearbyint(mb[i] * r_inv)));
+    vc[i] = static_cast<uint8_t>(static_cast<int32_t>(code_s));
+  }
+}
+
+// 32 bits of a bitmap from bit `pos` on (the bitmap carries one word of padding).
+inline uint32_t bits_at(const uint32_t* words, int64_t pos) {
+  const uint64_t pair = static_cast<uint64_t>(words[pos >> 5]) | (static_cast<uint64_t>(words[(pos >> 5) + 1]) << 32);
+  return static_cast<uint32_t>(pair >> (pos & 31));
+}
+
+inline uint32_t low_bits(int64_t n) { return n >= 32 ? ~0u : (1u << n) - 1u; }
+
+// Kept entries among local entries [start, start + n).
+inline int64_t kept_in(const uint32_t* words, int64_t start, int64_t n) {
+  int64_t count = 0;
+  for (int64_t k = 0; k < n; k += 32) count += std::popcount(bits_at(words, start + k) & low_bits(n - k));
+  return count;
+}
+
+#if defined(__AVX2__)
+// For each byte of kept bits, the lanes of its set bits, first: a permutation that packs those lanes of a vector
+// of 8 to its front (AVX2 has no compress instruction).
+struct CompressTable {
+  int32_t lanes[256][8];
+  constexpr CompressTable() : lanes{} {
+    for (int bits = 0; bits < 256; ++bits) {
+      int n = 0;
+      for (int j = 0; j < 8; ++j) {
+        if ((bits >> j) & 1) lanes[bits][n++] = j;
+      }
+    }
+  }
+};
+constexpr CompressTable kCompress{};
+#endif
+
+// The p and g of the kept entries among local entries [first, first + len) into pk, gk (ascending), with
+// their offsets from `first` in ix; returns how many. With AVX2, 8 entries per step through kCompress, with
+// no branch per entry (a branch per kept entry mispredicts about once per word of bits).
+int64_t gather_kept(const uint32_t* kept, int64_t first, int64_t len, const float* p, const float* g, float* pk,
+                    float* gk, int32_t* ix) {
+  int64_t n = 0, k = 0;
+#if defined(__AVX2__)
+  for (; k + 8 <= len; k += 8) {
+    const uint32_t bits = bits_at(kept, first + k) & 0xffu;
+    const __m256i lanes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kCompress.lanes[bits]));
+    _mm256_storeu_ps(pk + n, _mm256_permutevar8x32_ps(_mm256_loadu_ps(p + k), lanes));
+    _mm256_storeu_ps(gk + n, _mm256_permutevar8x32_ps(_mm256_loadu_ps(g + k), lanes));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ix + n),
+                        _mm256_add_epi32(lanes, _mm256_set1_epi32(static_cast<int32_t>(k))));
+    n += std::popcount(bits);
+  }
+#endif
+  for (; k < len; ++k) {
+    if (bits_at(kept, first + k) & 1u) {
+      ix[n] = static_cast<int32_t>(k);
+      pk[n] = p[k];
+      gk[n] = g[k];
+      ++n;
+    }
+  }
+  return n;
+}
+
+struct Param8 {
+  float* p;
+  const float* g;
+  int8_t* mc;
+  uint8_t* vc;
+  float* r_scale;
+  float* s_scale;
+  const uint32_t* kept;  // nullptr: dense
+  int64_t numel, row_length, stored;
+};
+
+Tally update_param8(const Param8& a, const Hyper& hyper) {
+  const int64_t per_row = (a.row_length + kQBlock - 1) / kQBlock;
+  const int64_t blocks = a.numel / a.row_length * per_row;
+  auto span = [&](int64_t b) {  // first local entry and length of block b
+    const int64_t row = b / per_row, seg = b % per_row;
+    return std::pair<int64_t, int64_t>{row * a.row_length + seg * kQBlock,
+                                       std::min(kQBlock, a.row_length - seg * kQBlock)};
+  };
+  // Sparse: where each block's codes start (a popcount of the bitmap, 1 bit per entry).
+  std::vector<int64_t> starts;
+  if (a.kept != nullptr) {
+    starts.assign(blocks + 1, 0);
+    at::parallel_for(0, blocks, kGrain / kQBlock, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const auto [first, len] = span(b);
+        starts[b + 1] = kept_in(a.kept, first, len);
+      }
+    });
+    for (int64_t b = 0; b < blocks; ++b) starts[b + 1] += starts[b];
+    TORCH_CHECK(starts[blocks] == a.stored, "spam_step8_: ", a.stored, " codes for ", starts[blocks],
+                " kept entries");
+  }
+  return at::parallel_reduce(
+      0, blocks, std::max<int64_t>(1, kGrain / kQBlock), Tally{},
+      [&](int64_t b0, int64_t b1, Tally tally) {
+        alignas(64) float pk[kQBlock + 8];  // gather_kept writes whole vectors of 8
+        alignas(64) float gk[kQBlock + 8];
+        alignas(64) int8_t mk[kQBlock];
+        alignas(64) uint8_t vk[kQBlock];
+        alignas(64) int32_t ix[kQBlock + 8];
+        constexpr int64_t kLanes = Vec::size();
+        for (int64_t b = b0; b < b1; ++b) {
+          const auto [first, len] = span(b);
+          if (a.kept == nullptr) {
+            update_block8(a.p + first, a.g + first, a.mc + first, a.vc + first, a.r_scale + b, a.s_scale + b, len,
+                          hyper, tally);
+            continue;
+          }
+          // Gather the kept entries' p and g, update them, decay the whole block, scatter them back.
+          const int64_t n = gather_kept(a.kept, first, len, a.p + first, a.g + first, pk, gk, ix);
+          // Zero-padded to whole vectors (g = 0 updates nothing and is never a spike), so that the compiler's
+          // vector loops need no scalar remainder.
+          const int64_t at = starts[b], padded = (n + kLanes - 1) / kLanes * kLanes;
+          std::fill(pk + n, pk + padded, 0.f);
+          std::fill(gk + n, gk + padded, 0.f);
+          std::fill(std::copy_n(a.mc + at, n, mk), mk + padded, int8_t{0});
+          std::fill(std::copy_n(a.vc + at, n, vk), vk + padded, uint8_t{0});
+          update_block8(pk, gk, mk, vk, a.r_scale + b, a.s_scale + b, padded, hyper, tally);
+          std::copy_n(mk, n, a.mc + at);
+          std::copy_n(vk, n, a.vc + at);
+          if (hyper.decay != 1.f) {
+            float* __restrict pr = a.p + first;
+            const float d = hyper.decay;
+#pragma omp simd
+            for (int64_t q = 0; q < len; ++q) pr[q] *= d;
+          }
+          for (int64_t j = 0; j < n; ++j) a.p[first + ix[j]] = pk[j];
+        }
+        return tally;
+      },
+      std::plus<Tally>());
+}
+
+// Returns (clipped: int64 [N], nonfinite: bool [N]).
+std::tuple<at::Tensor, at::Tensor> spam_step8(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                                              at::TensorList exp_avg_sqs, at::TensorList exp_avg_scales,
+                                              at::TensorList exp_avg_sq_scales, at::TensorList counts,
+                                              const c10::List<std::optional<at::Tensor>>& kept_bits,
+                                              at::IntArrayRef row_lengths, const std::optional<at::Tensor>& gate,
+                                              double lr_w, double beta1, double beta2, double eps, double decay,
+                                              double clip, double sign) {
+  const int64_t n = static_cast<int64_t>(params.size());
+  const StepOutputs out("spam_step8_", n, {grads.size(), exp_avgs.size(), exp_avg_sqs.size(),
+                                           exp_avg_scales.size(), exp_avg_sq_scales.size(), counts.size(),
+                                           kept_bits.size(), row_lengths.size()}, gate);
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    const at::Tensor& g = grads[i];
+    check_float32("spam_step8_", p, "params", i);
+    check_float32("spam_step8_", g, "grads", i);
+    check_float32("spam_step8_", exp_avg_scales[i], "exp_avg_scales", i);
+    check_float32("spam_step8_", exp_avg_sq_scales[i], "exp_avg_sq_scales", i);
+    const int64_t numel = p.numel(), row = row_lengths[i];
+    const std::optional<at::Tensor> kept = kept_bits.get(i);
+    TORCH_CHECK(g.numel() == numel && row > 0 && numel % row == 0 &&
+                    exp_avg_scales[i].numel() == numel / row * ((row + kQBlock - 1) / kQBlock) &&
+                    exp_avg_sq_scales[i].numel() == exp_avg_scales[i].numel(),
+                "spam_step8_: the gradient, row length or scales of params[", i, "] do not match it");
+    TORCH_CHECK(exp_avgs[i].scalar_type() == at::kChar && exp_avg_sqs[i].scalar_type() == at::kByte &&
+                    exp_avgs[i].is_contiguous() && exp_avg_sqs[i].is_contiguous() &&
+                    exp_avg_sqs[i].numel() == exp_avgs[i].numel(),
+                "spam_step8_: exp_avgs[", i, "] must be contiguous int8 codes and exp_avg_sqs[", i,
+                "] uint8 codes of the same size");
+    const uint32_t* words = nullptr;
+    if (kept.has_value()) {
+      TORCH_CHECK(kept->scalar_type() == at::kInt && kept->is_contiguous() && kept->numel() == (numel + 31) / 32 + 1,
+                  "spam_step8_: kept_bits[", i, "] is not the bitmap of params[", i, "]");
+      words = reinterpret_cast<const uint32_t*>(kept->const_data_ptr<int32_t>());
+    } else {
+      TORCH_CHECK(exp_avgs[i].numel() == numel, "spam_step8_: the codes of params[", i, "] do not match its size");
+    }
+    if (!out.open) continue;  // a closed gate: nothing moves, nothing is read
+    const Hyper h = count_step(counts[i], lr_w, beta1, beta2, eps, decay, clip, sign);
+    const Param8 a{p.data_ptr<float>(), g.const_data_ptr<float>(), exp_avgs[i].data_ptr<int8_t>(),
+                   exp_avg_sqs[i].data_ptr<uint8_t>(), exp_avg_scales[i].data_ptr<float>(),
+                   exp_avg_sq_scales[i].data_ptr<float>(), words, numel, row, exp_avgs[i].numel()};
+    const Tally tally = update_param8(a, h);
+    out.clipped.data_ptr<int64_t>()[i] = tally.clipped;
+    out.nonfinite.data_ptr<bool>()[i] = tally.nonfinite;
+  }
+  return {out.clipped, out.nonfinite};
 }
 
 // ---- Stable-SPAM (see spam_opt/kernels/stable_spam/reference.py for the rule) -------------------------
@@ -382,13 +676,9 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
     const c10::List<bool>& resets, const std::optional<at::Tensor>& gate, double lr, double beta1, double beta2,
     double gamma1, double gamma2, double theta, double eps, double weight_decay) {
   const int64_t n = static_cast<int64_t>(params.size());
-  for (auto size : {grads.size(), exp_avgs.size(), exp_avg_sqs.size(), steps.size(), max_emas.size(),
-                    norm_emas.size(), norm_sq_emas.size(), resets.size()}) {
-    TORCH_CHECK(static_cast<int64_t>(size) == n, "stable_spam_step_: all lists need one entry per parameter");
-  }
-  auto clipped = at::zeros({n}, at::kLong);
-  auto nonfinite = at::zeros({n}, at::kBool);
-  const bool open = !gate.has_value() || gate->item<bool>();
+  const StepOutputs out("stable_spam_step_", n, {grads.size(), exp_avgs.size(), exp_avg_sqs.size(), steps.size(),
+                                                 max_emas.size(), norm_emas.size(), norm_sq_emas.size(),
+                                                 resets.size()}, gate);
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     const at::Tensor& g = grads[i];
@@ -399,9 +689,9 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
     const int64_t numel = p.numel();
     const float* gp = g.const_data_ptr<float>();
     const AbsMax am = abs_max(gp, numel);
-    nonfinite.data_ptr<bool>()[i] = !am.finite;
+    out.nonfinite.data_ptr<bool>()[i] = !am.finite;
     float* count = scalar(steps[i]);
-    if (!am.finite || !open) {
+    if (!am.finite || !out.open) {
       // A due reset belongs to the schedule and still happens on a skipped step.
       if (resets.get(i)) {
         exp_avgs[i].zero_();
@@ -445,9 +735,9 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
     *scalar(max_emas[i]) = max_ema;
     *scalar(norm_emas[i]) = static_cast<float>(norm_ema);
     *scalar(norm_sq_emas[i]) = static_cast<float>(norm_sq_ema);
-    clipped.data_ptr<int64_t>()[i] = cs.clipped;
+    out.clipped.data_ptr<int64_t>()[i] = cs.clipped;
   }
-  return {clipped, nonfinite};
+  return {out.clipped, out.nonfinite};
 }
 
 // ---- Sparse momentum's draw (spam_opt/sparse.py holds the specification and a torch version) ------------
@@ -503,6 +793,29 @@ std::tuple<at::Tensor, at::Tensor> kept_entries(int64_t numel, int64_t key, int6
   return {low, starts};
 }
 
+// The kept entries of `numel` consecutive entries from flat index `offset` as a bitmap: bit j % 32 of word
+// j / 32 for entry j, plus one word of padding (the 8-bit layout, spam_opt/quantized_state.py).
+at::Tensor kept_bits(int64_t numel, int64_t key, int64_t threshold, int64_t offset) {
+  TORCH_CHECK(numel >= 0 && offset >= 0 && key >= 0 && key < (int64_t(1) << 32) && threshold >= 0 &&
+                  threshold <= (int64_t(1) << 32),
+              "kept_bits: invalid arguments");
+  const int64_t words = (numel + 31) / 32;
+  auto out = at::zeros({words + 1}, at::kInt);
+  uint32_t* w = reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>());
+  const uint32_t k32 = static_cast<uint32_t>(key);
+  const uint64_t thr = static_cast<uint64_t>(threshold);
+  at::parallel_for(0, words, kGrain / 32, [&](int64_t w0, int64_t w1) {
+    for (int64_t i = w0; i < w1; ++i) {
+      const int64_t lo = i * 32, n = std::min<int64_t>(32, numel - lo);
+      uint32_t word = 0;
+#pragma omp simd reduction(| : word)
+      for (int64_t j = 0; j < n; ++j) word |= static_cast<uint32_t>(keep(offset + lo + j, k32, thr)) << j;
+      w[i] = word;
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(spam_opt, m) {
@@ -516,10 +829,17 @@ TORCH_LIBRARY(spam_opt, m) {
       "bool[] resets, Tensor? gate, float lr, float beta1, float beta2, float gamma1, float gamma2, "
       "float theta, float eps, float weight_decay) -> (Tensor, Tensor)");
   // No tensor inputs, so no dispatch key to choose a backend by: one kernel for all, producing CPU tensors.
+  m.def(
+      "spam_step8_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] exp_avg_scales, Tensor(e!)[] exp_avg_sq_scales, Tensor(f!)[] counts, Tensor?[] kept_bits, "
+      "int[] row_lengths, Tensor? gate, float lr_w, float beta1, float beta2, float eps, float decay, "
+      "float clip, float sign) -> (Tensor, Tensor)");
   m.def("kept_entries(int numel, int key, int threshold, int offset) -> (Tensor, Tensor)", &kept_entries);
+  m.def("kept_bits(int numel, int key, int threshold, int offset) -> Tensor", &kept_bits);
 }
 
 TORCH_LIBRARY_IMPL(spam_opt, CPU, m) {
   m.impl("spam_step_", &spam_step);
+  m.impl("spam_step8_", &spam_step8);
   m.impl("stable_spam_step_", &stable_spam_step);
 }

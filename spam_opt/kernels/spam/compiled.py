@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from spam_opt.kernels.result import KernelResult
 from spam_opt.kernels.spam.inputs import StepScalars, TensorState
+from spam_opt.kernels.spam.quantized import on_float32_moments
 from spam_opt.kernels.spam.reference import keep_unmoved, spam_reference
 from spam_opt.sparse import KeptEntries
 
@@ -106,9 +108,15 @@ def _handles(p: Tensor, kept: KeptEntries | None) -> bool:
     return p.dim() > 0 and (kept is None or p.is_contiguous())
 
 
-def spam_compiled(params: list[Tensor], grads: list[Tensor], states: list[TensorState], gate: Tensor | None,
+def spam_compiled(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
                   h: StepScalars) -> KernelResult:
-    """One compiled graph per parameter; no host synchronisation (see the module docstring)."""
+    """One compiled graph per parameter; no host synchronisation (see the module docstring). 8-bit moments
+    are dequantized and requantized around the graph, one parameter at a time, in eager torch."""
+    return on_float32_moments(_compiled_step, params, grads, states, gate, h)
+
+
+def _compiled_step(params: list[Tensor], grads: list[Tensor], states: list[TensorState], gate: Tensor | None,
+                   h: StepScalars) -> KernelResult:
     device = params[0].device
     # maximize is a sign, not a branch: one graph serves both.
     lr_w, decay, clip, sign = torch.tensor(

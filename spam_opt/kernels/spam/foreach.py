@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from spam_opt.kernels.result import KernelResult
 from spam_opt.kernels.spam.inputs import StepScalars, TensorState
+from spam_opt.kernels.spam.quantized import on_float32_moments
 from spam_opt.kernels.spam.reference import keep_unmoved
 
 
-def spam_foreach(params: list[Tensor], grads: list[Tensor], states: list[TensorState], gate: Tensor | None,
+def spam_foreach(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
                  h: StepScalars) -> KernelResult:
-    """The rule of ``spam_reference``, a group at a time.
+    """The rule of ``spam_reference``, a group at a time (8-bit moments: one parameter at a time)."""
+    return on_float32_moments(_foreach, params, grads, states, gate, h)
+
+
+def _foreach(params: list[Tensor], grads: list[Tensor], states: list[TensorState], gate: Tensor | None,
+             h: StepScalars) -> KernelResult:
+    """The group's float32 moments, a ``torch._foreach_*`` op for all of them.
 
     The gate and which tensors hold a NaN/Inf gradient are read on the host: free on CPU, one device sync
     per step elsewhere; the ``fused`` paths keep them on device.

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from spam_opt.quantized_state import QuantizedMoments
 from spam_opt.sparse import KeptEntries
 
 
@@ -35,3 +36,11 @@ class TensorState:
     exp_avg_sq: Tensor
     step: Tensor  # n: the per-parameter count of the bias corrections, never reset (0-dim float32)
     kept: KeptEntries | None
+
+
+@dataclass
+class QuantizedTensorState:
+    """One parameter's SPAM state with 8-bit moments (``state_bits=8``, ``spam_opt.quantized_state``)."""
+
+    moments: QuantizedMoments
+    step: Tensor  # n, as in TensorState

@@ -8,11 +8,14 @@ the others nothing), and a closed ``gate`` leaves every parameter and moment unt
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from spam_opt.kernels.result import KernelResult
 from spam_opt.kernels.spam.inputs import StepScalars, TensorState
+from spam_opt.kernels.spam.quantized import on_float32_moments
 
 
 def keep_unmoved(new: Tensor, old: Tensor, moves: Tensor, idx: Tensor | None) -> Tensor:
@@ -31,9 +34,14 @@ def _bias_scale(count: Tensor, beta1: float, beta2: float) -> Tensor:
     return (1 - torch.pow(beta2, count)).sqrt() / (1 - torch.pow(beta1, count))
 
 
-def spam_reference(params: list[Tensor], grads: list[Tensor], states: list[TensorState], gate: Tensor | None,
+def spam_reference(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
                    h: StepScalars) -> KernelResult:
-    """One tensor at a time, everything decided on device."""
+    """One tensor at a time, everything decided on device (8-bit moments: dequantized, then requantized)."""
+    return on_float32_moments(_reference, params, grads, states, gate, h)
+
+
+def _reference(params: list[Tensor], grads: list[Tensor], states: list[TensorState], gate: Tensor | None,
+               h: StepScalars) -> KernelResult:
     clipped, nonfinite = [], []
     ok = torch.ones((), dtype=torch.bool, device=params[0].device) if gate is None else gate
     for p, grad, st in zip(params, grads, states):
