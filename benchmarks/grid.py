@@ -178,7 +178,7 @@ def run_one(setup: Setup, name: str, variant: dict[str, Any], regime_name: str, 
 
 
 def sweep(setup: Setup, variants: dict[str, dict[str, Any]], names: Sequence[str], clean: Regime,
-          lrs: tuple[float, ...] = LR_GRID) -> dict[str, float]:
+          lrs: tuple[float, ...] = LR_GRID, train: bool = True) -> dict[str, float]:
     """Best clean-regime lr per variant (seed 0), by final validation loss; writes ``lr_sweep.md``.
 
     When the best lr is at an end of the grid, the sweep goes on past that end (x3 per step, at most
@@ -186,6 +186,9 @@ def sweep(setup: Setup, variants: dict[str, dict[str, Any]], names: Sequence[str
     """
 
     def loss_at(name: str, lr: float) -> float:
+        if not train and not _finished(setup.out / "sweep" / name / f"lr{lr:g}", lr):
+            raise SystemExit(f"error: --report-only: the lr sweep of {name} has not finished (lr {lr:g}); "
+                             "give its lr with --lrs or run the grid without --report-only")
         res = run_one(setup, name, variants[name], "clean", clean, 0, lr,
                       setup.out / "sweep" / name / f"lr{lr:g}")
         loss = res["final_eval_loss"]
@@ -216,19 +219,55 @@ def sweep(setup: Setup, variants: dict[str, dict[str, Any]], names: Sequence[str
 
 
 def run_grid(setup: Setup, variants: dict[str, dict[str, Any]], regimes: dict[str, Regime],
-             lrs: dict[str, float], reference: str) -> list[dict[str, Any]]:
-    """Every (regime, seed, variant) run, in an order that fills every table a little at a time."""
-    results = []
+             lrs: dict[str, float], reference: str, train: bool = True) -> list[dict[str, Any]]:
+    """Every (regime, seed, variant) run, in an order that fills every table a little at a time.
+
+    With ``train=False`` nothing is trained: the finished runs are read back, and the ones not yet
+    trained are listed in ``missing.md`` (also written, empty of runs, when the grid is complete).
+    """
+    results, missing = [], []
     for regime_name, regime in regimes.items():
         names = [n for n in variants if regime.variants is None or n in regime.variants]
         for seed in range(min(setup.seeds, regime.seeds or setup.seeds)):
             for name in names:
                 lr = lrs[name] if regime.lr_factor is None else regime.lr_factor * lrs[reference]
                 run_dir = setup.out / "runs" / regime_name / name / f"seed{seed}"
+                if not train and not _finished(run_dir, lr):
+                    missing.append(f"{regime_name} / {name} / seed {seed}")
+                    continue
                 results.append(run_one(setup, name, variants[name], regime_name, regime, seed, lr, run_dir))
                 loss = results[-1]["final_eval_loss"]
                 print(f"{regime_name:14s} {name:16s} seed {seed}: val loss {loss}", flush=True)
+    total = len(results) + len(missing)
+    lines = [f"{len(results)} of {total} runs of this grid have finished; the tables use those."]
+    if missing:
+        lines += ["", "Not yet trained (rerun the grid's command to train them; finished runs are skipped):",
+                  ""]
+        lines += [f"- {m}" for m in missing]
+    (setup.out / "missing.md").write_text("\n".join(lines) + "\n")
     return results
+
+
+def _finished(run_dir: Path, lr: float) -> bool:
+    path = run_dir / "result.json"
+    return path.is_file() and json.loads(path.read_text())["lr"] == lr
+
+
+def coverage_note(out: Path) -> str:
+    """The first line of ``missing.md``: how many of the grid's runs the tables use."""
+    path = out / "missing.md"
+    if not path.is_file():
+        return ""
+    first = path.read_text().splitlines()[0]
+    return first if "have finished" not in first or first.split()[0] == first.split()[2] else (
+        f"**{first}** The runs not yet trained are listed in missing.md.")
+
+
+def add_report_only_argument(parser: Any) -> None:
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the report from the runs that have finished and list "
+                             "the others in missing.md (every variant needs its lr: from --lrs or a finished "
+                             "sweep)")
 
 
 # -- measures -----------------------------------------------------------------------------------------

@@ -84,7 +84,8 @@ def report(setup: Setup, results: list[dict[str, Any]], names: list[str], comman
              "Worst jump: the largest one-step rise of the training loss after the first 5% of the run, over "
              "seeds. Diverged: runs whose final loss is not finite. Tokens/s: median over the run's logging "
              f"steps, against the full-precision reference in the same grid ({grid.load_note(results)}; "
-             "benchmarks/quant_cost.py measures the cost of fake quantization on an idle machine).", ""]
+             "benchmarks/quant_cost.py measures the cost of fake quantization on an idle machine).", "",
+             grid.coverage_note(setup.out), ""]
     for regime in ("natural", "harsh"):
         rows = [r for r in results if r["regime"] == regime]
         if not rows:
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--out", default=None,
                         help="default: benchmarks/results/lowbit; with --quick, runs/smoke/lowbit")
     parser.add_argument("--quick", action="store_true", help="one seed, 6 steps of llama-tiny")
+    grid.add_report_only_argument(parser)
     args = parser.parse_args(argv)
     table = variants(args.group_size)
     names = [n for n in args.variants.split(",") if n] or list(table)
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     setup.out.mkdir(parents=True, exist_ok=True)
     lrs = {name: args.lr for name in table}
     results = grid.run_grid(setup, {n: table[n] for n in names}, {r: all_regimes[r] for r in chosen}, lrs,
-                            reference=REFERENCE)
+                            reference=REFERENCE, train=not args.report_only)
     command = "python benchmarks/lowbit.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report(setup, results, names, command.strip(), grid.noise_note(setup.out))
     return results

@@ -139,6 +139,7 @@ def report(setup: Setup, variants: dict[str, dict[str, Any]], results: list[dict
              "step (AdamW keeps 8). Step: median optimizer step time on this model over torch's fused "
              "AdamW's, interleaved rounds. Val loss: final validation loss, mean ± std over seeds. "
              "Pareto: no other variant has both less state and a lower loss.", "",
+             grid.coverage_note(setup.out), "",
              "| variant | lr | state B/param | x AdamW state | step x fused AdamW | val loss | Pareto |",
              "|---|---:|---:|---:|---:|---:|:---:|"]
     for r in sorted(rows, key=lambda r: r["bytes_per_param"]):
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--out", default=None,
                         help="default: benchmarks/results/memory; with --quick, runs/smoke/memory")
     parser.add_argument("--quick", action="store_true", help="one seed, 6 steps of llama-tiny, no lr sweep")
+    grid.add_report_only_argument(parser)
     args = parser.parse_args(argv)
     names = [n for n in args.variants.split(",") if n]
     unknown = [n for n in names if n not in VARIANTS]
@@ -229,8 +231,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.quick:
         lrs = {n: 1e-3 for n in names}
     else:
-        lrs = given_lrs | (grid.sweep(setup, chosen, to_sweep, Regime()) if to_sweep else {})
-    results = grid.run_grid(setup, chosen, {"clean": Regime()}, lrs, reference=names[0])
+        lrs = given_lrs | (grid.sweep(setup, chosen, to_sweep, Regime(), train=not args.report_only)
+                           if to_sweep else {})
+    results = grid.run_grid(setup, chosen, {"clean": Regime()}, lrs, reference=names[0],
+                            train=not args.report_only)
     ratios = step_time_ratios(setup, variants, names, vocab, args.timing_rounds)
     measures = {name: {"bytes_per_param": bytes_per_param(_optimizer(setup, variants[name], vocab)[1]),
                        "step_ratio": ratios[name]} for name in names}

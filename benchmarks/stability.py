@@ -160,7 +160,8 @@ def report(setup: Setup, results: list[dict[str, Any]], command: str, noise: str
              "the steps until the 5-step mean loss is back at its mean over the 5 steps up to the injection, "
              f"counted from its last injected step (spike-burst: {BURST_STEPS} consecutive steps). Worst "
              "jump: largest loss rise (nats) from the injection to 5 steps after it. State: optimizer state "
-             f"MB after one step, measured when this report is written. {grid.load_note(results)}.", ""]
+             f"MB after one step, measured when this report is written. {grid.load_note(results)}.", "",
+             grid.coverage_note(setup.out), ""]
     # Measured now rather than read from result.json: a run recorded by an older version of the library
     # would report that version's state layout. Optimizer state does not depend on the regime.
     state_mb = {}
@@ -177,7 +178,6 @@ def report(setup: Setup, results: list[dict[str, Any]], command: str, noise: str
     grid.plot_curves(setup.out, results, list(REGIMES), list(OPTIMIZERS))
     grid.write_comparison(setup.out, results, list(REGIMES),
                           title=f"Stability benchmark ({setup.model}, {setup.steps} steps)")
-
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="results folder (default: benchmarks/results/stability; with --quick, "
                              "runs/smoke/stability, so that a smoke test never replaces committed results)")
     parser.add_argument("--quick", action="store_true", help="one seed, 6 steps of llama-tiny, no lr sweep")
+    grid.add_report_only_argument(parser)
     args = parser.parse_args(argv)
     names = [n for n in args.optimizers.split(",") if n]
     regimes = [r for r in args.regimes.split(",") if r]
@@ -230,10 +231,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.quick:
         lrs = {n: 1e-3 for n in names}
     else:
-        lrs = given_lrs | (grid.sweep(setup, variants, to_sweep, REGIMES["clean"]) if to_sweep else {})
+        lrs = given_lrs | (grid.sweep(setup, variants, to_sweep, REGIMES["clean"], train=not args.report_only)
+                           if to_sweep else {})
     if "adamw" not in lrs and any(REGIMES[r].lr_factor for r in regimes):
         parser.error("the high-lr regime scales AdamW's lr: include adamw in --optimizers, or in --lrs")
-    results = grid.run_grid(setup, variants, {r: REGIMES[r] for r in regimes}, lrs, reference="adamw")
+    results = grid.run_grid(setup, variants, {r: REGIMES[r] for r in regimes}, lrs, reference="adamw",
+                            train=not args.report_only)
     command = "python benchmarks/stability.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report(setup, results, command.strip(), grid.noise_note(setup.out))
     return results

@@ -58,6 +58,14 @@ def test_quick_grid_runs_end_to_end_and_resumes(stability, tmp_path):
     first = (tmp_path / "runs" / "bad-batch" / "adamw" / "seed0" / "result.json").stat().st_mtime_ns
     stability.main(argv)
     assert (tmp_path / "runs" / "bad-batch" / "adamw" / "seed0" / "result.json").stat().st_mtime_ns == first
+    assert (tmp_path / "missing.md").read_text().startswith("4 of 4 runs")
+    # --report-only trains nothing: a variant never run is listed as missing, and the report says so
+    partial = stability.main(["--quick", "--optimizers", "adamw,spam,stable-spam", "--regimes",
+                              "spike-tensors,bad-batch", "--out", str(tmp_path), "--report-only"])
+    assert len(partial) == 4 and not (tmp_path / "runs" / "bad-batch" / "stable-spam").exists()
+    missing = (tmp_path / "missing.md").read_text()
+    assert missing.startswith("4 of 6 runs") and "- bad-batch / stable-spam / seed 0" in missing
+    assert "**4 of 6 runs of this grid have finished" in (tmp_path / "README.md").read_text()
 
 
 def test_regimes_inject_where_they_say_and_burst_recovery_counts_from_the_last(stability, grid, tmp_path):
