@@ -14,8 +14,8 @@ and the whole split is treated as that many such subsets. Two numbers matter:
   from their gap on unlimited data. Every run of a grid is evaluated on the same split, so a difference
   between optimizers carries this noise, not the level's.
 
-Writes ``eval_noise.json`` and ``eval_noise.md`` into the grid's folder (``RUN_DIR/../../..``), where the grid
-reports read it.
+Writes ``eval_noise.json`` and ``eval_noise.md`` into the grid's folder, where the grid reports read it: a
+run directory is ``<grid>/runs/<regime>/<variant>/seed<k>``.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         if not (run_dir / "final").is_dir():
             parser.error(f"{run_dir} holds no final/ model: give a finished run of a grid")
     noise = measure(*args.run_dirs)
-    out = args.run_dirs[0].parents[2]
+    out = args.run_dirs[0].parents[3]
     (out / "eval_noise.json").write_text(json.dumps(noise, indent=1))
     first, second = (str(p) for p in args.run_dirs)
     (out / "eval_noise.md").write_text(

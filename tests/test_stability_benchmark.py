@@ -18,6 +18,12 @@ def grid(stability):
     return benchmark_scripts.load("grid")  # the runner the script imports from beside it
 
 
+def test_eval_noise_spread_is_the_std_of_subset_means_and_its_standard_error():
+    eval_noise = benchmark_scripts.load("eval_noise")
+    values = [1.0] * 8 + [3.0] * 8 + [2.0] * 8  # subset means 1, 3, 2: std 1, standard error 1/sqrt(3)
+    assert eval_noise.spread(values) == pytest.approx((1.0, 3 ** -0.5))
+
+
 def test_loss_spike_and_recovery_measures(grid):
     losses = [3.0 - 0.01 * t for t in range(60)]
     losses[40] = 6.0  # a spike
@@ -38,7 +44,7 @@ def test_detector_scores_count_flags_near_each_injection(grid):
     assert grid.false_flags_per_1000(result, "grad") == 6.0
 
 
-def test_quick_grid_runs_end_to_end_and_resumes(stability, tmp_path):
+def test_quick_grid_runs_end_to_end_and_resumes(stability, grid, tmp_path):
     argv = ["--quick", "--optimizers", "adamw,spam", "--regimes", "spike-tensors,bad-batch",
             "--out", str(tmp_path)]
     results = stability.main(argv)
@@ -66,6 +72,13 @@ def test_quick_grid_runs_end_to_end_and_resumes(stability, tmp_path):
     missing = (tmp_path / "missing.md").read_text()
     assert missing.startswith("4 of 6 runs") and "- bad-batch / stable-spam / seed 0" in missing
     assert "**4 of 6 runs of this grid have finished" in (tmp_path / "README.md").read_text()
+    # the evaluation's noise lands in the grid's folder, where the reports read it
+    eval_noise = benchmark_scripts.load("eval_noise")
+    runs = tmp_path / "runs" / "bad-batch"
+    noise = eval_noise.main([str(runs / "adamw" / "seed0"), str(runs / "spam" / "seed0")])
+    assert json.loads((tmp_path / "eval_noise.json").read_text()) == noise
+    assert noise["diff_whole_se"] < noise["diff_subset_std"]  # more tokens, less noise
+    assert f"{noise['tokens']} tokens" in grid.noise_note(tmp_path)
 
 
 def test_regimes_inject_where_they_say_and_burst_recovery_counts_from_the_last(stability, grid, tmp_path):

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
-import time
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -99,16 +100,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.watch:
         print(_render(args))
         return 0
+    # Ctrl-C (or SIGTERM) sets a flag rather than raising inside a render: an interrupt raised in the
+    # middle of a library's import or output code can be swallowed there, and the watch would go on.
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     seen = None
     try:
-        while True:
+        while not stop.is_set():
             current = _fingerprint(args.run_dirs)
             if current != seen and (path := _render(args, refresh_s=max(args.interval, 2.0))) is not None:
                 print(f"rendered {path}", flush=True)
                 seen = current
-            time.sleep(args.interval)
-    except KeyboardInterrupt:
-        print("stopped watching", file=sys.stderr)
+            stop.wait(args.interval)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("stopped watching", file=sys.stderr)
     return 0
 
 
