@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -261,6 +263,12 @@ def coverage_note(out: Path) -> str:
     first = path.read_text().splitlines()[0]
     return first if "have finished" not in first or first.split()[0] == first.split()[2] else (
         f"**{first}** The runs not yet trained are listed in missing.md.")
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The command that makes a grid's results; ``--report-only`` (which trains nothing) left out."""
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
+    return " ".join(["python", f"benchmarks/{script}", *map(shlex.quote, given)])
 
 
 def add_report_only_argument(parser: Any) -> None:

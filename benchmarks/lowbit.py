@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     lrs = {name: args.lr for name in table}
     results = grid.run_grid(setup, {n: table[n] for n in names}, {r: all_regimes[r] for r in chosen}, lrs,
                             reference=REFERENCE, train=not args.report_only)
-    command = "python benchmarks/lowbit.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report(setup, results, names, command.strip(), grid.noise_note(setup.out))
+    command = grid.command_line("lowbit.py", argv)
+    report(setup, results, names, command, grid.noise_note(setup.out))
     return results
 
 

@@ -238,8 +238,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ratios = step_time_ratios(setup, variants, names, vocab, args.timing_rounds)
     measures = {name: {"bytes_per_param": bytes_per_param(_optimizer(setup, variants[name], vocab)[1]),
                        "step_ratio": ratios[name]} for name in names}
-    command = "python benchmarks/memory_grid.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    return report(setup, variants, results, measures, command.strip())
+    command = grid.command_line("memory_grid.py", argv)
+    return report(setup, variants, results, measures, command)
 
 
 

@@ -237,8 +237,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         parser.error("the high-lr regime scales AdamW's lr: include adamw in --optimizers, or in --lrs")
     results = grid.run_grid(setup, variants, {r: REGIMES[r] for r in regimes}, lrs, reference="adamw",
                             train=not args.report_only)
-    command = "python benchmarks/stability.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report(setup, results, command.strip(), grid.noise_note(setup.out))
+    command = grid.command_line("stability.py", argv)
+    report(setup, results, command, grid.noise_note(setup.out))
     return results
 
 

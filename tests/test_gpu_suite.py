@@ -51,10 +51,9 @@ def test_dry_run_prints_the_parts_asked_for():
 
     # The step part times our optimizers against the baseline, and no peer's (their state would not fit
     # next to ours at 1B shapes).
-    benchmark_scripts.load("machine_load")  # what the script imports from beside it
     bench = benchmark_scripts.load("optimizer_step")
     step = shlex.split(commands[1])
     pattern = re.compile(step[step.index("--only") + 1])
-    timed = [name for name in bench.optimizers(include_reference=False) if pattern.search(name)]
+    timed = [name for name in bench.optimizers(False, hidden=256, heads=4) if pattern.search(name)]
     assert timed and all(name.startswith(("SPAM", "Stable-SPAM")) for name in timed)
     assert set(step[step.index("--sizes") + 1].split(",")) <= set(bench.SIZES)
