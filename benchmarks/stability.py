@@ -124,22 +124,35 @@ def _regime_table(results: list[dict[str, Any]], regime: str, state_mb: dict[str
     return lines + [""]
 
 
+def _clipped(name: str) -> bool:
+    """Whether the trainer clips this variant's gradient before the monitor reads it."""
+    return bool(OPTIMIZERS[name].get("max_grad_norm") or OPTIMIZERS[name].get("zclip"))
+
+
+def _recall(runs: list[dict[str, Any]], kind: str) -> str:
+    hits = [hit for r in runs for hit in grid.detections(r, kind)]
+    return f"{statistics.fmean(hits):.2f} ({len(hits)})" if hits else "n/a"
+
+
 def _detector_table(results: list[dict[str, Any]]) -> list[str]:
     """The monitor as a detector: injections it flagged (recall) and its flags on clean runs."""
     lines = ["## The monitor as a detector", "",
-             "Recall: the fraction of injections (over optimizers x seeds) that the monitor flagged, from "
-             "the first injected step to 2 steps after the last, as a gradient spike (any parameter's score "
-             "above its threshold) or as a loss spike. False flags: events per 1000 steps of the clean "
-             "runs.", "",
-             "| regime | injections | gradient recall | loss recall |", "|---|---|---|---|"]
+             "Recall: the fraction of injections (over optimizers x seeds; their number in brackets) that "
+             "the monitor flagged, from the first injected step to 2 steps after the last, as a gradient "
+             "spike (any parameter's score above its threshold) or as a loss spike. The monitor reads the "
+             "gradient the optimizer receives: for the variants with a norm clip or ZClip in the trainer "
+             "that is the clipped gradient, so their gradient recall is given apart. False flags: events "
+             "per 1000 steps of the clean runs.", "",
+             "| regime | gradient recall, unclipped | gradient recall, clipped | loss recall |",
+             "|---|---|---|---|"]
     for regime_name, regime in REGIMES.items():
         runs = [r for r in results if r["regime"] == regime_name]
         if not runs or not regime.injection_kind:
             continue
-        grad = [hit for r in runs for hit in grid.detections(r, "grad")]
-        loss = [hit for r in runs for hit in grid.detections(r, "loss")]
-        lines.append(f"| {regime_name} | {len(grad)} | {statistics.fmean(grad):.2f} | "
-                     f"{statistics.fmean(loss):.2f} |")
+        raw = [r for r in runs if not _clipped(r["optimizer"])]
+        clipped = [r for r in runs if _clipped(r["optimizer"])]
+        lines.append(f"| {regime_name} | {_recall(raw, 'grad')} | {_recall(clipped, 'grad')} | "
+                     f"{_recall(runs, 'loss')} |")
     clean = [r for r in results if r["regime"] in ("clean", "long")]
     if clean:
         steps = sum(r["steps"] for r in clean)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import benchmark_scripts
 import pytest
@@ -57,7 +58,9 @@ def test_quick_grid_runs_end_to_end_and_resumes(stability, grid, tmp_path):
     assert (tmp_path / "loss_curves.png").stat().st_size > 1000
     page = (tmp_path / "comparison.html").read_text()  # every run's curves, a section per regime
     assert '<h2 id="section-1">bad-batch</h2>' in page and page.count(">spam seed 0</td>") == 2
-    assert "## The monitor as a detector" in report and "| bad-batch | 6 |" in report
+    assert "## The monitor as a detector" in report
+    # 2 unclipped variants x 3 injections; no variant clips in the trainer
+    assert re.search(r"\| bad-batch \| \d\.\d\d \(6\) \| n/a \| \d\.\d\d \(6\) \|", report)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved) == 4
     # finished runs are not repeated: a second call only reads result.json files
