@@ -265,6 +265,16 @@ def coverage_note(out: Path) -> str:
         f"**{first}** The runs not yet trained are listed in missing.md.")
 
 
+def add_setup_arguments(parser: Any, steps: int, seq_len: int) -> None:
+    """The options of every grid script's ``Setup``: model, run length, batch shape, seeds, corpus."""
+    parser.add_argument("--model", default="llama-9m")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=seq_len)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--corpus-mb", type=float, default=2.0)
+
+
 def command_line(script: str, argv: Sequence[str] | None) -> str:
     """The command that makes a grid's results; ``--report-only`` (which trains nothing) left out."""
     given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]

@@ -120,12 +120,7 @@ def report(setup: Setup, results: list[dict[str, Any]], names: list[str], comman
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="llama-9m")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--corpus-mb", type=float, default=2.0)
+    grid.add_setup_arguments(parser, steps=1000, seq_len=64)
     parser.add_argument("--lr", type=float, default=1e-3, help="every variant's lr in the natural regime")
     parser.add_argument("--harsh-lr-factor", type=float, default=10.0)
     parser.add_argument("--group-size", type=int, default=32,

@@ -190,12 +190,7 @@ def _plot(setup: Setup, rows: list[dict[str, Any]], front: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="llama-9m")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--corpus-mb", type=float, default=2.0)
+    grid.add_setup_arguments(parser, steps=1000, seq_len=64)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--lrs", default="",
                         help="NAME=LR,... : learning rates to use instead of sweeping for those variants")

@@ -195,12 +195,7 @@ def report(setup: Setup, results: list[dict[str, Any]], command: str, noise: str
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="llama-9m")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--corpus-mb", type=float, default=2.0)
+    grid.add_setup_arguments(parser, steps=300, seq_len=128)
     parser.add_argument("--reset-fraction", type=float, default=1 / 20,
                         help="SPAM reset interval as a fraction of the run (paper: 500 of ~10k steps)")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
