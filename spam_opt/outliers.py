@@ -7,7 +7,8 @@ broke, ``mean + sigma * std``, not at its own size: recorded in full, one spike 
 much that the next steps of a burst pass unflagged, while recording the bound still lets a lasting rise of the
 level in, a little per step. A non-finite value is never recorded (and never an outlier: callers treat it on
 its own). Because the guard and the monitor run this same code on the same values, the dashboard's "loss
-spike" and the guard's "skip" agree step for step.
+spike" and the guard's "skip" agree step for step when both use the same window (their defaults differ:
+docs/algorithm.md).
 """
 
 from __future__ import annotations

@@ -69,8 +69,10 @@ class GradientSpikeMonitor:
     ``gss_threshold`` is a spike. Loss spikes are losses more than ``loss_threshold`` standard deviations
     above the mean of the previous ``loss_window`` losses, once ``loss_min_history`` losses were seen
     (default 20, or the window when shorter): the rule of ``spam_opt.outliers`` that ``SpikeGuard`` applies
-    too, so the two agree step for step. With an optimizer that has ``spike_stats()`` (SPAM, Stable-SPAM),
-    its clip counts and momentum resets are recorded too.
+    too, so the two agree step for step when given the same window. The monitor's default window is 20 losses,
+    the guard's 128: the long window misses a bad batch early in a run, when it still holds the fast initial
+    fall of the loss (docs/algorithm.md gives the measurement). With an optimizer that has ``spike_stats()``
+    (SPAM, Stable-SPAM), its clip counts and momentum resets are recorded too.
 
     The main process writes ``run_dir/spikes.jsonl`` (one row per event, see ``spam_opt.monitor.events``) and
     ``run_dir/metrics.jsonl``: per logging step ``step``, ``loss``, ``grad_norm`` (of that step),
@@ -104,7 +106,7 @@ class GradientSpikeMonitor:
         accelerator: Any = None,
         *,
         loss_threshold: float = 6.0,
-        loss_window: int = 128,
+        loss_window: int = 20,
         loss_min_history: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
