@@ -364,11 +364,35 @@ def recovery_text(values: list[int | None]) -> str:
     return f"{text(statistics.median(steps))} / {text(max(steps))}" + (f" ({never} never)" if never else "")
 
 
+def monitor_loss_events(curve: Sequence[tuple[int, float]]) -> list[int]:
+    """The steps the monitor's loss rule flags, with its current defaults, replayed over a logged curve.
+
+    The grids' runs span library versions (the monitor's loss window went from 128 to 20 losses); replaying
+    the rule over every run's logged losses scores them all with the rule users get now.
+    """
+    import inspect
+
+    import torch
+
+    from spam_opt.monitor import GradientSpikeMonitor
+    from spam_opt.outliers import RollingOutliers
+
+    defaults = inspect.signature(GradientSpikeMonitor).parameters
+    window, sigma = defaults["loss_window"].default, defaults["loss_threshold"].default
+    rule, flagged = RollingOutliers(window), []
+    for step, loss in curve:
+        if loss is not None and bool(rule.observe(torch.tensor(float(loss)), sigma, min(20, window))[1]):
+            flagged.append(step)
+    return flagged
+
+
 def with_spike_measures(result: dict[str, Any]) -> dict[str, Any]:
-    """A result with its loss spikes, and recovery and loss jump per injection, from its training curve."""
+    """A result with its loss spikes, the monitor's loss flags replayed with today's rule, and recovery and
+    loss jump per injection, from its training curve."""
     steps = [s for s, _ in result["curve"]]
     losses = [v if v is not None and math.isfinite(v) else math.inf for _, v in result["curve"]]
     return result | {
+        "loss_events": monitor_loss_events(result["curve"]),
         "loss_spikes": len(loss_spikes([v for v in losses if math.isfinite(v)])),
         "recovery": [recovery_steps(steps, losses, t, last=end) for t, end in result["injections"]],
         "jump": [loss_jump(steps, losses, t, last=end) for t, end in result["injections"]],

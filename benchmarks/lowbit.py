@@ -75,12 +75,14 @@ def _worst_jump(result: dict[str, Any]) -> float:
 
 
 def report(setup: Setup, results: list[dict[str, Any]], names: list[str], command: str, noise: str) -> None:
+    results = [grid.with_spike_measures(r) for r in results]
     reference_speed = [r["tokens_per_s"] for r in results if r["optimizer"] == REFERENCE]
     lines = [f"# Low-bit stability grid ({setup.model}, {setup.steps} steps, batch {setup.batch_size} x "
              f"{setup.seq_len} tokens)", "", f"Command: `{command}`", "",
              "Mean ± std over seeds; no injected spikes. Val loss: the whole validation split at the end "
-             f"({noise}). Loss / gradient spikes: events the monitor logged per run (loss: 6 sample "
-             "deviations over the last 128 losses; gradient: a parameter's Gradient Spike Score above 50). "
+             f"({noise}). Loss / gradient spikes: the monitor's events per run (loss: its current rule, 6 "
+             "sample deviations above the last 20 losses, replayed over the logged losses; gradient: a "
+             "parameter's Gradient Spike Score above 50, as logged). "
              "Worst jump: the largest one-step rise of the training loss after the first 5% of the run, over "
              "seeds. Diverged: runs whose final loss is not finite. Tokens/s: median over the run's logging "
              f"steps, against the full-precision reference in the same grid ({grid.load_note(results)}; "

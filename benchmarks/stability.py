@@ -139,7 +139,8 @@ def _detector_table(results: list[dict[str, Any]]) -> list[str]:
     lines = ["## The monitor as a detector", "",
              "Recall: the fraction of injections (over optimizers x seeds; their number in brackets) that "
              "the monitor flagged, from the first injected step to 2 steps after the last, as a gradient "
-             "spike (any parameter's score above its threshold) or as a loss spike. The monitor reads the "
+             "spike (any parameter's score above its threshold, as logged) or as a loss spike (the monitor's "
+             "current loss rule replayed over the run's logged losses). The monitor reads the "
              "gradient the optimizer receives: for the variants with a norm clip or ZClip in the trainer "
              "that is the clipped gradient, so their gradient recall is given apart. False flags: events "
              "per 1000 steps of the clean runs.", "",

@@ -37,6 +37,14 @@ def test_loss_spike_and_recovery_measures(grid):
     assert grid.recovery_steps(steps, [1.0] * 30 + [9.0] * 30, at=30) is None
 
 
+def test_loss_flags_are_the_monitors_rule_replayed_over_the_curve(grid):
+    # a fast early fall, then a noisy plateau; a degenerate batch at step 60 jumps the loss to 7.5
+    curve = [(t, 5.5 - 2.5 * t / 30 + 0.05 * (t % 3)) for t in range(1, 31)]
+    curve += [(t, 3.0 + 0.05 * (t % 3)) for t in range(31, 80)]
+    curve[59] = (60, 7.5)
+    assert grid.monitor_loss_events(curve) == [60]
+
+
 def test_detector_scores_count_flags_near_each_injection(grid):
     result = {"injections": [(10, 10), (20, 24), (40, 40)], "grad_events": [10, 26, 33], "loss_events": [11],
               "steps": 500}
