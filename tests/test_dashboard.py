@@ -61,8 +61,9 @@ def test_figure_holds_every_chart_with_the_run_data(run_dir):
     assert list(traces["train loss"].y) == pytest.approx([r["loss"] for r in train])
     assert list(traces["eval loss"].x) == [40, 80, 120]
     assert list(traces["grad norm"].y) == pytest.approx([r["grad_norm"] for r in train])
-    spike_steps = sorted({e["step"] for e in events if e["kind"] in ("grad_norm", "grad_max")})
-    assert SPIKE in spike_steps and list(traces["spikes"].x) == spike_steps
+    grad_steps = {e["step"] for e in events if e["kind"] in ("grad_norm", "grad_max")}
+    spike_steps = sorted(grad_steps | {e["step"] for e in events if e["kind"] == "loss"})
+    assert SPIKE in grad_steps and list(traces["spikes"].x) == spike_steps  # gradient and loss spikes
     assert "1.weight" in "".join(traces["spikes"].text)
     heat = traces["spike score"]
     assert list(heat.y) == ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight", "2.bias"]
