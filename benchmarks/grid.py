@@ -126,23 +126,31 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return read_jsonl(path)[0]
 
 
-def optimizer_state_bytes(run_dir: Path) -> int:
-    """Bytes of optimizer state after one step of the run's model with that run's optimizer config."""
+def stepped_optimizer(cfg: Any, vocab: int) -> tuple[Any, Any]:
+    """The model and optimizer a run with trainer config ``cfg`` builds, after one step on small gradients."""
     import torch
 
-    from trainers.config import from_dict, read_yaml
     from trainers.models import build_model
     from trainers.optimizers import build_optimizer
 
-    cfg = from_dict(read_yaml(run_dir / "config.yaml"))
-    vocab = json.loads((run_dir / "final" / "config.json").read_text())["vocab_size"]
+    torch.manual_seed(0)
     model = build_model(cfg.model, vocab, cfg.seq_len)
     opt = build_optimizer(cfg, model)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     opt.step()
-    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
-               if torch.is_tensor(t))
+    return model, opt
+
+
+def optimizer_state_bytes(run_dir: Path) -> int:
+    """Bytes of optimizer state after one step of the run's model with that run's optimizer config."""
+    from state_bytes import state_bytes  # beside this script
+
+    from trainers.config import from_dict, read_yaml
+
+    cfg = from_dict(read_yaml(run_dir / "config.yaml"))
+    vocab = json.loads((run_dir / "final" / "config.json").read_text())["vocab_size"]
+    return state_bytes(stepped_optimizer(cfg, vocab)[1])
 
 
 def run_one(setup: Setup, name: str, variant: dict[str, Any], regime_name: str, regime: Regime, seed: int,

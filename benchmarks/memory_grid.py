@@ -47,23 +47,13 @@ GALORE_MATCHES = "spam-d0.25"
 
 def _optimizer(setup: Setup, variant: dict[str, Any], vocab: int) -> tuple[Any, Any]:
     """A variant's model and optimizer as a run of ``setup`` builds them, after one step."""
-    import torch
-
     from trainers.config import TrainConfig
-    from trainers.models import build_model
-    from trainers.optimizers import build_optimizer
 
     settings = {k: v for k, v in variant.items() if k != "optimizer_kwargs"}
     own = variant.get("optimizer_kwargs", {})
     kwargs = grid.scaled_schedule(variant, setup.reset_fraction, setup.steps) | own
     cfg = TrainConfig(model=setup.model, seq_len=setup.seq_len, optimizer_kwargs=kwargs, **settings)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, vocab, cfg.seq_len)
-    opt = build_optimizer(cfg, model)
-    for p in model.parameters():
-        p.grad = torch.randn_like(p) * 1e-3
-    opt.step()
-    return model, opt
+    return grid.stepped_optimizer(cfg, vocab)
 
 
 def bytes_per_param(opt: Any) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,11 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = {}
     for path in ("kernels", "reference"):
         run_dir = out / "runs" / "kernel_cell" / path / f"{args.variant}-seed{args.seed}"  # ignored by git
-        if path == "reference":
-            with reference_paths():
-                runs[path] = grid.run_one(setup, args.variant, variant, "clean", clean, args.seed, args.lr,
-                                          run_dir)
-        else:
+        with reference_paths() if path == "reference" else nullcontext():
             runs[path] = grid.run_one(setup, args.variant, variant, "clean", clean, args.seed, args.lr,
                                       run_dir)
     k, r = runs["kernels"], runs["reference"]
