@@ -144,8 +144,7 @@ def stepped_optimizer(cfg: Any, vocab: int) -> tuple[Any, Any]:
 
 def optimizer_state_bytes(run_dir: Path) -> int:
     """Bytes of optimizer state after one step of the run's model with that run's optimizer config."""
-    from state_bytes import state_bytes  # beside this script
-
+    from spam_opt.state_bytes import state_bytes
     from trainers.config import from_dict, read_yaml
 
     cfg = from_dict(read_yaml(run_dir / "config.yaml"))

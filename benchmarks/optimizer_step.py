@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 from machine_load import add_wait_argument, watch
-from state_bytes import state_bytes
+
+from spam_opt.state_bytes import state_bytes
 
 # The LLaMA configs of the SPAM paper (hidden, intermediate, layers), vocabulary 32000, untied head.
 SIZES = {"20m": (256, 688, 4), "60m": (512, 1376, 8), "130m": (768, 2048, 12), "350m": (1024, 2736, 24),

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from spam_opt.state_bytes import state_bytes
 from trainers import sharding
 from trainers.checkpointing import AccelerateState, TrainState, resume_from, save_checkpoint
 from trainers.clipping import build_zclip
@@ -42,7 +43,7 @@ from trainers.export import save_plain
 from trainers.injection import build_injector, degenerate_batch
 from trainers.models import build_model
 from trainers.monitoring import build_monitor, trim_jsonl
-from trainers.optimizers import build_optimizer, build_spike_guard, state_bytes
+from trainers.optimizers import build_optimizer, build_spike_guard
 from trainers.quant import quantize_model
 from trainers.sharded_checkpoint import ShardedState
 
