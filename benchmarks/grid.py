@@ -382,13 +382,13 @@ def monitor_loss_events(curve: Sequence[tuple[int, float]]) -> list[int]:
     import torch
 
     from spam_opt.monitor import GradientSpikeMonitor
-    from spam_opt.outliers import RollingOutliers
+    from spam_opt.outliers import RollingOutliers, default_min_history
 
     defaults = inspect.signature(GradientSpikeMonitor).parameters
     window, sigma = defaults["loss_window"].default, defaults["loss_threshold"].default
-    rule, flagged = RollingOutliers(window), []
+    rule, min_history, flagged = RollingOutliers(window), default_min_history(window), []
     for step, loss in curve:
-        if loss is not None and bool(rule.observe(torch.tensor(float(loss)), sigma, min(20, window))[1]):
+        if loss is not None and bool(rule.observe(torch.tensor(float(loss)), sigma, min_history)[1]):
             flagged.append(step)
     return flagged
 

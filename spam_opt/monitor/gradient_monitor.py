@@ -16,7 +16,7 @@ from spam_opt._validation import check_int, check_number
 from spam_opt.monitor.events import SPIKE_KINDS, SpikeEvent
 from spam_opt.monitor.jsonl import append_jsonl
 from spam_opt.monitor.statistics import GradientReductions, RunningScores
-from spam_opt.outliers import RollingOutliers
+from spam_opt.outliers import RollingOutliers, default_min_history
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +117,8 @@ class GradientSpikeMonitor:
         check_int("log_every", log_every, low=1)
         check_number("loss_threshold", loss_threshold, low=0.0, low_open=True)
         check_int("loss_window", loss_window, low=2)
-        if loss_min_history is None:  # the spike guard's default, or the whole window when it is shorter
-            loss_min_history = min(20, loss_window)
+        if loss_min_history is None:
+            loss_min_history = default_min_history(loss_window)
         check_int("loss_min_history", loss_min_history, low=2)
         if loss_min_history > loss_window:
             raise ValueError(f"invalid loss_min_history={loss_min_history}: accepted range is "
