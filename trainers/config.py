@@ -165,10 +165,6 @@ class TrainConfig:
         if self.fsdp and self.optimizer not in FSDP_OPTIMIZERS:
             raise ValueError(f"fsdp supports the optimizers {', '.join(FSDP_OPTIMIZERS)}, not "
                              f"{self.optimizer!r} (its state does not shard); use one of them or drop --fsdp")
-        if self.fsdp and self.state_bits != 32:
-            raise ValueError("fsdp checkpoints do not yet take 8-bit SPAM state (its codes, block scales and "
-                             "kept-entry bitmap have no resharding layout yet); use state_bits=32 with fsdp, "
-                             "or 8-bit state without fsdp (DDP or one process)")
         if self.fsdp and self.mixed_precision == "fp16":
             raise ValueError("fsdp takes mixed_precision 'bf16' or 'no': its fp16 would need a sharded loss "
                              "scaler, which the trainer does not run; use bf16")
