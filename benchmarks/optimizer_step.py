@@ -89,6 +89,7 @@ def optimizers(include_reference: bool, hidden: int, heads: int) -> dict[str, Fa
         table["SPAM reference (foreach=False)"] = lambda ps, _: SPAM(ps, clip_delay=0, foreach=False)
     table["Stable-SPAM (spam_opt, default flags)"] = lambda ps, _: StableSPAM(ps)
     table["Stable-SPAM foreach"] = lambda ps, _: StableSPAM(ps, foreach=True)
+    table["Stable-SPAM 8-bit state (default flags)"] = lambda ps, _: StableSPAM(ps, state_bits=8)
     peers: list[tuple[str, Callable[[], dict[str, Factory]]]] = [
         ("pytorch-optimizer", _pytorch_optimizer),
         ("bitsandbytes", _bitsandbytes),

@@ -190,6 +190,9 @@ def test_optimizer_state_is_exact_after_resharding_and_kept_entries_follow_the_h
         assert state["exp_avg_scale"].shape == state["exp_avg_sq_scale"].shape == (rows * blocks,)
         assert (state["exp_avg_sq_scale"] > 0).all()
     assert spam8["0.bias"]["exp_avg"].dtype == torch.float32 and "kept" not in spam8["0.bias"]
+    stable8 = saved["stable8"]["0.weight"]
+    assert stable8["exp_avg"].dtype == torch.int8 and stable8["exp_avg"].shape == (37 * 300,)
+    assert stable8["exp_avg_scale"].shape == (37 * 2,) and stable8["exp_avg_sq"].any()
 
 
 def test_export_writes_the_weights_of_a_sharded_checkpoint(runs, tmp_path):

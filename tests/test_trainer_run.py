@@ -239,18 +239,18 @@ def test_every_optimizer_builds_and_steps(name):
         assert densities == {"blocks": 0.5, "dense": 1.0}
 
 
-@pytest.mark.parametrize("density", [1.0, 0.5])
-def test_spam_with_8bit_state_builds_and_steps(density):
+@pytest.mark.parametrize(("optimizer", "density"), [("spam", 1.0), ("spam", 0.5), ("stable-spam", 1.0)])
+def test_spam_and_stable_spam_with_8bit_state_build_and_step(optimizer, density):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 10))
-    opt = build_optimizer(TrainConfig(optimizer="spam", state_bits=8, density=density, lr=1e-2), model)
+    opt = build_optimizer(TrainConfig(optimizer=optimizer, state_bits=8, density=density, lr=1e-2), model)
     before = [p.detach().clone() for p in model.parameters()]
     model(torch.arange(10)).logsumexp(-1).mean().backward()
     opt.step()
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
     assert opt.state[model[1].weight]["exp_avg"].dtype == torch.int8  # 2-D: 8-bit
     assert opt.state[model[1].bias]["exp_avg"].dtype == torch.float32  # 1-D: float32
-    with pytest.raises(ValueError, match="state_bits=8 is a SPAM option"):
+    with pytest.raises(ValueError, match="state_bits=8 is an option of spam and stable-spam"):
         TrainConfig(optimizer="adamw", state_bits=8).validate()
     with pytest.raises(ValueError, match="accepted values are 8, 32"):
         TrainConfig(state_bits=4).validate()

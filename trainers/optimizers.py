@@ -36,7 +36,7 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> Optimizer:
         if cfg.optimizer == "stable-spam":
             from spam_opt.stable_spam import StableSPAM
 
-            return StableSPAM(model.parameters(), betas=betas, **common)
+            return StableSPAM(model.parameters(), betas=betas, state_bits=cfg.state_bits, **common)
         if cfg.optimizer == "adamw":
             fused = common.pop("fused", _fused_available(model))
             return torch.optim.AdamW(model.parameters(), betas=betas, fused=fused, **common)

@@ -7,9 +7,9 @@ Jobs (a JSON list, run in order by every process):
 * ``{"train": [flags...], "interrupt_at": I}``: ``trainers.pretrain.main(flags)``; with ``interrupt_at`` the
   run dies when it fetches micro-batch I (counted from 0), as a killed job would.
 * ``{"save_state": DIR}``: train small FSDP2 models with SPAM (sparse momentum, a momentum reset), with SPAM
-  in 8 bits (the same, and a layer whose rows hold two blocks) and with StableSPAM, save the optimizers with
-  ``spam_opt.checkpoint`` and DCP to ``DIR/ckpt``, and write the state every rank held, assembled by global
-  index, to ``DIR/state_<world>.pt``.
+  in 8 bits (the same, and a layer whose rows hold two blocks) and with StableSPAM (float32 and 8-bit
+  moments), save the optimizers with ``spam_opt.checkpoint`` and DCP to ``DIR/ckpt``, and write the state
+  every rank held, assembled by global index, to ``DIR/state_<world>.pt``.
 * ``{"load_state": DIR, "then_save": DIR2}``: load ``DIR/ckpt`` into fresh optimizers on this number of
   processes and write what every rank now holds to ``DIR/loaded_<world>.pt``; save it again to ``DIR2/ckpt``,
   and let rank 0 alone load that into an unsharded model (one process, no FSDP): ``DIR2/loaded_1.pt``.
@@ -37,8 +37,9 @@ from spam_opt.sparse import KeptEntries
 
 STATE_LAYOUT["row_code"] = Layout.ROW
 SEED, DENSITY = 7, 0.3
-KINDS = ("spam", "stable", "spam8")
-IN_FEATURES = {"spam": 12, "stable": 12, "spam8": 300}  # 300: each row of the 8-bit layer holds two blocks
+KINDS = ("spam", "stable", "spam8", "stable8")
+# 300: each row of the first 8-bit layer holds two blocks
+IN_FEATURES = {"spam": 12, "stable": 12, "spam8": 300, "stable8": 300}
 
 
 def _models(shard: bool) -> tuple[nn.Module, ...]:
@@ -63,9 +64,11 @@ def _spam(model: nn.Module, **kwargs) -> SPAM:
                 reset_interval=4, warmup_steps=2, clip_delay=1, threshold=3.0, **kwargs)
 
 
-def _optimizers(spam_model: nn.Module, stable_model: nn.Module, spam8_model: nn.Module) -> tuple:
+def _optimizers(spam_model: nn.Module, stable_model: nn.Module, spam8_model: nn.Module,
+                stable8_model: nn.Module) -> tuple:
     return (_spam(spam_model), StableSPAM(stable_model.parameters(), lr=1e-2, reset_interval=5),
-            _spam(spam8_model, state_bits=8))
+            _spam(spam8_model, state_bits=8),
+            StableSPAM(stable8_model.parameters(), lr=1e-2, reset_interval=5, state_bits=8))
 
 
 def _rows(p: torch.Tensor) -> tuple[int, int]:
