@@ -316,6 +316,21 @@ def test_spike_guard_skips_an_injected_spike(run):
     assert rows[7]["guard_skipped"] == 0 and rows[8]["guard_skipped"] == 1  # counted before each step
 
 
+def test_the_monitor_sees_a_spike_that_the_norm_clip_scales_away(run):
+    """One tensor's gradient 1e4x at step 58 under --max-grad-norm 1: the clip scales it back with every
+    other tensor, but the monitor observes before the clip, so the spike is logged where it happened."""
+    run_dir = run("clipped", "--optimizer", "adamw", "--max-grad-norm", "1.0", "--max-steps", "60",
+                  "--inject-spike-steps", "58", "--inject-factor", "1e4",
+                  "--inject-pattern", r"layers\.0\.mlp\.up_proj", "--eval-every", "0", "--save-every", "0")
+    events = [json.loads(line) for line in (run_dir / "spikes.jsonl").read_text().splitlines()]
+    gradient = [e for e in events if e["kind"] in ("grad_norm", "grad_max")]
+    assert gradient and {e["step"] for e in gradient} == {58}
+    assert all("layers.0.mlp.up_proj" in e["param"] for e in gradient)
+    rows = {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if "grad_norm" in r}
+    assert rows[58]["grad_norm"] > 100 * rows[57]["grad_norm"]  # the norm before the clip
+
+
 def test_spikegpt_trains_through_the_registry_and_logs_firing_rates(run):
     run_dir = run("spiking", "--model", "spikegpt-tiny", "--max-steps", "2", "--save-every", "0",
                   "--eval-every", "0")

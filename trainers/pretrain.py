@@ -192,10 +192,6 @@ def _train(cfg: TrainConfig, accelerator: Any) -> Path:
             loss += micro_loss.detach().float()
         if injector is not None:
             injector.apply(step)
-        if zclip is not None:
-            zclip.step(model)
-        elif cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         loss = accelerator.reduce(loss, "mean")
         window_steps += 1
         tokens_per_s = tokens_per_step * window_steps / (time.perf_counter() - window_start)
@@ -204,7 +200,12 @@ def _train(cfg: TrainConfig, accelerator: Any) -> Path:
             scalars.update(spike_metrics())
         if guard is not None and step % cfg.log_every == 0:
             scalars["guard_skipped"] = guard.num_skipped  # skipped so far; it syncs, so only when logging
+        # Before the clip: a spike the clip scales away is still the anomaly the monitor is there to find.
         monitor.observe(step, loss=loss, scalars=scalars)
+        if zclip is not None:
+            zclip.step(model)
+        elif cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         if guard is not None:
             guard.step(loss=loss)
         else:

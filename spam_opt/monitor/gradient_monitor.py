@@ -61,8 +61,9 @@ def _check_scalar(name: str, value: Any) -> float | Tensor:
 class GradientSpikeMonitor:
     """Gradient Spike Score monitor: per-parameter gradient spikes, loss spikes and the optimizer's clips.
 
-    Call ``observe(step, loss)`` once per optimizer step, after backward (and any clipping) and before
-    ``optimizer.step()``. In ``tensor`` mode (default) each step computes ‖g‖ and max|g| of every parameter
+    Call ``observe(step, loss)`` once per optimizer step, after backward and before any gradient clipping
+    and ``optimizer.step()``: behind a norm clip a spiked tensor is scaled down with the rest and no longer
+    stands out. In ``tensor`` mode (default) each step computes ‖g‖ and max|g| of every parameter
     (two fused reductions); ``element`` mode adds the paper's element-wise GSS (one extra float32 tensor per
     parameter). Results stay on device until every ``log_every``-th step, when one transfer brings the whole
     interval to the host, where values are scored against their running means: a score above
@@ -90,6 +91,7 @@ class GradientSpikeMonitor:
             loss = model(**batch).loss
             loss.backward()
             monitor.observe(step, loss=loss.detach(), scalars={"lr": scheduler.get_last_lr()[0]})
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad()
         monitor.close()
