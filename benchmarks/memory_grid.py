@@ -41,6 +41,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "spam-d0.25": {"optimizer": "spam", "density": 0.25},
     "spam-d0.25-8bit": {"optimizer": "spam", "density": 0.25, "state_bits": 8},
     "spam-8bit": {"optimizer": "spam", "state_bits": 8},
+    "stable-spam-8bit": {"optimizer": "stable-spam", "state_bits": 8},
 }
 BASELINE = "adamw"  # the trainer's AdamW is torch's fused one on CPU and CUDA
 GALORE_MATCHES = "spam-d0.25"
