@@ -25,9 +25,9 @@ import torch
 def synthesize(run_dir: Path, model_name: str, optimizer: str, steps: int, seed: int) -> None:
     from spam_opt.monitor import GradientSpikeMonitor
     from spam_opt.spam import SPAM
+    from spam_opt.state_bytes import state_bytes
     from trainers.config import TrainConfig, save_config
     from trainers.models import build_model
-    from trainers.optimizers import state_bytes
 
     torch.manual_seed(seed)
     model = build_model(model_name, 259, 128)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     noise = measure(*args.run_dirs)
     out = args.run_dirs[0].parents[3]
     (out / "eval_noise.json").write_text(json.dumps(noise, indent=1))
-    first, second = (str(p) for p in args.run_dirs)
+    first, second = (shlex.quote(str(p)) for p in args.run_dirs)  # run names hold spaces
     (out / "eval_noise.md").write_text(
         f"# Evaluation noise\n\nCommand: `python benchmarks/eval_noise.py {first} {second}`\n\n"
         f"Two trained models, the loss of each of the {noise['batches']} validation batches "

@@ -144,8 +144,7 @@ def stepped_optimizer(cfg: Any, vocab: int) -> tuple[Any, Any]:
 
 def optimizer_state_bytes(run_dir: Path) -> int:
     """Bytes of optimizer state after one step of the run's model with that run's optimizer config."""
-    from state_bytes import state_bytes  # beside this script
-
+    from spam_opt.state_bytes import state_bytes
     from trainers.config import from_dict, read_yaml
 
     cfg = from_dict(read_yaml(run_dir / "config.yaml"))
@@ -383,13 +382,13 @@ def monitor_loss_events(curve: Sequence[tuple[int, float]]) -> list[int]:
     import torch
 
     from spam_opt.monitor import GradientSpikeMonitor
-    from spam_opt.outliers import RollingOutliers
+    from spam_opt.outliers import RollingOutliers, default_min_history
 
     defaults = inspect.signature(GradientSpikeMonitor).parameters
     window, sigma = defaults["loss_window"].default, defaults["loss_threshold"].default
-    rule, flagged = RollingOutliers(window), []
+    rule, min_history, flagged = RollingOutliers(window), default_min_history(window), []
     for step, loss in curve:
-        if loss is not None and bool(rule.observe(torch.tensor(float(loss)), sigma, min(20, window))[1]):
+        if loss is not None and bool(rule.observe(torch.tensor(float(loss)), sigma, min_history)[1]):
             flagged.append(step)
     return flagged
 

@@ -8,7 +8,7 @@ Every run is ``trainers.pretrain`` through the grids' shared runner, ``benchmark
 seed 0 unless ``--lrs`` gives it). GaLore's rank is the
 one whose measured state comes closest to SPAM's at density 0.25. For each variant the report gives the
 optimizer-state bytes per parameter measured from the optimizer's tensors after one step
-(``benchmarks/state_bytes.py``), the optimizer step time on the run's model against torch's fused AdamW
+(``spam_opt.state_bytes``), the optimizer step time on the run's model against torch's fused AdamW
 (interleaved rounds, so run it on an idle machine), and the final validation loss over seeds; and plots
 state bytes against loss with the Pareto front. Writes ``README.md``, ``results.json`` and ``pareto.png``
 under ``--out``.
@@ -24,11 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # grid.py, state_bytes.py: also when imported
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # grid.py: also when imported
 
 import grid  # noqa: E402  (the shared runner beside this script)
 from grid import Regime, Setup  # noqa: E402
-from state_bytes import params_of, state_bytes  # noqa: E402
+
+from spam_opt.state_bytes import params_of, state_bytes  # noqa: E402
 
 # name -> trainer flags. Names are run directories. GaLore's rank is added by galore_rank().
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -40,6 +41,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "spam-d0.25": {"optimizer": "spam", "density": 0.25},
     "spam-d0.25-8bit": {"optimizer": "spam", "density": 0.25, "state_bits": 8},
     "spam-8bit": {"optimizer": "spam", "state_bits": 8},
+    "stable-spam-8bit": {"optimizer": "stable-spam", "state_bits": 8},
 }
 BASELINE = "adamw"  # the trainer's AdamW is torch's fused one on CPU and CUDA
 GALORE_MATCHES = "spam-d0.25"

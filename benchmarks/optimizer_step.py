@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 from machine_load import add_wait_argument, watch
-from state_bytes import state_bytes
+
+from spam_opt.state_bytes import state_bytes
 
 # The LLaMA configs of the SPAM paper (hidden, intermediate, layers), vocabulary 32000, untied head.
 SIZES = {"20m": (256, 688, 4), "60m": (512, 1376, 8), "130m": (768, 2048, 12), "350m": (1024, 2736, 24),
@@ -88,6 +89,7 @@ def optimizers(include_reference: bool, hidden: int, heads: int) -> dict[str, Fa
         table["SPAM reference (foreach=False)"] = lambda ps, _: SPAM(ps, clip_delay=0, foreach=False)
     table["Stable-SPAM (spam_opt, default flags)"] = lambda ps, _: StableSPAM(ps)
     table["Stable-SPAM foreach"] = lambda ps, _: StableSPAM(ps, foreach=True)
+    table["Stable-SPAM 8-bit state (default flags)"] = lambda ps, _: StableSPAM(ps, state_bits=8)
     peers: list[tuple[str, Callable[[], dict[str, Factory]]]] = [
         ("pytorch-optimizer", _pytorch_optimizer),
         ("bitsandbytes", _bitsandbytes),

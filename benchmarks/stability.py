@@ -140,10 +140,10 @@ def _detector_table(results: list[dict[str, Any]]) -> list[str]:
              "Recall: the fraction of injections (over optimizers x seeds; their number in brackets) that "
              "the monitor flagged, from the first injected step to 2 steps after the last, as a gradient "
              "spike (any parameter's score above its threshold, as logged) or as a loss spike (the monitor's "
-             "current loss rule replayed over the run's logged losses). The monitor reads the "
-             "gradient the optimizer receives: for the variants with a norm clip or ZClip in the trainer "
-             "that is the clipped gradient, so their gradient recall is given apart. False flags: events "
-             "per 1000 steps of the clean runs.", "",
+             "current loss rule replayed over the run's logged losses). These runs were trained while the "
+             "trainer's monitor still read the gradient after the clip: for the variants with a norm clip or "
+             "ZClip that is the clipped gradient, so their gradient recall is given apart (the trainer now "
+             "observes before the clip). False flags: events per 1000 steps of the clean runs.", "",
              "| regime | gradient recall, unclipped | gradient recall, clipped | loss recall |",
              "|---|---|---|---|"]
     for regime_name, regime in REGIMES.items():

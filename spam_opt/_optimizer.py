@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from spam_opt._distributed import local_tensor
+from spam_opt._state_bits import loadable_groups
 from spam_opt._validation import check_known_keys
 from spam_opt.kernels.dispatch import KernelTable, select_kernel
 from spam_opt.stats import SpikeStats, stack_counts
@@ -137,6 +138,8 @@ class SpikeAwareOptimizer(Optimizer):
                 f"this state dict was not written by {name} (param groups lack a consistent "
                 f"{self.step_key!r}); load a checkpoint saved from a {name} optimizer"
             )
+        if "state_bits" in self.defaults:
+            groups = loadable_groups(state_dict, self.param_groups, name)
         saved_state = state_dict["state"]
         for key, entry in saved_state.items():
             missing = [k for k in self.state_keys if not isinstance(entry, dict) or k not in entry]

@@ -7,9 +7,12 @@ So a checkpoint holds every state tensor in the parameter's global layout instea
 * per-entry tensors (one value per entry, or per kept entry) are scattered into a tensor of the parameter's
   full shape, sharded like the parameter (zeros where an entry is not kept);
 * per-row tensors (dim 0 runs over the parameter's rows) are sharded by rows;
+* per-block tensors (the 8-bit state's scales, one per block of a row) are laid out with one row per row of
+  the parameter's dim 0, and sharded by rows;
 * scalars, the same on every rank, are saved as they are;
-* the kept-entry index is not saved: which entries are kept is a pure function of (seed, parameter, reset
-  number, global entry index), so a load draws it again for the new shards and gathers their moments.
+* the kept-entry index (or bitmap) is not saved: which entries are kept is a pure function of (seed,
+  parameter, reset number, global entry index), so a load draws it again for the new shards and gathers
+  their moments.
 
 A run saved on N processes therefore resumes on M with exactly the state it had. ``STATE_LAYOUT`` says which
 rule each state key follows; a new state key joins by adding a line there. docs/spam.md has the details.
@@ -36,7 +39,8 @@ from torch import Tensor, nn
 
 from spam_opt._distributed import flat_span, local_tensor
 from spam_opt._optimizer import SpikeAwareOptimizer
-from spam_opt.kernels.draw import draw_kept
+from spam_opt.kernels.draw import draw_kept, draw_kept_bits
+from spam_opt.quantized_state import blocks_per_row, quantizes, unpack_bits
 from spam_opt.sparse import KeptEntries, mask_key
 
 
@@ -45,13 +49,16 @@ class Layout(Enum):
 
     ENTRY = "entry"  # one value per entry (per kept entry under sparse momentum, in kept order): full shape
     ROW = "row"  # dim 0 runs over the parameter's rows: sharded by rows
+    BLOCK = "block"  # one value per block of a row (8-bit scales): as rows of dim 0, sharded by rows
     SCALAR = "scalar"  # the same on every rank: as is
-    KEPT = "kept"  # the kept-entry index: not saved (a marker says it existed), drawn again at load
+    KEPT = "kept"  # the kept entries: not saved (a marker says they existed), drawn again at load
 
 
 STATE_LAYOUT: dict[str, Layout] = {
-    "exp_avg": Layout.ENTRY,
+    "exp_avg": Layout.ENTRY,  # float32 moments, or 8-bit codes under state_bits=8
     "exp_avg_sq": Layout.ENTRY,
+    "exp_avg_scale": Layout.BLOCK,
+    "exp_avg_sq_scale": Layout.BLOCK,
     "step": Layout.SCALAR,
     "reset_number": Layout.SCALAR,
     "max_ema": Layout.SCALAR,  # StableSPAM's per-tensor statistics (of the full tensor on every rank)
@@ -59,9 +66,8 @@ STATE_LAYOUT: dict[str, Layout] = {
     "norm_sq_ema": Layout.SCALAR,
     "kept_low": Layout.KEPT,
     "kept_starts": Layout.KEPT,
+    "kept_bits": Layout.KEPT,  # the 8-bit layout's bitmap of the kept entries
 }
-# The field of KeptEntries each KEPT key holds.
-_KEPT_FIELDS = {"kept_low": "low", "kept_starts": "starts"}
 
 
 def _named_params(model: nn.Module,
@@ -95,10 +101,13 @@ def _as_global(p: Tensor, local: Tensor, shape: tuple[int, ...]) -> Tensor:
                               stride=_contiguous_stride(shape))
 
 
-def _kept(state: dict[str, Any]) -> Tensor | None:
-    if "kept_low" not in state:
-        return None
-    return KeptEntries(state["kept_low"], state["kept_starts"]).indices()
+def _kept(p: Tensor, state: dict[str, Any]) -> Tensor | None:
+    """The flat (rank-local) indices of the kept entries, ascending; None for a dense parameter."""
+    if "kept_bits" in state:
+        return unpack_bits(state["kept_bits"], local_tensor(p).numel()).nonzero().squeeze(1)
+    if "kept_low" in state:
+        return KeptEntries(state["kept_low"], state["kept_starts"]).indices()
+    return None
 
 
 def _layout(key: str) -> Layout:
@@ -123,20 +132,33 @@ def _row_to_global(p: Tensor, key: str, value: Tensor, kept: Tensor | None) -> T
     return _as_global(p, value, (p.shape[0], *value.shape[1:]))
 
 
+def _block_to_global(p: Tensor, key: str, value: Tensor, kept: Tensor | None) -> Tensor:
+    # Blocks never cross a row of the last dimension, so each row of dim 0 owns the same number of them.
+    per_row = math.prod(p.shape[1:-1]) * blocks_per_row(p.shape[-1])
+    rows = local_tensor(p).shape[0]
+    if value.numel() != rows * per_row:
+        raise ValueError(f"per-block state {key!r} has {value.numel()} values but the parameter's shard has "
+                         f"{rows} rows of {per_row} blocks")
+    return _as_global(p, value.reshape(rows, per_row), (p.shape[0], per_row))
+
+
 # (parameter, key, value, kept flat indices or None) -> what the checkpoint holds
 _TO_GLOBAL = {
     Layout.ENTRY: _entry_to_global,
     Layout.ROW: _row_to_global,
+    Layout.BLOCK: _block_to_global,
     Layout.SCALAR: lambda p, key, value, kept: value,
     Layout.KEPT: lambda p, key, value, kept: True,
 }
-# (loaded value, key, kept entries or None, their flat indices or None) -> what the optimizer holds
+# (loaded value, key, the kept-entry state drawn again or None, the kept flat indices or None)
+#     -> what the optimizer holds
 _FROM_GLOBAL = {
-    Layout.ENTRY: lambda value, key, kept, indices: (local_tensor(value) if indices is None
-                                                     else local_tensor(value).reshape(-1)[indices]),
-    Layout.ROW: lambda value, key, kept, indices: local_tensor(value),
-    Layout.SCALAR: lambda value, key, kept, indices: value,
-    Layout.KEPT: lambda value, key, kept, indices: getattr(kept, _KEPT_FIELDS[key]),
+    Layout.ENTRY: lambda value, key, drawn, indices: (local_tensor(value) if indices is None
+                                                      else local_tensor(value).reshape(-1)[indices]),
+    Layout.ROW: lambda value, key, drawn, indices: local_tensor(value),
+    Layout.BLOCK: lambda value, key, drawn, indices: local_tensor(value).reshape(-1),
+    Layout.SCALAR: lambda value, key, drawn, indices: value,
+    Layout.KEPT: lambda value, key, drawn, indices: drawn[key],
 }
 
 
@@ -170,17 +192,23 @@ def global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer) -> dict[
     state = {}
     for name, p, _ in named:
         entry = optimizer.state[p]
-        kept = _kept(entry)
+        kept = _kept(p, entry)
         state[name] = {key: _TO_GLOBAL[_layout(key)](p, key, value, kept) for key, value in entry.items()}
     # A tuple is one leaf for DCP (saved pickled), where a list of dicts would be flattened key by key.
     return {"state": state, "param_groups": tuple(saved_groups)}
 
 
-def _draw(p: Tensor, group: dict[str, Any], index: int, reset_number: int) -> KeptEntries:
-    """The kept entries of this rank's shard of ``p``: what SPAM drew at reset ``reset_number``."""
+def _draw(p: Tensor, group: dict[str, Any], index: int, reset_number: int,
+          bitmap: bool) -> tuple[dict[str, Tensor], Tensor]:
+    """The kept entries of this rank's shard of ``p`` that SPAM drew at reset ``reset_number``: as its state
+    keys (the bitmap of the 8-bit layout, or the index of the float32 one), and as flat local indices."""
     numel, offset = flat_span(p)
-    return draw_kept(numel, mask_key(group["seed"], index, reset_number), group["density"], offset=offset,
-                     device=local_tensor(p).device)
+    key, device = mask_key(group["seed"], index, reset_number), local_tensor(p).device
+    if bitmap:
+        bits = draw_kept_bits(numel, key, group["density"], offset=offset, device=device)
+        return {"kept_bits": bits}, unpack_bits(bits, numel).nonzero().squeeze(1)
+    kept = draw_kept(numel, key, group["density"], offset=offset, device=device)
+    return {"kept_low": kept.low, "kept_starts": kept.starts}, kept.indices()
 
 
 def load_global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer,
@@ -207,9 +235,13 @@ def load_global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer,
         saved = state_dict["state"].get(name)
         if saved is None:
             continue
-        sparse = any(STATE_LAYOUT.get(k) is Layout.KEPT for k in saved)
-        kept = _draw(p, group_of[index], index, int(saved["reset_number"])) if sparse else None
-        indices = kept.indices() if kept is not None else None
-        state[index] = {k: _FROM_GLOBAL[_layout(k)](v, k, kept, indices) for k, v in saved.items()}
+        drawn, indices = None, None
+        if any(STATE_LAYOUT.get(k) is Layout.KEPT for k in saved):
+            bitmap = "kept_bits" in saved
+            drawn, indices = _draw(p, group_of[index], index, int(saved["reset_number"]), bitmap)
+        state[index] = {k: _FROM_GLOBAL[_layout(k)](v, k, drawn, indices) for k, v in saved.items()}
+        if quantizes(p, group_of[index].get("state_bits", 32)):  # 8-bit codes are one flat vector
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[index][key] = state[index][key].reshape(-1)
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 

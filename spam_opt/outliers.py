@@ -16,6 +16,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# Values needed before anything is flagged: fewer give a standard deviation too noisy to judge by.
+MIN_HISTORY = 20
+
+
+def default_min_history(window: int) -> int:
+    """``MIN_HISTORY``, or the whole window when it is shorter."""
+    return min(MIN_HISTORY, window)
+
 
 class RollingOutliers:
     """Mean and sample standard deviation of the last ``window`` finite values, in a ring buffer on device.

@@ -17,11 +17,12 @@ from torch import Tensor
 
 from spam_opt._distributed import flat_span, local_tensor
 from spam_opt._optimizer import SpikeAwareOptimizer
+from spam_opt._state_bits import check_state_bits, check_unchanged, store_moments, stored_moments
 from spam_opt._validation import check_betas, check_int, check_kernel_flags, check_number
 from spam_opt.kernels.dispatch import SPAM_KERNELS
 from spam_opt.kernels.draw import draw_kept, draw_kept_bits
 from spam_opt.kernels.spam.inputs import QuantizedTensorState, StepScalars, TensorState
-from spam_opt.quantized_state import STATE_BITS, QuantizedMoments, quantizes
+from spam_opt.quantized_state import quantizes
 from spam_opt.sparse import KeptEntries, mask_key
 
 
@@ -121,12 +122,7 @@ class SPAM(SpikeAwareOptimizer):
         eight = quantizes(p, group["state_bits"])
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=local.device)
-        elif ("exp_avg_scale" in state) != eight and "exp_avg" in state:
-            raise ValueError(
-                f"parameter {index} holds {32 if eight else 8}-bit moments but its param group now has "
-                f"state_bits={group['state_bits']}; state_bits cannot change during a run (set it when "
-                "building the optimizer)"
-            )
+        check_unchanged(state, eight, index, group)
         if state.get("reset_number") != plan.reset_number:
             state["reset_number"] = plan.reset_number
             for key in _LAYOUT_KEYS:
@@ -140,9 +136,7 @@ class SPAM(SpikeAwareOptimizer):
                     bits = draw_kept_bits(numel, mask_key(group["seed"], index, plan.reset_number),
                                           group["density"], offset=offset, device=local.device)
                     state["kept_bits"] = bits
-                q = QuantizedMoments.zeros(local.numel(), local.shape[-1], bits, device=local.device)
-                state.update(exp_avg=q.exp_avg, exp_avg_sq=q.exp_avg_sq, exp_avg_scale=q.exp_avg_scale,
-                             exp_avg_sq_scale=q.exp_avg_sq_scale)
+                store_moments(state, local, bits)
             elif sparse:
                 kept = draw_kept(numel, mask_key(group["seed"], index, plan.reset_number), group["density"],
                                  offset=offset, device=local.device)
@@ -155,28 +149,9 @@ class SPAM(SpikeAwareOptimizer):
                 state["exp_avg"] = torch.zeros_like(local, dtype=torch.float32, memory_format=fmt)
                 state["exp_avg_sq"] = torch.zeros_like(local, dtype=torch.float32, memory_format=fmt)
         if eight:
-            q = QuantizedMoments(state["exp_avg"], state["exp_avg_sq"], state["exp_avg_scale"],
-                                 state["exp_avg_sq_scale"], local.shape[-1], state.get("kept_bits"))
-            return QuantizedTensorState(q, state["step"])
+            return QuantizedTensorState(stored_moments(state, local), state["step"])
         kept = KeptEntries(state["kept_low"], state["kept_starts"]) if "kept_low" in state else None
         return TensorState(state["exp_avg"], state["exp_avg_sq"], state["step"], kept)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As torch's, plus: a state dict saved with other ``state_bits`` is refused (8-bit and float32
-        moments do not convert), and one saved before ``state_bits`` existed loads as float32 state."""
-        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
-        if isinstance(groups, list) and all(isinstance(g, dict) and self.step_key in g for g in groups):
-            groups = [g if "state_bits" in g else {**g, "state_bits": 32} for g in groups]
-            for i, (saved, current) in enumerate(zip(groups, self.param_groups)):
-                if saved["state_bits"] != current["state_bits"]:
-                    raise ValueError(
-                        f"this state dict was saved with state_bits={saved['state_bits']} for param group "
-                        f"{i}, and this SPAM has state_bits={current['state_bits']}; build the optimizer "
-                        f"with state_bits={saved['state_bits']} to resume it (moments are not converted)"
-                    )
-            _check_layouts(state_dict.get("state"), groups, self.param_groups)
-            state_dict = {**state_dict, "param_groups": groups}
-        super().load_state_dict(state_dict)
 
     def _scalars(self, group: dict[str, Any], plan: _Schedule) -> StepScalars:
         beta1, beta2 = group["betas"]
@@ -189,28 +164,6 @@ class SPAM(SpikeAwareOptimizer):
 # Per-parameter state keys that depend on the layout (float32 or 8-bit moments, dense or sparse).
 _LAYOUT_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_scale", "exp_avg_sq_scale", "kept_low", "kept_starts",
                 "kept_bits")
-
-
-def _check_layouts(state: Any, saved_groups: list[dict[str, Any]], groups: list[dict[str, Any]]) -> None:
-    """Each saved parameter state has the keys and code dtypes of the layout its group and shape imply."""
-    if not isinstance(state, dict):
-        return
-    for saved, group in zip(saved_groups, groups):
-        for key, p in zip(saved.get("params", []), group["params"]):
-            entry = state.get(key)
-            if not isinstance(entry, dict) or not {"exp_avg", "exp_avg_sq"} <= entry.keys():
-                continue  # the base class names the missing keys
-            if quantizes(p, saved["state_bits"]):
-                missing = [k for k in ("exp_avg_scale", "exp_avg_sq_scale") if k not in entry]
-                if saved["density"] < 1.0 and "kept_bits" not in entry:
-                    missing.append("kept_bits")
-                codes = (entry["exp_avg"].dtype, entry["exp_avg_sq"].dtype)
-                if missing or codes != (torch.int8, torch.uint8):
-                    raise ValueError(f"corrupt SPAM state for parameter {key}: state_bits=8 needs int8 and "
-                                     f"uint8 codes with their scales, missing {missing}")
-            elif "exp_avg_scale" in entry:
-                raise ValueError(f"corrupt SPAM state for parameter {key}: 8-bit moments in a group with "
-                                 f"state_bits={saved['state_bits']}")
 
 
 def _validate_group(group: dict[str, Any], where: str) -> None:
@@ -226,9 +179,7 @@ def _validate_group(group: dict[str, Any], where: str) -> None:
     check_int(f"clip_delay ({where})", group["clip_delay"])
     check_number(f"density ({where})", group["density"], low=0.0, high=1.0, low_open=True)
     check_int(f"seed ({where})", group["seed"])
-    if isinstance(group["state_bits"], bool) or group["state_bits"] not in STATE_BITS:
-        raise ValueError(f"invalid state_bits={group['state_bits']!r} ({where}): accepted values are "
-                         f"{', '.join(map(str, STATE_BITS))}")
+    check_state_bits(group["state_bits"], where)
     if group["reset_interval"] > 0 and group["warmup_steps"] > group["reset_interval"]:
         raise ValueError(
             f"invalid warmup_steps={group['warmup_steps']} ({where}): the warmup after a momentum reset must "

@@ -26,7 +26,7 @@ from torch.optim import Optimizer
 
 from spam_opt._distributed import ShardGroups, all_reduce, local_tensor, shard_groups
 from spam_opt._validation import check_int, check_number
-from spam_opt.outliers import RollingOutliers
+from spam_opt.outliers import MIN_HISTORY, RollingOutliers
 
 _ACTIONS = ("skip", "scale")
 
@@ -78,7 +78,7 @@ class SpikeGuard:
         print(guard.num_skipped)  # reading it syncs: do it at the logging interval
     """
 
-    def __init__(self, optimizer: Any, sigma: float = 6.0, window: int = 128, min_history: int = 20,
+    def __init__(self, optimizer: Any, sigma: float = 6.0, window: int = 128, min_history: int = MIN_HISTORY,
                  action: str = "skip") -> None:
         inner = optimizer.optimizer if _is_accelerated(optimizer) else optimizer
         if not isinstance(inner, Optimizer):

@@ -17,15 +17,17 @@ from torch import Tensor
 
 from spam_opt._distributed import local_tensor, shard_groups
 from spam_opt._optimizer import SpikeAwareOptimizer
+from spam_opt._state_bits import check_state_bits, check_unchanged, store_moments, stored_moments
 from spam_opt._validation import check_betas, check_int, check_kernel_flags, check_number
 from spam_opt.kernels.dispatch import STABLE_SPAM_KERNELS
-from spam_opt.kernels.stable_spam.inputs import StepScalars, TensorState
+from spam_opt.kernels.stable_spam.inputs import QuantizedTensorState, StepScalars, TensorState
+from spam_opt.quantized_state import quantizes
 
 _SCALAR_KEYS = ("step", "max_ema", "norm_ema", "norm_sq_ema")
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", *_SCALAR_KEYS, "reset_number")
 _ALLOWED_GROUP_KEYS = frozenset(
     ["params", "name", "initial_lr", "lr", "betas", "eps", "weight_decay", "gamma1", "gamma2", "theta",
-     "total_steps", "eta_min", "reset_interval", "foreach", "fused"]
+     "total_steps", "eta_min", "reset_interval", "state_bits", "foreach", "fused"]
 )
 
 
@@ -49,12 +51,15 @@ class StableSPAM(SpikeAwareOptimizer):
     its norm (``gamma1``) and squared norm (``gamma2``). Every ``reset_interval`` steps the moments are zeroed
     and the per-tensor count restarts (0 disables resets). With ``total_steps`` set, beta1 and gamma1 are
     multiplied by a cosine decay from 1 to ``eta_min``. Then Adam with decoupled weight decay.
+    ``state_bits=8`` stores the Adam moments of parameters of 2 or more dimensions in 8 bits, in SPAM's
+    blockwise layout (``spam_opt.quantized_state``; 0.25x AdamW's state); the per-tensor statistics stay
+    float32 scalars.
     ``step(gate=...)`` takes an optional 0-dim bool device tensor: False skips the update on device.
 
     Example::
 
         from spam_opt.stable_spam import StableSPAM
-        opt = StableSPAM(model.parameters(), lr=1e-3, total_steps=10_000)
+        opt = StableSPAM(model.parameters(), lr=1e-3, total_steps=10_000)  # state_bits=8: a quarter of it
         model(x).loss.backward()
         opt.step()
         opt.zero_grad()
@@ -80,12 +85,13 @@ class StableSPAM(SpikeAwareOptimizer):
         total_steps: int | None = None,
         eta_min: float = 0.5,
         reset_interval: int = 1000,
+        state_bits: int = 32,
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, gamma1=gamma1, gamma2=gamma2,
                         theta=theta, total_steps=total_steps, eta_min=eta_min, reset_interval=reset_interval,
-                        foreach=foreach, fused=fused)
+                        state_bits=state_bits, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any], where: str) -> None:
@@ -97,11 +103,17 @@ class StableSPAM(SpikeAwareOptimizer):
         return (s // interval if interval > 0 else 0), decay_factor(s, group["total_steps"], group["eta_min"])
 
     def _tensor_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any], index: int,
-                      plan: tuple[int, float]) -> TensorState:
+                      plan: tuple[int, float]) -> TensorState | QuantizedTensorState:
+        local = local_tensor(p)
+        eight = quantizes(p, group["state_bits"])
+        check_unchanged(state, eight, index, group)
         if not state:
-            local = local_tensor(p)
-            for key in ("exp_avg", "exp_avg_sq"):
-                state[key] = torch.zeros_like(local, dtype=torch.float32, memory_format=torch.preserve_format)
+            if eight:
+                store_moments(state, local, None)
+            else:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    state[key] = torch.zeros_like(local, dtype=torch.float32,
+                                                  memory_format=torch.preserve_format)
             for key in _SCALAR_KEYS:
                 state[key] = torch.zeros((), dtype=torch.float32, device=local.device)
             state["reset_number"] = 0
@@ -109,6 +121,9 @@ class StableSPAM(SpikeAwareOptimizer):
         reset_number = plan[0]
         reset = state["reset_number"] != reset_number
         state["reset_number"] = reset_number
+        if eight:
+            return QuantizedTensorState(stored_moments(state, local), *(state[k] for k in _SCALAR_KEYS),
+                                        reset=reset, shard_groups=shard_groups(p))
         return TensorState(*(state[k] for k in ("exp_avg", "exp_avg_sq", *_SCALAR_KEYS)), reset=reset,
                            shard_groups=shard_groups(p))
 
@@ -134,4 +149,5 @@ def _validate_group(group: dict[str, Any], where: str) -> None:
         check_int(f"total_steps ({where})", group["total_steps"], low=1)
     check_number(f"eta_min ({where})", group["eta_min"], low=0.0, high=1.0)
     check_int(f"reset_interval ({where})", group["reset_interval"])
+    check_state_bits(group["state_bits"], where)
     check_kernel_flags(group, where)

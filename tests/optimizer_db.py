@@ -52,6 +52,7 @@ _SPAM_BAD = [
 ]
 _SPAM_SCHEDULE = dict(lr=1e-2, weight_decay=0.05, reset_interval=20, warmup_steps=10, clip_delay=4,
                       threshold=20.0)
+_STABLE_SCHEDULE = dict(lr=1e-2, weight_decay=0.05, reset_interval=10, total_steps=20)
 
 OPTIMIZERS = [
     OptimizerInfo("SPAM", lambda params, **kw: SPAM(params, **kw), _SPAM_SCHEDULE, save_points=(12, 20),
@@ -64,14 +65,16 @@ OPTIMIZERS = [
     OptimizerInfo("SPAM-8bit-density0.5",
                   lambda params, **kw: SPAM(params, state_bits=8, density=0.5, seed=3, **kw),
                   _SPAM_SCHEDULE, save_points=(3, 12, 19, 20, 27), group_option=dict(density=0.25)),
-    OptimizerInfo("StableSPAM", lambda params, **kw: StableSPAM(params, **kw),
-                  dict(lr=1e-2, weight_decay=0.05, reset_interval=10, total_steps=20),
+    OptimizerInfo("StableSPAM", lambda params, **kw: StableSPAM(params, **kw), _STABLE_SCHEDULE,
                   save_points=(9, 10, 17),
                   group_option=dict(theta=0.99),
                   bad_options=[*_COMMON_BAD, (dict(eps=0.0), "eps"), (dict(gamma1=1.0), "gamma1"),
                                (dict(gamma2=-0.1), "gamma2"), (dict(theta=1.5), "theta"),
                                (dict(total_steps=0), "total_steps"), (dict(total_steps=10.5), "total_steps"),
-                               (dict(eta_min=2.0), "eta_min")]),
+                               (dict(eta_min=2.0), "eta_min"),
+                               (dict(state_bits=4), "state_bits.*accepted values are 8, 32")]),
+    OptimizerInfo("StableSPAM-8bit", lambda params, **kw: StableSPAM(params, state_bits=8, **kw),
+                  _STABLE_SCHEDULE, save_points=(9, 10, 17), group_option=dict(theta=0.99)),
 ]
 
 INFOS = [pytest.param(info, id=info.name) for info in OPTIMIZERS]

@@ -53,7 +53,7 @@ def test_bad_cli_value_names_the_flag(capsys):
     ({"batch_size": 0}, "batch_size"),
     ({"val_fraction": 1.0}, "val_fraction"),
     ({"state_bits": 4}, "state_bits"),
-    ({"fsdp": True, "state_bits": 8}, "fsdp checkpoints do not yet take 8-bit"),
+    ({"optimizer": "adamw", "state_bits": 8}, "state_bits=8 is an option of spam and stable-spam"),
 ])
 def test_values_out_of_range_are_errors(values, match):
     with pytest.raises(ValueError, match=match):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from reference_spam import ReferenceSPAM
+from stepping import grad_stream
 from torch import nn
 
 from spam_opt import SPAM, param_groups
@@ -21,22 +24,10 @@ def _shapes():
     return [(6, 5), (7,), (4, 3, 2), (9, 4)]
 
 
-def _grad_stream(shapes, steps, seed=0, spikes=((30, 0, 3), (61, 3, 7), (62, 0, 0), (90, 2, 1)),
-                 nonfinite=((44, 0, 10, float("nan")), (45, 0, 11, float("inf")), (71, 3, 2, -float("inf")))):
-    """Gradients with a drifting scale, injected 1000x spikes on single entries at fixed steps, and a few
-    NaN/Inf entries (step, parameter, flat index, value)."""
-    gen = torch.Generator().manual_seed(seed)
-    stream = []
-    for t in range(1, steps + 1):
-        grads = [torch.randn(s, generator=gen) * (1 + 0.5 * torch.rand(1, generator=gen)) for s in shapes]
-        for step, i, j in spikes:
-            if step == t:
-                grads[i].view(-1)[j] *= 1000.0
-        for step, i, j, value in nonfinite:
-            if step == t:
-                grads[i].view(-1)[j:j + 3] = value
-        stream.append(grads)
-    return stream
+# gradient spikes (step, parameter, flat index) and NaN/Inf runs (step, parameter, flat index, value)
+_grad_stream = functools.partial(
+    grad_stream, spikes=((30, 0, 3), (61, 3, 7), (62, 0, 0), (90, 2, 1)),
+    nonfinite=((44, 0, 10, float("nan")), (45, 0, 11, float("inf")), (71, 3, 2, -float("inf"))))
 
 
 @pytest.mark.parametrize("foreach", PATHS)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
-from stepping import step_and_count
+from stepping import grad_stream, step_and_count
 from torch import nn
 
 from spam_opt.stable_spam import StableSPAM
@@ -63,17 +64,8 @@ HYPER = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, gamma1=0.7
              total_steps=90, eta_min=0.5, reset_interval=40)
 
 
-def _grad_stream(shapes, steps, seed=0, spikes=((20, 0, 3), (55, 3, 7), (56, 0, 0), (80, 2, 1), (81, 1, 2))):
-    """Gradients with a drifting scale and injected 1000x spikes on single entries at fixed steps."""
-    gen = torch.Generator().manual_seed(seed)
-    stream = []
-    for t in range(1, steps + 1):
-        grads = [torch.randn(s, generator=gen) * (1 + 0.5 * torch.rand(1, generator=gen)) for s in shapes]
-        for step, i, j in spikes:
-            if step == t:
-                grads[i].view(-1)[j] *= 1000.0
-        stream.append(grads)
-    return stream
+_grad_stream = functools.partial(grad_stream,
+                                 spikes=((20, 0, 3), (55, 3, 7), (56, 0, 0), (80, 2, 1), (81, 1, 2)))
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -36,6 +36,7 @@ RUNS = {
     "adamw": ["--optimizer", "adamw", "--spike-guard", "--max-grad-norm", "0.5", "--max-steps", "4",
               "--save-every", "2", "--quant", "int4", "--quant-group-size", "32"],  # quantized, then sharded
     "dense": ["--optimizer", "spam", "--max-steps", "3"],
+    "sparse8": [*SPAM_SPARSE, "--state-bits", "8", "--save-every", "2"],
 }
 # SpikeGPT has dropout, and each process draws its own masks from the same seed, so a data-parallel run
 # differs from one process by design: its reference is the same run under DDP (two processes, no --fsdp).
@@ -86,6 +87,7 @@ def runs(tmp_path_factory) -> dict:
     two = [{"train": flags(name, name, "--fsdp")} for name in ("sparse", "spikegpt", "adamw")]
     two += [{"train": flags("spikegpt", "spikegpt-ddp")},
             {"train": flags("dense", "dense", "--fsdp", "--mixed-precision", "bf16")},
+            {"train": flags("sparse8", "sparse8", "--fsdp")},
             {"train": flags("sparse", "sparse-killed", "--fsdp"), "interrupt_at": 8},  # step 5 (2 per step)
             {"train": flags("sparse", "sparse-killed", "--fsdp", "--resume", "auto")},
             {"save_state": str(tmp / "state")}]
@@ -101,6 +103,8 @@ def runs(tmp_path_factory) -> dict:
     four = [{"train": flags("sparse", "sparse4", "--fsdp", "--resume", "auto")},
             {"train": flags("adamw", "adamw4", "--fsdp", "--resume",
                             str(tmp / "adamw" / "checkpoints" / "step_2"))},
+            {"train": flags("sparse8", "sparse8-4", "--fsdp", "--resume",
+                            str(tmp / "sparse8" / "checkpoints" / "step_4"))},
             {"load_state": str(tmp / "state"), "then_save": str(tmp / "state2")}]
     four_log = launch(4, four, tmp)
 
@@ -146,6 +150,8 @@ def test_resume_on_four_then_one_process_after_skipping_a_corrupt_checkpoint(run
     assert_close(losses(tmp / "sparse4"), reference)  # steps 1-2 from the copy, 3-8 trained on 4
     assert_close(losses(runs["one"]), {s: reference[s] for s in (7, 8)})
     assert_close(losses(tmp / "adamw4"), {s: losses(tmp / "adamw")[s] for s in (3, 4)})
+    # SPAM with 8-bit state (sparse): saved on 2 processes at step 4, steps 5-8 on 4
+    assert_close(losses(tmp / "sparse8-4"), {s: losses(tmp / "sparse8")[s] for s in range(5, 9)})
     assert [p.name for p in checkpoints(tmp / "sparse4")] == ["step_8", "step_6", "step_4", "step_2"]
 
 
@@ -171,6 +177,22 @@ def test_optimizer_state_is_exact_after_resharding_and_kept_entries_follow_the_h
         assert torch.equal(spam[name]["kept"], expected)
         assert spam[name]["exp_avg"].shape == expected.shape and spam[name]["exp_avg"].abs().sum() > 0
     assert torch.equal(spam["0.weight"]["row_code"][:, 0], torch.arange(37, dtype=torch.float32))
+    # SPAM in 8 bits: the same hash; int8/uint8 codes for the kept entries only; a float32 scale per block
+    # (two blocks per row of 300 entries, one per row of 37) and float32 moments for the 1-D parameters.
+    spam8 = saved["spam8"]
+    matrices = [("0.weight", 37, 300, 2), ("2.weight", 13, 37, 1)]
+    for index, (name, rows, row_length, blocks) in enumerate(matrices):
+        state = spam8[name]
+        expected = kept_indices(rows * row_length, mask_key(7, index, 1), 0.3).long()
+        assert torch.equal(state["kept"], expected)
+        assert (state["exp_avg"].dtype, state["exp_avg_sq"].dtype) == (torch.int8, torch.uint8)
+        assert state["exp_avg"].shape == expected.shape and state["exp_avg_sq"].any()
+        assert state["exp_avg_scale"].shape == state["exp_avg_sq_scale"].shape == (rows * blocks,)
+        assert (state["exp_avg_sq_scale"] > 0).all()
+    assert spam8["0.bias"]["exp_avg"].dtype == torch.float32 and "kept" not in spam8["0.bias"]
+    stable8 = saved["stable8"]["0.weight"]
+    assert stable8["exp_avg"].dtype == torch.int8 and stable8["exp_avg"].shape == (37 * 300,)
+    assert stable8["exp_avg_scale"].shape == (37 * 2,) and stable8["exp_avg_sq"].any()
 
 
 def test_export_writes_the_weights_of_a_sharded_checkpoint(runs, tmp_path):

@@ -239,18 +239,18 @@ def test_every_optimizer_builds_and_steps(name):
         assert densities == {"blocks": 0.5, "dense": 1.0}
 
 
-@pytest.mark.parametrize("density", [1.0, 0.5])
-def test_spam_with_8bit_state_builds_and_steps(density):
+@pytest.mark.parametrize(("optimizer", "density"), [("spam", 1.0), ("spam", 0.5), ("stable-spam", 1.0)])
+def test_spam_and_stable_spam_with_8bit_state_build_and_step(optimizer, density):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 10))
-    opt = build_optimizer(TrainConfig(optimizer="spam", state_bits=8, density=density, lr=1e-2), model)
+    opt = build_optimizer(TrainConfig(optimizer=optimizer, state_bits=8, density=density, lr=1e-2), model)
     before = [p.detach().clone() for p in model.parameters()]
     model(torch.arange(10)).logsumexp(-1).mean().backward()
     opt.step()
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
     assert opt.state[model[1].weight]["exp_avg"].dtype == torch.int8  # 2-D: 8-bit
     assert opt.state[model[1].bias]["exp_avg"].dtype == torch.float32  # 1-D: float32
-    with pytest.raises(ValueError, match="state_bits=8 is a SPAM option"):
+    with pytest.raises(ValueError, match="state_bits=8 is an option of spam and stable-spam"):
         TrainConfig(optimizer="adamw", state_bits=8).validate()
     with pytest.raises(ValueError, match="accepted values are 8, 32"):
         TrainConfig(state_bits=4).validate()
@@ -314,6 +314,21 @@ def test_spike_guard_skips_an_injected_spike(run):
     rows = {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
             if "guard_skipped" in r}
     assert rows[7]["guard_skipped"] == 0 and rows[8]["guard_skipped"] == 1  # counted before each step
+
+
+def test_the_monitor_sees_a_spike_that_the_norm_clip_scales_away(run):
+    """One tensor's gradient 1e4x at step 58 under --max-grad-norm 1: the clip scales it back with every
+    other tensor, but the monitor observes before the clip, so the spike is logged where it happened."""
+    run_dir = run("clipped", "--optimizer", "adamw", "--max-grad-norm", "1.0", "--max-steps", "60",
+                  "--inject-spike-steps", "58", "--inject-factor", "1e4",
+                  "--inject-pattern", r"layers\.0\.mlp\.up_proj", "--eval-every", "0", "--save-every", "0")
+    events = [json.loads(line) for line in (run_dir / "spikes.jsonl").read_text().splitlines()]
+    gradient = [e for e in events if e["kind"] in ("grad_norm", "grad_max")]
+    assert gradient and {e["step"] for e in gradient} == {58}
+    assert all("layers.0.mlp.up_proj" in e["param"] for e in gradient)
+    rows = {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if "grad_norm" in r}
+    assert rows[58]["grad_norm"] > 100 * rows[57]["grad_norm"]  # the norm before the clip
 
 
 def test_spikegpt_trains_through_the_registry_and_logs_firing_rates(run):

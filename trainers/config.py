@@ -61,7 +61,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     density: float = 1.0  # sparse momentum (spam): block matrices keep this fraction of their moments
-    state_bits: int = 32  # spam: 8 stores the moments of 2-D+ parameters in 8 bits (about 1/4 of the memory)
+    state_bits: int = 32  # spam, stable-spam: 8 keeps 2-D+ parameters' moments in 8 bits (1/4 the memory)
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the optimizer as is
     warmup_steps: int = 50  # learning-rate warmup of the cosine schedule
     max_grad_norm: float = 0.0  # global-norm clipping; 0 disables
@@ -154,9 +154,9 @@ class TrainConfig:
             raise ValueError(f"density={self.density} is a SPAM option; use --optimizer spam or --density 1")
         if self.state_bits not in (8, 32):
             raise ValueError(f"invalid state_bits={self.state_bits}: accepted values are 8, 32")
-        if self.state_bits != 32 and self.optimizer != "spam":
-            raise ValueError(f"state_bits={self.state_bits} is a SPAM option; use --optimizer spam, an "
-                             "8-bit optimizer (adamw8bit, torchao-adamw8bit), or --state-bits 32")
+        if self.state_bits != 32 and self.optimizer not in ("spam", "stable-spam"):
+            raise ValueError(f"state_bits={self.state_bits} is an option of spam and stable-spam; use one of "
+                             "them, an 8-bit optimizer (adamw8bit, torchao-adamw8bit), or --state-bits 32")
         if self.spike_guard and self.mixed_precision == "fp16":
             raise ValueError("spike_guard does not work with mixed_precision='fp16' (its loss scaler skips "
                              "steps on its own); use bf16")
@@ -165,10 +165,6 @@ class TrainConfig:
         if self.fsdp and self.optimizer not in FSDP_OPTIMIZERS:
             raise ValueError(f"fsdp supports the optimizers {', '.join(FSDP_OPTIMIZERS)}, not "
                              f"{self.optimizer!r} (its state does not shard); use one of them or drop --fsdp")
-        if self.fsdp and self.state_bits != 32:
-            raise ValueError("fsdp checkpoints do not yet take 8-bit SPAM state (its codes, block scales and "
-                             "kept-entry bitmap have no resharding layout yet); use state_bits=32 with fsdp, "
-                             "or 8-bit state without fsdp (DDP or one process)")
         if self.fsdp and self.mixed_precision == "fp16":
             raise ValueError("fsdp takes mixed_precision 'bf16' or 'no': its fp16 would need a sharded loss "
                              "scaler, which the trainer does not run; use bf16")

@@ -36,7 +36,7 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> Optimizer:
         if cfg.optimizer == "stable-spam":
             from spam_opt.stable_spam import StableSPAM
 
-            return StableSPAM(model.parameters(), betas=betas, **common)
+            return StableSPAM(model.parameters(), betas=betas, state_bits=cfg.state_bits, **common)
         if cfg.optimizer == "adamw":
             fused = common.pop("fused", _fused_available(model))
             return torch.optim.AdamW(model.parameters(), betas=betas, fused=fused, **common)
@@ -116,13 +116,3 @@ def build_spike_guard(cfg: TrainConfig, optimizer: Optimizer) -> Any:
     return SpikeGuard(optimizer, sigma=cfg.guard_sigma, window=cfg.guard_window,
                       min_history=cfg.guard_min_history, action=cfg.guard_action)
 
-
-def state_bytes(optimizer: Optimizer) -> int:
-    """Bytes held in the optimizer's state tensors (moments, masks, quantization scales...) in this process.
-
-    Under ``--fsdp`` that is this process's shards: AdamW's state is DTensors, whose ``numel`` is global.
-    """
-    from spam_opt._distributed import local_tensor
-
-    return sum(local_tensor(t).numel() * t.element_size() for state in optimizer.state.values()
-               for t in state.values() if torch.is_tensor(t))

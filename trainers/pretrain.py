@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from spam_opt.state_bytes import state_bytes
 from trainers import sharding
 from trainers.checkpointing import AccelerateState, TrainState, resume_from, save_checkpoint
 from trainers.clipping import build_zclip
@@ -42,7 +43,7 @@ from trainers.export import save_plain
 from trainers.injection import build_injector, degenerate_batch
 from trainers.models import build_model
 from trainers.monitoring import build_monitor, trim_jsonl
-from trainers.optimizers import build_optimizer, build_spike_guard, state_bytes
+from trainers.optimizers import build_optimizer, build_spike_guard
 from trainers.quant import quantize_model
 from trainers.sharded_checkpoint import ShardedState
 
@@ -191,10 +192,6 @@ def _train(cfg: TrainConfig, accelerator: Any) -> Path:
             loss += micro_loss.detach().float()
         if injector is not None:
             injector.apply(step)
-        if zclip is not None:
-            zclip.step(model)
-        elif cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         loss = accelerator.reduce(loss, "mean")
         window_steps += 1
         tokens_per_s = tokens_per_step * window_steps / (time.perf_counter() - window_start)
@@ -203,7 +200,12 @@ def _train(cfg: TrainConfig, accelerator: Any) -> Path:
             scalars.update(spike_metrics())
         if guard is not None and step % cfg.log_every == 0:
             scalars["guard_skipped"] = guard.num_skipped  # skipped so far; it syncs, so only when logging
+        # Before the clip: a spike the clip scales away is still the anomaly the monitor is there to find.
         monitor.observe(step, loss=loss, scalars=scalars)
+        if zclip is not None:
+            zclip.step(model)
+        elif cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         if guard is not None:
             guard.step(loss=loss)
         else:

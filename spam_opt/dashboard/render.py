@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from spam_opt.dashboard.binning import bins
+from spam_opt.dashboard.run_config import describe_quant, read_config
 from spam_opt.monitor.events import GRADIENT_KINDS, SPIKE_KINDS
 from spam_opt.monitor.jsonl import read_jsonl
 
@@ -256,8 +257,6 @@ def render_dashboard(run_dir: str | Path, output: str | Path | None = None, *,
         f"{sum(e['kind'] in GRADIENT_KINDS for e in run.events)} gradient spike event(s), " + \
         f"{sum(e['kind'] == 'loss' for e in run.events)} loss spike(s), " + \
         f"{sum(e['kind'] == 'momentum_reset' for e in run.events)} momentum reset(s)"
-    from spam_opt.dashboard.summary import describe_quant, read_config  # it imports this module
-
     quant = describe_quant(read_config(run_dir)[0])  # a missing config.yaml is no news in a one-run page
     summary += f"; low-bit training: {quant}" if quant else ""
     refresh = f'<meta http-equiv="refresh" content="{refresh_s:g}">' if refresh_s else ""

@@ -16,7 +16,7 @@ from spam_opt._validation import check_int, check_number
 from spam_opt.monitor.events import SPIKE_KINDS, SpikeEvent
 from spam_opt.monitor.jsonl import append_jsonl
 from spam_opt.monitor.statistics import GradientReductions, RunningScores
-from spam_opt.outliers import RollingOutliers
+from spam_opt.outliers import RollingOutliers, default_min_history
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ def _check_scalar(name: str, value: Any) -> float | Tensor:
 class GradientSpikeMonitor:
     """Gradient Spike Score monitor: per-parameter gradient spikes, loss spikes and the optimizer's clips.
 
-    Call ``observe(step, loss)`` once per optimizer step, after backward (and any clipping) and before
-    ``optimizer.step()``. In ``tensor`` mode (default) each step computes ‖g‖ and max|g| of every parameter
+    Call ``observe(step, loss)`` once per optimizer step, after backward and before any gradient clipping
+    and ``optimizer.step()``: behind a norm clip a spiked tensor is scaled down with the rest and no longer
+    stands out. In ``tensor`` mode (default) each step computes ‖g‖ and max|g| of every parameter
     (two fused reductions); ``element`` mode adds the paper's element-wise GSS (one extra float32 tensor per
     parameter). Results stay on device until every ``log_every``-th step, when one transfer brings the whole
     interval to the host, where values are scored against their running means: a score above
@@ -90,6 +91,7 @@ class GradientSpikeMonitor:
             loss = model(**batch).loss
             loss.backward()
             monitor.observe(step, loss=loss.detach(), scalars={"lr": scheduler.get_last_lr()[0]})
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad()
         monitor.close()
@@ -117,8 +119,8 @@ class GradientSpikeMonitor:
         check_int("log_every", log_every, low=1)
         check_number("loss_threshold", loss_threshold, low=0.0, low_open=True)
         check_int("loss_window", loss_window, low=2)
-        if loss_min_history is None:  # the spike guard's default, or the whole window when it is shorter
-            loss_min_history = min(20, loss_window)
+        if loss_min_history is None:
+            loss_min_history = default_min_history(loss_window)
         check_int("loss_min_history", loss_min_history, low=2)
         if loss_min_history > loss_window:
             raise ValueError(f"invalid loss_min_history={loss_min_history}: accepted range is "

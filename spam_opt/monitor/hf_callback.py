@@ -20,7 +20,10 @@ _DROPPED = {"grad_norm"}  # the monitor logs its own, measured after clipping, a
 class SpikeMonitorCallback(TrainerCallback):
     """Runs a ``GradientSpikeMonitor`` in ``transformers.Trainer``.
 
-    The monitor observes every optimizer step after gradient clipping (``on_pre_optimizer_step``), reads the
+    The monitor observes every optimizer step at ``on_pre_optimizer_step``, the Trainer's one hook between
+    backward and the step, which comes after its gradient clipping: with ``max_grad_norm`` > 0 it therefore
+    reads clipped gradients, where a spiked tensor is scaled down with the rest (spam-opt's own trainer
+    observes before its clip). It reads the
     optimizer's clip counts and momentum resets (SPAM, Stable-SPAM), and writes ``metrics.jsonl`` and
     ``spikes.jsonl`` to ``run_dir`` (default: the Trainer's ``output_dir``), logging every
     ``args.logging_steps`` steps unless ``log_every`` is given. The Trainer's own logs (loss, learning rate,

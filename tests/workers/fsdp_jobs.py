@@ -6,9 +6,10 @@ Jobs (a JSON list, run in order by every process):
 
 * ``{"train": [flags...], "interrupt_at": I}``: ``trainers.pretrain.main(flags)``; with ``interrupt_at`` the
   run dies when it fetches micro-batch I (counted from 0), as a killed job would.
-* ``{"save_state": DIR}``: train a small FSDP2 model with SPAM (sparse momentum, a momentum reset) and one
-  with StableSPAM, save both optimizers with ``spam_opt.checkpoint`` and DCP to ``DIR/ckpt``, and write the
-  state every rank held, assembled by global index, to ``DIR/state_<world>.pt``.
+* ``{"save_state": DIR}``: train small FSDP2 models with SPAM (sparse momentum, a momentum reset), with SPAM
+  in 8 bits (the same, and a layer whose rows hold two blocks) and with StableSPAM (float32 and 8-bit
+  moments), save the optimizers with ``spam_opt.checkpoint`` and DCP to ``DIR/ckpt``, and write the state
+  every rank held, assembled by global index, to ``DIR/state_<world>.pt``.
 * ``{"load_state": DIR, "then_save": DIR2}``: load ``DIR/ckpt`` into fresh optimizers on this number of
   processes and write what every rank now holds to ``DIR/loaded_<world>.pt``; save it again to ``DIR2/ckpt``,
   and let rank 0 alone load that into an unsharded model (one process, no FSDP): ``DIR2/loaded_1.pt``.
@@ -31,32 +32,43 @@ from torch import nn
 
 from spam_opt import SPAM, StableSPAM
 from spam_opt.checkpoint import STATE_LAYOUT, Layout, global_state_dict, load_global_state_dict
+from spam_opt.quantized_state import unpack_bits
 from spam_opt.sparse import KeptEntries
 
 STATE_LAYOUT["row_code"] = Layout.ROW
 SEED, DENSITY = 7, 0.3
+KINDS = ("spam", "stable", "spam8", "stable8")
+# 300: each row of the first 8-bit layer holds two blocks
+IN_FEATURES = {"spam": 12, "stable": 12, "spam8": 300, "stable8": 300}
 
 
-def _models(shard: bool) -> tuple[nn.Module, nn.Module]:
+def _models(shard: bool) -> tuple[nn.Module, ...]:
     from torch.distributed.fsdp import fully_shard
 
     models = []
-    for _ in range(2):
+    for kind in KINDS:
         torch.manual_seed(0)
         # 37 and 13 rows: uneven shards on 2 and on 4 ranks.
-        model = nn.Sequential(nn.Linear(12, 37), nn.Tanh(), nn.Linear(37, 13), nn.LayerNorm(13))
+        model = nn.Sequential(nn.Linear(IN_FEATURES[kind], 37), nn.Tanh(), nn.Linear(37, 13),
+                              nn.LayerNorm(13))
         if shard:
             fully_shard(model)
         models.append(model)
-    return models[0], models[1]
+    return tuple(models)
 
 
-def _optimizers(spam_model: nn.Module, stable_model: nn.Module) -> tuple[SPAM, StableSPAM]:
-    matrices = [p for p in spam_model.parameters() if p.dim() >= 2]
-    others = [p for p in spam_model.parameters() if p.dim() < 2]
-    spam = SPAM([{"params": matrices, "density": DENSITY}, {"params": others}], lr=1e-2, seed=SEED,
-                reset_interval=4, warmup_steps=2, clip_delay=1, threshold=3.0)
-    return spam, StableSPAM(stable_model.parameters(), lr=1e-2, reset_interval=5)
+def _spam(model: nn.Module, **kwargs) -> SPAM:
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    others = [p for p in model.parameters() if p.dim() < 2]
+    return SPAM([{"params": matrices, "density": DENSITY}, {"params": others}], lr=1e-2, seed=SEED,
+                reset_interval=4, warmup_steps=2, clip_delay=1, threshold=3.0, **kwargs)
+
+
+def _optimizers(spam_model: nn.Module, stable_model: nn.Module, spam8_model: nn.Module,
+                stable8_model: nn.Module) -> tuple:
+    return (_spam(spam_model), StableSPAM(stable_model.parameters(), lr=1e-2, reset_interval=5),
+            _spam(spam8_model, state_bits=8),
+            StableSPAM(stable8_model.parameters(), lr=1e-2, reset_interval=5, state_bits=8))
 
 
 def _rows(p: torch.Tensor) -> tuple[int, int]:
@@ -76,10 +88,13 @@ def _raw(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, dict]:
         state = opt.state[p]
         first_row, _ = _rows(p)
         entry = {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in state.items()
-                 if k not in ("kept_low", "kept_starts")}
+                 if k not in ("kept_low", "kept_starts", "kept_bits")}
+        offset = first_row * math.prod(p.shape[1:])
         if "kept_low" in state:
-            offset = first_row * math.prod(p.shape[1:])
             entry["kept"] = KeptEntries(state["kept_low"], state["kept_starts"]).indices() + offset
+        if "kept_bits" in state:
+            local = p.to_local() if hasattr(p, "to_local") else p
+            entry["kept"] = unpack_bits(state["kept_bits"], local.numel()).nonzero().squeeze(1) + offset
         out[name] = entry
     return out
 
@@ -101,16 +116,16 @@ def _assemble(pieces: list[dict[str, dict]]) -> dict[str, dict]:
     return full
 
 
-def _dump(models: tuple[nn.Module, nn.Module], opts: tuple, path: Path) -> None:
-    raw = {"spam": _raw(models[0], opts[0]), "stable": _raw(models[1], opts[1])}
+def _dump(models: tuple[nn.Module, ...], opts: tuple, path: Path) -> None:
+    raw = {kind: _raw(model, opt) for kind, model, opt in zip(KINDS, models, opts)}
     pieces = [None] * dist.get_world_size()
     dist.all_gather_object(pieces, raw)
     if dist.get_rank() == 0:
         torch.save({kind: _assemble([piece[kind] for piece in pieces]) for kind in raw}, path)
 
 
-def _checkpoint(models: tuple[nn.Module, nn.Module], opts: tuple) -> dict:
-    return {"spam": global_state_dict(models[0], opts[0]), "stable": global_state_dict(models[1], opts[1])}
+def _checkpoint(models: tuple[nn.Module, ...], opts: tuple) -> dict:
+    return {kind: global_state_dict(model, opt) for kind, model, opt in zip(KINDS, models, opts)}
 
 
 def _add_row_code(model: nn.Module, opt: SPAM, fill: bool) -> None:
@@ -121,13 +136,13 @@ def _add_row_code(model: nn.Module, opt: SPAM, fill: bool) -> None:
     opt.state[weight]["row_code"] = torch.stack([code, -code], dim=1) if fill else torch.zeros(rows, 2)
 
 
-def _load(models: tuple[nn.Module, nn.Module], opts: tuple, folder: Path, **kwargs) -> None:
+def _load(models: tuple[nn.Module, ...], opts: tuple, folder: Path, **kwargs) -> None:
     _checkpoint(models, opts)  # creates the state, which the per-row key joins: the template holds it then
     _add_row_code(models[0], opts[0], fill=False)
     state = _checkpoint(models, opts)
     dcp.load(state, checkpoint_id=str(folder), **kwargs)
-    load_global_state_dict(models[0], opts[0], state["spam"])
-    load_global_state_dict(models[1], opts[1], state["stable"])
+    for kind, model, opt in zip(KINDS, models, opts):
+        load_global_state_dict(model, opt, state[kind])
 
 
 def save_state(folder: Path) -> None:
@@ -135,9 +150,9 @@ def save_state(folder: Path) -> None:
     opts = _optimizers(*models)
     for step in range(7):  # a momentum reset at step 4 redraws the kept entries
         gen = torch.Generator().manual_seed(step)
-        x = torch.randn(8, 12, generator=gen)[dist.get_rank()::dist.get_world_size()]
-        for model, opt in zip(models, opts):
-            model(x).square().mean().backward()
+        x = torch.randn(8, 300, generator=gen)[dist.get_rank()::dist.get_world_size()]
+        for kind, model, opt in zip(KINDS, models, opts):
+            model(x[:, :IN_FEATURES[kind]]).square().mean().backward()
             opt.step()
             opt.zero_grad()
     _add_row_code(models[0], opts[0], fill=True)
@@ -156,7 +171,7 @@ def load_state(folder: Path, then_save: Path) -> None:
         models = _models(shard=False)
         opts = _optimizers(*models)
         _load(models, opts, then_save / "ckpt", no_dist=True)
-        raw = {"spam": _raw(models[0], opts[0]), "stable": _raw(models[1], opts[1])}
+        raw = {kind: _raw(model, opt) for kind, model, opt in zip(KINDS, models, opts)}
         torch.save({kind: _assemble([state]) for kind, state in raw.items()}, then_save / "loaded_1.pt")
 
 

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spam_opt.kernels.quantized import on_float32_moments
 from spam_opt.kernels.result import KernelResult
 from spam_opt.kernels.spam.inputs import StepScalars, TensorState
-from spam_opt.kernels.spam.quantized import on_float32_moments
 from spam_opt.kernels.spam.reference import keep_unmoved
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from spam_opt.kernels.quantized import QuantizedTensorState as QuantizedState
 from spam_opt.quantized_state import QuantizedMoments
 from spam_opt.sparse import KeptEntries
 
@@ -39,8 +40,12 @@ class TensorState:
 
 
 @dataclass
-class QuantizedTensorState:
+class QuantizedTensorState(QuantizedState):
     """One parameter's SPAM state with 8-bit moments (``state_bits=8``, ``spam_opt.quantized_state``)."""
 
     moments: QuantizedMoments
     step: Tensor  # n, as in TensorState
+
+    def with_float32_moments(self, exp_avg: Tensor, exp_avg_sq: Tensor,
+                             kept: KeptEntries | None) -> TensorState:
+        return TensorState(exp_avg, exp_avg_sq, self.step, kept)

@@ -8,10 +8,13 @@ it has loaded.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from spam_opt.kernels.cpp_build import optimizer_ops_take
+from spam_opt.kernels.quantized import on_float32_moments
 from spam_opt.kernels.result import KernelResult, partition
 from spam_opt.kernels.stable_spam.foreach import stable_spam_foreach
 from spam_opt.kernels.stable_spam.inputs import StepScalars, TensorState
@@ -19,10 +22,16 @@ from spam_opt.kernels.stable_spam.inputs import StepScalars, TensorState
 _FIELDS = ("exp_avg", "exp_avg_sq", "step", "max_ema", "norm_ema", "norm_sq_ema")
 
 
-def stable_spam_cpp(params: list[Tensor], grads: list[Tensor], states: list[TensorState], gate: Tensor | None,
+def stable_spam_cpp(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
                     h: StepScalars) -> KernelResult:
     """Unsharded float32 contiguous tensors in one op call; sharded (FSDP2), low-precision or strided ones
-    through foreach (their per-tensor statistics need collectives)."""
+    through foreach (their per-tensor statistics need collectives); 8-bit moments one parameter at a time,
+    dequantized for the op and quantized after it."""
+    return on_float32_moments(_cpp, params, grads, states, gate, h)
+
+
+def _cpp(params: list[Tensor], grads: list[Tensor], states: list[TensorState], gate: Tensor | None,
+         h: StepScalars) -> KernelResult:
     fast, slow = partition(not st.shard_groups and optimizer_ops_take(p, g, st.exp_avg)
                            for p, g, st in zip(params, grads, states))
     parts: list[tuple[list[int], KernelResult]] = []

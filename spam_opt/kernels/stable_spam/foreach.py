@@ -3,17 +3,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from spam_opt._distributed import all_reduce_per_tensor
+from spam_opt.kernels.quantized import on_float32_moments
 from spam_opt.kernels.result import KernelResult
 from spam_opt.kernels.stable_spam.inputs import StepScalars, TensorState
 from spam_opt.kernels.stable_spam.reference import abs_max
 
 
-def stable_spam_foreach(params: list[Tensor], grads: list[Tensor], states: list[TensorState],
-                        gate: Tensor | None, h: StepScalars) -> KernelResult:
+def stable_spam_foreach(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
+                        h: StepScalars) -> KernelResult:
+    """``_foreach`` below; 8-bit moments one parameter at a time, through their float32 values."""
+    return on_float32_moments(_foreach, params, grads, states, gate, h)
+
+
+def _foreach(params: list[Tensor], grads: list[Tensor], states: list[TensorState], gate: Tensor | None,
+             h: StepScalars) -> KernelResult:
     """The per-tensor scalars of a group as one vector each, and the moment/parameter updates as
     ``torch._foreach_*`` ops. A skipped tensor gets multipliers of 1 and increments of exactly 0, which
     leaves its values bit-identical without a per-tensor branch."""

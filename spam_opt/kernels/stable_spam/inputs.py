@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from spam_opt._distributed import ShardGroups
+from spam_opt.kernels.quantized import QuantizedTensorState as QuantizedState
+from spam_opt.quantized_state import QuantizedMoments
+from spam_opt.sparse import KeptEntries
 
 
 @dataclass(frozen=True)
@@ -39,3 +42,21 @@ class TensorState:
     norm_sq_ema: Tensor  # V: EMA of the squared gradient norm (AdaGN)
     reset: bool  # a momentum reset is due at this step
     shard_groups: ShardGroups  # the process groups its shards are spread over (FSDP2); () when unsharded
+
+
+@dataclass
+class QuantizedTensorState(QuantizedState):
+    """One parameter's Stable-SPAM state with 8-bit moments (``state_bits=8``); the rest as in TensorState."""
+
+    moments: QuantizedMoments
+    step: Tensor
+    max_ema: Tensor
+    norm_ema: Tensor
+    norm_sq_ema: Tensor
+    reset: bool
+    shard_groups: ShardGroups
+
+    def with_float32_moments(self, exp_avg: Tensor, exp_avg_sq: Tensor,
+                             kept: KeptEntries | None) -> TensorState:
+        return TensorState(exp_avg, exp_avg_sq, self.step, self.max_ema, self.norm_ema, self.norm_sq_ema,
+                           self.reset, self.shard_groups)

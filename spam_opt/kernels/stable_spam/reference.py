@@ -22,10 +22,13 @@ to the schedule, not to the update). State is float32 whatever the parameter dty
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from spam_opt._distributed import all_reduce
+from spam_opt.kernels.quantized import on_float32_moments
 from spam_opt.kernels.result import KernelResult
 from spam_opt.kernels.stable_spam.inputs import StepScalars, TensorState
 
@@ -35,9 +38,14 @@ def abs_max(g: Tensor) -> Tensor:
     return g.abs().amax() if g.numel() else g.new_zeros(())
 
 
-def stable_spam_reference(params: list[Tensor], grads: list[Tensor], states: list[TensorState],
-                          gate: Tensor | None, h: StepScalars) -> KernelResult:
-    """One tensor at a time, the rule above written out."""
+def stable_spam_reference(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
+                          h: StepScalars) -> KernelResult:
+    """One tensor at a time, the rule above written out; 8-bit moments through their float32 values."""
+    return on_float32_moments(_reference, params, grads, states, gate, h)
+
+
+def _reference(params: list[Tensor], grads: list[Tensor], states: list[TensorState], gate: Tensor | None,
+               h: StepScalars) -> KernelResult:
     clipped, nonfinite = [], []
     for p, grad, st in zip(params, grads, states):
         groups = st.shard_groups

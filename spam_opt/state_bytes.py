@@ -1,10 +1,10 @@
 """Optimizer-state bytes, measured from the tensors an optimizer holds: spam_opt's optimizers and peers alike.
 
 ``opt.state`` is walked as it is: tensors count their bytes; tensor subclasses that hold their data in inner
-tensors (torchao's quantized states) count those; other objects kept in the state (GaLore's projector) count
-the tensors among their attributes. A tensor shared between parameters (bitsandbytes' quantization map)
-counts once. 0-dim tensors (step counters) are left out, as a count per parameter is not state that grows
-with the model.
+tensors (torchao's quantized states, and DTensors, whose local shard is what this process holds) count
+those; other objects kept in the state (GaLore's projector) count the tensors among their attributes. A
+tensor shared between parameters (bitsandbytes' quantization map) counts once. 0-dim tensors (step counters)
+are left out, as a count per parameter is not state that grows with the model.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ def _tensors(value: Any, depth: int = 0) -> list[torch.Tensor]:
     if torch.is_tensor(value):
         flatten = getattr(value, "__tensor_flatten__", None)
         if flatten is not None and type(value) not in (torch.Tensor, torch.nn.Parameter):
-            return [t for name in flatten()[0] for t in _tensors(getattr(value, name), depth)]
+            # a DTensor also names its device mesh among its inner attributes: only tensors hold state
+            inner = (getattr(value, name) for name in flatten()[0])
+            return [t for v in inner if torch.is_tensor(v) for t in _tensors(v, depth)]
         return [value]
     if depth >= 2:
         return []
@@ -36,8 +38,10 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
 
     Example::
 
+        from spam_opt.state_bytes import params_of, state_bytes
+
         opt.step()
-        per_param = state_bytes(opt) / sum(p.numel() for g in opt.param_groups for p in g["params"])
+        per_param = state_bytes(opt) / params_of(opt)
     """
     seen: set[tuple[int, int]] = set()
     total = 0
