@@ -419,6 +419,10 @@ def plot_curves(out: Path, results: list[dict[str, Any]], regimes: Sequence[str]
 
     shown = [r for r in regimes if any(x["regime"] == r for x in results)]
     fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 4), squeeze=False)
+    # One colour per variant in every panel, so that the first panel's legend reads for all of them.
+    palette = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
+    colour = {name: palette(i) for i, name in enumerate(variants)}
+    labelled: set[str] = set()
     for ax, regime in zip(axes[0], shown):
         for name in variants:
             runs = [r for r in results if r["regime"] == regime and r["optimizer"] == name]
@@ -427,14 +431,17 @@ def plot_curves(out: Path, results: list[dict[str, Any]], regimes: Sequence[str]
             steps = [s for s, _ in runs[0]["curve"]]
             curves = [[v for _, v in r["curve"]] for r in runs if len(r["curve"]) == len(steps)]
             mean = [statistics.fmean(vals) for vals in zip(*curves)]
-            ax.plot(steps, mean, label=name, linewidth=1)
+            ax.plot(steps, mean, label=name, linewidth=1, color=colour[name])
         for first, _ in runs[0]["injections"] if runs else []:
             ax.axvline(first, color="grey", linestyle=":", linewidth=0.8)
         ax.set_title(regime)
         ax.set_xlabel("step")
         ax.set_ylabel("training loss (mean over seeds)")
         ax.set_yscale("log")
-    axes[0][0].legend(fontsize=7)
+        names = {line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")}
+        if names - labelled:  # a panel with a variant no earlier legend names gets its own
+            ax.legend(fontsize=7)
+            labelled |= names
     fig.tight_layout()
     fig.savefig(out / filename, dpi=110)
     plt.close(fig)
