@@ -31,6 +31,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from spam_opt import SPAM, StableSPAM
+from spam_opt._distributed import local_tensor
 from spam_opt.checkpoint import STATE_LAYOUT, Layout, global_state_dict, load_global_state_dict
 from spam_opt.quantized_state import unpack_bits
 from spam_opt.sparse import KeptEntries
@@ -93,8 +94,8 @@ def _raw(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, dict]:
         if "kept_low" in state:
             entry["kept"] = KeptEntries(state["kept_low"], state["kept_starts"]).indices() + offset
         if "kept_bits" in state:
-            local = p.to_local() if hasattr(p, "to_local") else p
-            entry["kept"] = unpack_bits(state["kept_bits"], local.numel()).nonzero().squeeze(1) + offset
+            numel = local_tensor(p).numel()
+            entry["kept"] = unpack_bits(state["kept_bits"], numel).nonzero().squeeze(1) + offset
         out[name] = entry
     return out
 
