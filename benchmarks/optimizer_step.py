@@ -5,9 +5,16 @@ Every optimizer steps the same parameters and gradients in one process; the time
 step (state creation, and building the C++ kernel or compiling ``torch.compile`` based paths when their
 cache is cold) is reported on its own.
 
+The step is memory-bound, so every row also gives its time per parameter and the bandwidth it reached: the
+bytes the step must move (read g, read and write p, read and write the state, read the kept-entry indices
+of sparse momentum once) over its time, beside the machine's own bandwidth measured in the same rounds by a
+triad loop (a = b + s·c over arrays far larger than the caches, at the same thread count). A ratio then reads
+as bytes and time: an optimizer that moves 0.6x AdamW's bytes at the same bandwidth takes 0.6x its time.
+
     python benchmarks/optimizer_step.py                       # 20M, 60M, 130M on CPU, writes the results
-    python benchmarks/optimizer_step.py --sizes 20m --rounds 3 --threads 1
+    python benchmarks/optimizer_step.py --sizes 20m --rounds 3 --threads 1,2
     python benchmarks/optimizer_step.py --only 'default flags' --rounds 31   # many rounds of the fast ones
+    python benchmarks/optimizer_step.py --sizes blocks --only 'density 0.25'  # the block matrices alone
 """
 
 from __future__ import annotations
@@ -33,6 +40,12 @@ SIZES = {"20m": (256, 688, 4), "60m": (512, 1376, 8), "130m": (768, 2048, 12), "
          "1b": (2048, 5461, 24)}
 HEADS = {"20m": 4, "60m": 8, "130m": 12, "350m": 16, "1b": 32}
 VOCAB = 32000
+# The block matrices alone, the parameters sparse momentum applies to (spam_opt.param_groups): 16 of 1024 x
+# 1024 and 12 of 2752 x 1024 (LLaMA-350M's attention and MLP shapes), far larger than the caches.
+BLOCKS = "blocks"
+BLOCK_SHAPES = [(1024, 1024)] * 16 + [(2752, 1024)] * 12
+# The triad's arrays: 3 x 64 MiB, well beyond any L3 here.
+TRIAD_ENTRIES = 1 << 24
 # Every ratio is against this optimizer, measured in the same process.
 BASELINE = "torch AdamW fused"
 
@@ -47,6 +60,45 @@ def llama_shapes(hidden: int, intermediate: int, layers: int) -> list[tuple[str,
     return ([("model.embed_tokens.weight", (VOCAB, hidden))]
             + [(f"model.layers.{i}.{name}.weight", shape) for i in range(layers) for name, shape in layer]
             + [("model.norm.weight", (hidden,)), ("lm_head.weight", (VOCAB, hidden))])
+
+
+def shapes_of(size: str) -> list[tuple[str, tuple[int, ...]]]:
+    """The (name, shape) list of a size: a LLaMA config of SIZES, or BLOCKS."""
+    if size == BLOCKS:
+        return [(f"block.{i}.weight", shape) for i, shape in enumerate(BLOCK_SHAPES)]
+    return llama_shapes(*SIZES[size])
+
+
+def moved_bytes(opt: torch.optim.Optimizer) -> int:
+    """The bytes one step must move: each parameter read and written, its gradient read, its state read and
+    written, except the kept-entry indices of sparse momentum (``kept_*``), only read."""
+    total = 0
+    for group in opt.param_groups:
+        for p in group["params"]:
+            total += p.numel() * (2 * p.element_size() + (p.grad.element_size() if p.grad is not None else 0))
+    kept = sum(t.numel() * t.element_size() for st in opt.state.values() if isinstance(st, dict)
+               for key, t in st.items() if key.startswith("kept") and torch.is_tensor(t))
+    return total + 2 * state_bytes(opt) - kept
+
+
+class Triad:
+    """The machine's memory bandwidth as a kernel sees it: a = b + s·c over arrays far beyond the caches,
+    counted as 12 bytes per entry (two reads, one write), at torch's current thread count."""
+
+    def __init__(self, device: torch.device, entries: int = TRIAD_ENTRIES) -> None:
+        self.a, self.b, self.c = (torch.rand(entries, device=device) for _ in range(3))
+        self.device = device
+
+    def seconds(self) -> float:
+        _sync(self.device)
+        start = time.perf_counter()
+        torch.add(self.b, self.c, alpha=1.5, out=self.a)
+        _sync(self.device)
+        return time.perf_counter() - start
+
+    @property
+    def bytes(self) -> int:
+        return 3 * self.a.numel() * self.a.element_size()
 
 
 # A factory gets the parameters and their names (peers that partition a model by name need them).
@@ -154,9 +206,9 @@ def _sync(device: torch.device) -> None:
 
 def bench_size(name: str, device: torch.device, rounds: int, include_reference: bool,
                only: re.Pattern[str] | None = None) -> list[dict]:
-    hidden, intermediate, layers = SIZES[name]
+    hidden, heads = (1024, 16) if name == BLOCKS else (SIZES[name][0], HEADS[name])
     gen = torch.Generator().manual_seed(0)
-    names, shapes = zip(*llama_shapes(hidden, intermediate, layers))
+    names, shapes = zip(*shapes_of(name))
     # One set of parameters and gradients shared by every optimizer: the step's cost does not depend on
     # the values, and sharing keeps the 130M run within a few GB.
     params = [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(device)) for s in shapes]
@@ -164,7 +216,8 @@ def bench_size(name: str, device: torch.device, rounds: int, include_reference: 
     numel = sum(p.numel() for p in params)
     rows = []
     opts = {}
-    for label, factory in optimizers(include_reference, hidden, HEADS[name]).items():
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    for label, factory in optimizers(include_reference, hidden, heads).items():
         if only is not None and label != BASELINE and not only.search(label):
             continue
         for p, g in zip(params, grads):
@@ -179,11 +232,16 @@ def bench_size(name: str, device: torch.device, rounds: int, include_reference: 
             opt.step()  # a second untimed step: lazily created buffers, the second-step code paths
         except Exception as err:  # a peer that does not run here (or is not installed): report it, go on
             print(f"{name} {label}: {type(err).__name__}: {err}", file=sys.stderr)
-            rows.append(dict(size=name, label=label, error=f"{type(err).__name__}: {str(err)[:80]}"))
+            rows.append(dict(size=name, threads=threads, label=label,
+                             error=f"{type(err).__name__}: {str(err)[:80]}"))
             continue
         opts[label] = (opt, first)
+    triad = Triad(device)
+    triad.seconds()
+    triad_times: list[float] = []
     times: dict[str, list[float]] = {label: [] for label in opts}
     for _ in range(rounds):
+        triad_times.append(triad.seconds())
         for label, (opt, _) in opts.items():
             for p, g in zip(params, grads):
                 p.grad = g.clone()  # some peers clip into p.grad; every step sees the same gradient
@@ -192,9 +250,12 @@ def bench_size(name: str, device: torch.device, rounds: int, include_reference: 
             opt.step()
             _sync(device)
             times[label].append(time.perf_counter() - start)
+    triad_bw = triad.bytes / statistics.median(triad_times)
+    del triad
     for label, (opt, first) in opts.items():
-        rows.append(dict(size=name, label=label, numel=numel, median=statistics.median(times[label]),
-                         first=first, state=state_bytes(opt)))
+        rows.append(dict(size=name, threads=threads, label=label, numel=numel,
+                         median=statistics.median(times[label]), first=first, state=state_bytes(opt),
+                         moved=moved_bytes(opt), triad=triad_bw))
         median_ms = rows[-1]["median"] * 1e3
         print(f"{name:>5} {label:<40} {median_ms:9.1f} ms  first {first:6.1f} s", file=sys.stderr)
     return rows
@@ -205,38 +266,55 @@ def render(rows: list[dict], command: str, device: torch.device, rounds: int) ->
     lines = [
         f"Command: `{command}`",
         "",
-        f"Device: {device.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch threads {torch.get_num_threads()}), torch {torch.__version__}, {rounds} interleaved rounds, "
+        f"Device: {device.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
+        f"torch {torch.__version__}, {rounds} interleaved rounds, "
         f"load average after the run {', '.join(f'{x:.2f}' for x in load)}.",
         "Step: median ms of the timed steps. Ratios against torch AdamW fused (step) and AdamW's state "
-        "bytes, measured in the same process. First step: state creation plus any compile, in seconds.",
+        "bytes, measured in the same process. ns/param: step time per parameter. Moved: the bytes per "
+        "parameter the step must move (g read, p and state read and written, kept-entry indices read). "
+        "GB/s: those bytes over the step time; x triad: that bandwidth over the triad's (a = b + s·c, "
+        f"{TRIAD_ENTRIES / 2**20:.0f}M entries per array, 12 bytes per entry, same threads, timed in the "
+        "same rounds). First step: state creation plus any compile, in seconds.",
         "",
     ]
-    for size in dict.fromkeys(r["size"] for r in rows):
-        group = [r for r in rows if r["size"] == size]
+    for size, threads in dict.fromkeys((r["size"], r["threads"]) for r in rows):
+        group = [r for r in rows if r["size"] == size and r["threads"] == threads]
         ref = next((r for r in group if r["label"] == BASELINE and "median" in r), None)
-        numel = next(r["numel"] for r in group if "numel" in r)
-        lines += [f"## LLaMA {size} shapes ({numel / 1e6:.1f}M parameters)", "",
-                  "| optimizer | step ms | x fused AdamW | state MB | x AdamW state | first step s |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        timed = [r for r in group if "numel" in r]
+        if not timed:
+            continue
+        numel, triad = timed[0]["numel"], timed[0]["triad"]
+        what = ("block matrices (16 x 1024 x 1024, 12 x 2752 x 1024)" if size == BLOCKS
+                else f"LLaMA {size} shapes")
+        on = "" if threads is None else f", {threads} thread{'s' if threads > 1 else ''}"
+        lines += [f"## {what} ({numel / 1e6:.1f}M parameters{on})", "",
+                  f"Triad bandwidth: {triad / 1e9:.1f} GB/s.", "",
+                  "| optimizer | step ms | x fused AdamW | ns/param | moved B/param | GB/s | x triad "
+                  "| state MB | x AdamW state | first step s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in group:
             if "error" in r:
-                lines.append(f"| {r['label']} | failed: {r['error']} | | | | |")
+                lines.append(f"| {r['label']} | failed: {r['error']} | | | | | | | | |")
                 continue
             ratio = r["median"] / ref["median"] if ref else float("nan")
             state_ratio = r["state"] / ref["state"] if ref else float("nan")
-            lines.append(f"| {r['label']} | {r['median'] * 1e3:.1f} | {ratio:.2f} | {r['state'] / 2**20:.1f} "
-                         f"| {state_ratio:.3f} | {r['first']:.1f} |")
+            bandwidth = r["moved"] / r["median"]
+            lines.append(f"| {r['label']} | {r['median'] * 1e3:.1f} | {ratio:.2f} "
+                         f"| {r['median'] / numel * 1e9:.2f} | {r['moved'] / numel:.2f} "
+                         f"| {bandwidth / 1e9:.1f} | {bandwidth / triad:.2f} "
+                         f"| {r['state'] / 2**20:.1f} | {state_ratio:.3f} | {r['first']:.1f} |")
         lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="20m,60m,130m", help=f"comma-separated, from {','.join(SIZES)}")
+    parser.add_argument("--sizes", default="20m,60m,130m",
+                        help=f"comma-separated, from {','.join(SIZES)}, and {BLOCKS} (block matrices alone)")
     parser.add_argument("--rounds", type=int, default=7, help="timed steps per optimizer (interleaved)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", default=None,
+                        help="torch CPU threads, comma-separated for several runs (default: torch's)")
     parser.add_argument("--no-reference", action="store_true", help="leave out SPAM's slow reference path")
     parser.add_argument("--only", default=None, metavar="REGEX",
                         help=f"time only the optimizers whose name matches (and {BASELINE!r}, the baseline)")
@@ -245,13 +323,17 @@ def main(argv: list[str] | None = None) -> None:
     add_wait_argument(parser)
     args = parser.parse_args(argv)
     sizes = [s.strip().lower() for s in args.sizes.split(",")]
-    unknown = [s for s in sizes if s not in SIZES]
+    unknown = [s for s in sizes if s not in SIZES and s != BLOCKS]
     if unknown:
-        parser.error(f"unknown size(s) {unknown}; choose from {sorted(SIZES)}")
+        parser.error(f"unknown size(s) {unknown}; choose from {sorted(SIZES)} or {BLOCKS}")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    try:
+        thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [None]
+    except ValueError:
+        parser.error(f"--threads {args.threads!r}: give thread counts such as 1 or 1,2")
+    if any(t is not None and t < 1 for t in thread_counts):
+        parser.error("--threads: each count must be at least 1")
     try:
         only = re.compile(args.only) if args.only is not None else None
     except re.error as err:
@@ -259,8 +341,11 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     rows = []
     with watch(args.max_wait) as load:
-        for size in sizes:
-            rows += bench_size(size, device, args.rounds, not args.no_reference, only)
+        for threads in thread_counts:
+            if threads is not None:
+                torch.set_num_threads(threads)
+            for size in sizes:
+                rows += bench_size(size, device, args.rounds, not args.no_reference, only)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     for cache in ("SPAM_OPT_CACHE", "TORCHINDUCTOR_CACHE_DIR"):  # fresh caches: first steps include builds
         if cache in os.environ:
