@@ -86,3 +86,8 @@ def test_cpp_op_errors_name_the_op_that_failed():
     with pytest.raises(RuntimeError, match=r"stable_spam_step_: params\[0\] must be a contiguous float32"):
         torch.ops.spam_opt.stable_spam_step_([p], [g], [m], [m], [n], [n], [n], [n], [False], None,
                                              1e-3, 0.9, 0.999, 0.7, 0.9, 0.999, 1e-8, 0.0)
+    q8, u8, scale = torch.zeros(4, dtype=torch.int8), torch.zeros(4, dtype=torch.uint8), torch.zeros(1)
+    with pytest.raises(RuntimeError, match=r"stable_spam_step8_: the codes of params\[0\] do not match"):
+        torch.ops.spam_opt.stable_spam_step8_([g], [g], [q8[:2]], [u8[:2]], [scale], [scale], [n], [n], [n],
+                                              [n], [False], [4], None, 1e-3, 0.9, 0.999, 0.7, 0.9, 0.999,
+                                              1e-8, 0.0)

@@ -128,3 +128,31 @@ def test_state_memory_is_a_quarter_of_float32_state():
     assert measured() == 8 * (matrices + 256)
     assert measured(state_bits=8) == 2 * matrices + 8 * blocks + 8 * 256
     assert measured(state_bits=8) <= 0.26 * measured()
+
+
+def test_the_fused_path_steps_8bit_moments_in_the_cpp_op():
+    """On CPU the fused path takes 8-bit moments in one C++ op, not via float32 copies and torch passes."""
+    params = _params(SHAPES)
+    opt = StableSPAM(params, state_bits=8, fused=True, **HYPER)
+    for p, g in zip(params, grad_stream(SHAPES, 1, spikes=())[0]):
+        p.grad = g
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    names = {e.name for e in prof.events()}
+    assert "spam_opt::stable_spam_step8_" in names and "spam_opt::stable_spam_step_" in names
+    assert not any("dequant" in n or n == "aten::index_select" for n in names)
+
+
+@pytest.mark.parametrize("flags", PATHS)
+def test_a_reset_under_a_closed_gate_zeroes_codes_and_scales(flags):
+    """As with float32 state, a reset due on a skipped step still happens (docs/algorithm.md)."""
+    params = _params(SHAPES)
+    opt = StableSPAM(params, state_bits=8, **flags, **{**HYPER, "reset_interval": 3})
+    for t, grads in enumerate(grad_stream(SHAPES, 3, spikes=())):
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step(gate=torch.tensor(t < 2))
+    st = opt.state[params[0]]
+    assert st["exp_avg"].dtype == torch.int8 and st["step"].item() == 0
+    for key in ("exp_avg", "exp_avg_sq", "exp_avg_scale", "exp_avg_sq_scale"):
+        assert not st[key].any(), key

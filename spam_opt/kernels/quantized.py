@@ -55,5 +55,6 @@ def _step_quantized(kernel: Kernel, p: Tensor, g: Tensor, st: QuantizedTensorSta
     if kept is None:
         m, v = m.view(p.shape), v.view(p.shape)
     result = kernel([p], [g], [st.with_float32_moments(m, v, kept)], gate, h)
-    q.quantize_(m.reshape(-1), v.reshape(-1), blocks, h.eps, gate)
+    # Stable-SPAM's reset zeroes the moments even under a closed gate: its codes must follow.
+    q.quantize_(m.reshape(-1), v.reshape(-1), blocks, h.eps, None if getattr(st, "reset", False) else gate)
     return result

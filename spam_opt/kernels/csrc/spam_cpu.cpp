@@ -348,6 +348,23 @@ constexpr float kRLevels = 127.f, kSLevels = 65025.f;
 // levels / scale, and 0 for an all-zero block (QuantizedMoments: _inverse).
 inline float inverse(float scale, float levels) { return scale > 0.f ? levels / scale : 0.f; }
 
+// A block's codes and scales from its new r (rb) and s (sb), whose largest |r| and s are r_max and s_max.
+inline void requantize(const float* __restrict rb, const float* __restrict sb, float r_max, float s_max,
+                       int8_t* __restrict mc, uint8_t* __restrict vc, float* r_scale, float* s_scale, int64_t n) {
+  *r_scale = r_max;
+  *s_scale = s_max;
+  const float r_inv = inverse(r_max, kRLevels), s_inv = inverse(s_max, kSLevels);
+  // nearbyint rounds ties to even (the default rounding mode), as torch.round does. |r| <= r_max and s <= s_max,
+  // so the codes stay within ±127 and 255 (r · r_inv is at most 127 · (1 + 2^-22)). GCC vectorises this loop
+  // without an `omp simd` pragma, and not with one.
+  for (int64_t i = 0; i < n; ++i) {
+    float code_s = std::nearbyint(std::sqrt(sb[i] * s_inv));
+    code_s = sb[i] > 0.f ? std::max(code_s, 1.f) : code_s;  // only 0 rounds to code 0
+    mc[i] = static_cast<int8_t>(static_cast<int32_t>(std::nearbyint(rb[i] * r_inv)));
+    vc[i] = static_cast<uint8_t>(static_cast<int32_t>(code_s));
+  }
+}
+
 // One block of n <= kQBlock stored entries whose p and g are at p, g (contiguous, or gathered by the caller).
 void update_block8(float* __restrict p, const float* __restrict g, int8_t* __restrict mc, uint8_t* __restrict vc,
                    float* r_scale, float* s_scale, int64_t n, const Hyper& h, Tally& tally) {
@@ -408,18 +425,7 @@ void update_block8(float* __restrict p, const float* __restrict g, int8_t* __res
     tally.clipped += clipped;
     tally.nonfinite |= bad > 0;
   }
-  *r_scale = r_max;
-  *s_scale = s_max;
-  const float r_inv = inverse(r_max, kRLevels), s_inv = inverse(s_max, kSLevels);
-  // nearbyint rounds ties to even (the default rounding mode), as torch.round does. |r| <= r_max and s <= s_max,
-  // so the codes stay within ±127 and 255 (r · r_inv is at most 127 · (1 + 2^-22)). GCC vectorises this loop
-  // without an `omp simd` pragma, and not with one.
-  for (int64_t i = 0; i < n; ++i) {
-    float code_s = std::nearbyint(std::sqrt(vb[i] * s_inv));
-    code_s = vb[i] > 0.f ? std::max(code_s, 1.f) : code_s;  // only 0 rounds to code 0
-    mc[i] = static_cast<int8_t>(static_cast<int32_t>(std::nearbyint(mb[i] * r_inv)));
-    vc[i] = static_cast<uint8_t>(static_cast<int32_t>(code_s));
-  }
+  requantize(mb, vb, r_max, s_max, mc, vc, r_scale, s_scale, n);
 }
 
 // 32 bits of a bitmap from bit `pos` on (the bitmap carries one word of padding).
@@ -516,7 +522,7 @@ Tally update_param8(const Param8& a, const Hyper& hyper) {
                 " kept entries");
   }
   return at::parallel_reduce(
-      0, blocks, std::max<int64_t>(1, kGrain / kQBlock), Tally{},
+      0, blocks, kGrain / kQBlock, Tally{},
       [&](int64_t b0, int64_t b1, Tally tally) {
         alignas(64) float pk[kQBlock + 8];  // gather_kept writes whole vectors of 8
         alignas(64) float gk[kQBlock + 8];
@@ -556,6 +562,24 @@ Tally update_param8(const Param8& a, const Hyper& hyper) {
       std::plus<Tally>());
 }
 
+// Parameter i, its gradient and its 8-bit moments (codes, block scales; rows of `row` entries).
+void check_codes(const char* op, int64_t i, const at::Tensor& p, const at::Tensor& g, const at::Tensor& mc,
+                 const at::Tensor& vc, const at::Tensor& r_scale, const at::Tensor& s_scale, int64_t row) {
+  check_float32(op, p, "params", i);
+  check_float32(op, g, "grads", i);
+  check_float32(op, r_scale, "exp_avg_scales", i);
+  check_float32(op, s_scale, "exp_avg_sq_scales", i);
+  const int64_t numel = p.numel();
+  TORCH_CHECK(g.numel() == numel && row > 0 && numel % row == 0 &&
+                  r_scale.numel() == numel / row * ((row + kQBlock - 1) / kQBlock) &&
+                  s_scale.numel() == r_scale.numel(),
+              op, ": the gradient, row length or scales of params[", i, "] do not match it");
+  TORCH_CHECK(mc.scalar_type() == at::kChar && vc.scalar_type() == at::kByte && mc.is_contiguous() &&
+                  vc.is_contiguous() && vc.numel() == mc.numel(),
+              op, ": exp_avgs[", i, "] must be contiguous int8 codes and exp_avg_sqs[", i,
+              "] uint8 codes of the same size");
+}
+
 // Returns (clipped: int64 [N], nonfinite: bool [N]).
 std::tuple<at::Tensor, at::Tensor> spam_step8(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                                               at::TensorList exp_avg_sqs, at::TensorList exp_avg_scales,
@@ -571,21 +595,10 @@ std::tuple<at::Tensor, at::Tensor> spam_step8(at::TensorList params, at::TensorL
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     const at::Tensor& g = grads[i];
-    check_float32("spam_step8_", p, "params", i);
-    check_float32("spam_step8_", g, "grads", i);
-    check_float32("spam_step8_", exp_avg_scales[i], "exp_avg_scales", i);
-    check_float32("spam_step8_", exp_avg_sq_scales[i], "exp_avg_sq_scales", i);
-    const int64_t numel = p.numel(), row = row_lengths[i];
+    check_codes("spam_step8_", i, p, g, exp_avgs[i], exp_avg_sqs[i], exp_avg_scales[i], exp_avg_sq_scales[i],
+                row_lengths[i]);
+    const int64_t numel = p.numel();
     const std::optional<at::Tensor> kept = kept_bits.get(i);
-    TORCH_CHECK(g.numel() == numel && row > 0 && numel % row == 0 &&
-                    exp_avg_scales[i].numel() == numel / row * ((row + kQBlock - 1) / kQBlock) &&
-                    exp_avg_sq_scales[i].numel() == exp_avg_scales[i].numel(),
-                "spam_step8_: the gradient, row length or scales of params[", i, "] do not match it");
-    TORCH_CHECK(exp_avgs[i].scalar_type() == at::kChar && exp_avg_sqs[i].scalar_type() == at::kByte &&
-                    exp_avgs[i].is_contiguous() && exp_avg_sqs[i].is_contiguous() &&
-                    exp_avg_sqs[i].numel() == exp_avgs[i].numel(),
-                "spam_step8_: exp_avgs[", i, "] must be contiguous int8 codes and exp_avg_sqs[", i,
-                "] uint8 codes of the same size");
     const uint32_t* words = nullptr;
     if (kept.has_value()) {
       TORCH_CHECK(kept->scalar_type() == at::kInt && kept->is_contiguous() && kept->numel() == (numel + 31) / 32 + 1,
@@ -598,7 +611,7 @@ std::tuple<at::Tensor, at::Tensor> spam_step8(at::TensorList params, at::TensorL
     const Hyper h = count_step(counts[i], lr_w, beta1, beta2, eps, decay, clip, sign);
     const Param8 a{p.data_ptr<float>(), g.const_data_ptr<float>(), exp_avgs[i].data_ptr<int8_t>(),
                    exp_avg_sqs[i].data_ptr<uint8_t>(), exp_avg_scales[i].data_ptr<float>(),
-                   exp_avg_sq_scales[i].data_ptr<float>(), words, numel, row, exp_avgs[i].numel()};
+                   exp_avg_sq_scales[i].data_ptr<float>(), words, numel, row_lengths[i], exp_avgs[i].numel()};
     const Tally tally = update_param8(a, h);
     out.clipped.data_ptr<int64_t>()[i] = tally.clipped;
     out.nonfinite.data_ptr<bool>()[i] = tally.nonfinite;
@@ -670,6 +683,70 @@ void stable_update(float* p, const float* g, float* m, float* v, int64_t n, cons
 
 float* scalar(const at::Tensor& t) { return t.data_ptr<float>(); }
 
+// A Stable-SPAM tensor's per-tensor state, and its step's scalars.
+struct StableTensor {
+  at::Tensor step, max_ema, norm_ema, norm_sq_ema;
+  bool reset;
+};
+
+struct StableScalars {
+  double lr, beta1, beta2, gamma1, gamma2, theta, eps, weight_decay;
+};
+
+// One tensor's step, but for the moments: the statistics of g (max|g| with the NaN check, AdaClip's count and
+// the clipped norm), the EMAs and the count, and the update's constants for `update`. A tensor with a NaN/Inf
+// gradient, or any under a closed gate, keeps everything but a due reset, done by `zero_moments`. Sets
+// clipped and nonfinite.
+template <typename Update, typename Zero>
+void stable_tensor_step(const float* g, int64_t numel, const StableTensor& t, const StableScalars& c, bool open,
+                        int64_t& clipped, bool& nonfinite, Update update, Zero zero_moments) {
+  const AbsMax am = abs_max(g, numel);
+  nonfinite = !am.finite;
+  float* count = scalar(t.step);
+  if (!am.finite || !open) {
+    // A due reset belongs to the schedule and still happens on a skipped step.
+    if (t.reset) {
+      zero_moments();
+      *count = 0.f;
+    }
+    return;
+  }
+  const double n_c = static_cast<double>(*count) + 1.0;
+  // AdaClip's bound in float32, operation by operation as the reference path computes it: entries right
+  // at the bound then count the same on both paths.
+  const float theta_f = static_cast<float>(c.theta);
+  const float max_ema = *scalar(t.max_ema) * theta_f + am.amax * static_cast<float>(1.0 - c.theta);
+  const float max_hat = max_ema / (1.f - std::pow(theta_f, static_cast<float>(n_c)));
+  const float ratio = max_hat / am.amax;  // only used where |g| > max_hat, so amax > 0 there
+  // No entry above the bound: nothing is clipped and the first read already summed the squares.
+  const ClipSum cs = am.amax > max_hat ? clip_sum(g, numel, max_hat, ratio) : ClipSum{0, am.sum_sq};
+  const double norm = std::sqrt(cs.sum_sq);
+  const double norm_ema = *scalar(t.norm_ema) * c.gamma1 + norm * (1.0 - c.gamma1);
+  const double norm_sq_ema = *scalar(t.norm_sq_ema) * c.gamma2 + norm * norm * (1.0 - c.gamma2);
+  const double target = (norm_ema / (1.0 - std::pow(c.gamma1, n_c))) /
+                        (std::sqrt(norm_sq_ema / (1.0 - std::pow(c.gamma2, n_c))) + c.eps);
+  const double steps_now = t.reset ? 1.0 : n_c;
+  const double bias1 = 1.0 - std::pow(c.beta1, steps_now);
+  const double bias2 = 1.0 - std::pow(c.beta2, steps_now);
+  update(StableHyper{max_hat,
+                     ratio,
+                     static_cast<float>(norm > 0 ? target / norm : 1.0),
+                     static_cast<float>(c.beta1),
+                     static_cast<float>(1.0 - c.beta1),
+                     static_cast<float>(c.beta2),
+                     static_cast<float>(1.0 - c.beta2),
+                     static_cast<float>(1.0 / std::sqrt(bias2)),
+                     static_cast<float>(c.eps),
+                     static_cast<float>(c.lr / bias1),
+                     static_cast<float>(1.0 - c.lr * c.weight_decay),
+                     t.reset ? 0.f : 1.f});
+  *count = static_cast<float>(steps_now);
+  *scalar(t.max_ema) = max_ema;
+  *scalar(t.norm_ema) = static_cast<float>(norm_ema);
+  *scalar(t.norm_sq_ema) = static_cast<float>(norm_sq_ema);
+  clipped = cs.clipped;
+}
+
 std::tuple<at::Tensor, at::Tensor> stable_spam_step(
     at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
     at::TensorList steps, at::TensorList max_emas, at::TensorList norm_emas, at::TensorList norm_sq_emas,
@@ -679,6 +756,7 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
   const StepOutputs out("stable_spam_step_", n, {grads.size(), exp_avgs.size(), exp_avg_sqs.size(), steps.size(),
                                                  max_emas.size(), norm_emas.size(), norm_sq_emas.size(),
                                                  resets.size()}, gate);
+  const StableScalars c{lr, beta1, beta2, gamma1, gamma2, theta, eps, weight_decay};
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     const at::Tensor& g = grads[i];
@@ -686,56 +764,98 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
     TORCH_CHECK(g.numel() == p.numel() && exp_avgs[i].numel() == p.numel() &&
                     exp_avg_sqs[i].numel() == p.numel(),
                 "stable_spam_step_: params[", i, "] and its gradient and moments differ in size");
-    const int64_t numel = p.numel();
     const float* gp = g.const_data_ptr<float>();
-    const AbsMax am = abs_max(gp, numel);
-    out.nonfinite.data_ptr<bool>()[i] = !am.finite;
-    float* count = scalar(steps[i]);
-    if (!am.finite || !out.open) {
-      // A due reset belongs to the schedule and still happens on a skipped step.
-      if (resets.get(i)) {
-        exp_avgs[i].zero_();
-        exp_avg_sqs[i].zero_();
-        *count = 0.f;
-      }
-      continue;
-    }
-    const double n_c = static_cast<double>(*count) + 1.0;
-    // AdaClip's bound in float32, operation by operation as the reference path computes it: entries right
-    // at the bound then count the same on both paths.
-    const float theta_f = static_cast<float>(theta);
-    const float max_ema = *scalar(max_emas[i]) * theta_f + am.amax * static_cast<float>(1.0 - theta);
-    const float max_hat = max_ema / (1.f - std::pow(theta_f, static_cast<float>(n_c)));
-    const float ratio = max_hat / am.amax;  // only used where |g| > max_hat, so amax > 0 there
-    // No entry above the bound: nothing is clipped and the first read already summed the squares.
-    const ClipSum cs = am.amax > max_hat ? clip_sum(gp, numel, max_hat, ratio) : ClipSum{0, am.sum_sq};
-    const double norm = std::sqrt(cs.sum_sq);
-    const double norm_ema = *scalar(norm_emas[i]) * gamma1 + norm * (1.0 - gamma1);
-    const double norm_sq_ema = *scalar(norm_sq_emas[i]) * gamma2 + norm * norm * (1.0 - gamma2);
-    const double target = (norm_ema / (1.0 - std::pow(gamma1, n_c))) /
-                          (std::sqrt(norm_sq_ema / (1.0 - std::pow(gamma2, n_c))) + eps);
-    const double steps_now = resets.get(i) ? 1.0 : n_c;
-    const double bias1 = 1.0 - std::pow(beta1, steps_now);
-    const double bias2 = 1.0 - std::pow(beta2, steps_now);
-    const StableHyper h{max_hat,
-                        ratio,
-                        static_cast<float>(norm > 0 ? target / norm : 1.0),
-                        static_cast<float>(beta1),
-                        static_cast<float>(1.0 - beta1),
-                        static_cast<float>(beta2),
-                        static_cast<float>(1.0 - beta2),
-                        static_cast<float>(1.0 / std::sqrt(bias2)),
-                        static_cast<float>(eps),
-                        static_cast<float>(lr / bias1),
-                        static_cast<float>(1.0 - lr * weight_decay),
-                        resets.get(i) ? 0.f : 1.f};
-    stable_update(p.data_ptr<float>(), gp, exp_avgs[i].data_ptr<float>(), exp_avg_sqs[i].data_ptr<float>(),
-                  numel, h);
-    *count = static_cast<float>(steps_now);
-    *scalar(max_emas[i]) = max_ema;
-    *scalar(norm_emas[i]) = static_cast<float>(norm_ema);
-    *scalar(norm_sq_emas[i]) = static_cast<float>(norm_sq_ema);
-    out.clipped.data_ptr<int64_t>()[i] = cs.clipped;
+    stable_tensor_step(
+        gp, p.numel(), StableTensor{steps[i], max_emas[i], norm_emas[i], norm_sq_emas[i], resets.get(i)}, c,
+        out.open, out.clipped.data_ptr<int64_t>()[i], out.nonfinite.data_ptr<bool>()[i],
+        [&](const StableHyper& h) {
+          stable_update(p.data_ptr<float>(), gp, exp_avgs[i].data_ptr<float>(), exp_avg_sqs[i].data_ptr<float>(),
+                        p.numel(), h);
+        },
+        [&] {
+          exp_avgs[i].zero_();
+          exp_avg_sqs[i].zero_();
+        });
+  }
+  return {out.clipped, out.nonfinite};
+}
+
+// ---- Stable-SPAM with 8-bit moments: SPAM's layout and maps (spam_opt/quantized_state.py), dense --------
+
+// One block: dequantize m̂ and v̂, stable_update's arithmetic, and r = m / (s + eps), s = sqrt(v) with their
+// maxima, in one loop; then requantize.
+void stable_block8(float* __restrict p, const float* __restrict g, int8_t* __restrict mc, uint8_t* __restrict vc,
+                   float* r_scale, float* s_scale, int64_t n, const StableHyper& h) {
+  alignas(64) float rb[kQBlock];
+  alignas(64) float sb[kQBlock];
+  const float r_step = *r_scale / kRLevels, s_step = *s_scale / kSLevels;
+  float r_max = 0.f, s_max = 0.f;
+#pragma omp simd reduction(max : r_max, s_max)
+  for (int64_t i = 0; i < n; ++i) {
+    const float code_s = static_cast<float>(vc[i]);
+    const float s_old = code_s * code_s * s_step;
+    const float m_hat = static_cast<float>(mc[i]) * r_step * (s_old + h.eps);
+    const float v_hat = s_old * s_old;
+    const float gi = g[i];
+    const bool spike = std::fabs(gi) > h.bound;
+    const float x = (spike ? gi * h.ratio : gi) * h.scale;
+    const float m_new = m_hat * h.keep * h.beta1 + x * h.one_minus_beta1;
+    const float v_new = v_hat * h.keep * h.beta2 + x * x * h.one_minus_beta2;
+    const float s = std::sqrt(v_new);
+    p[i] = p[i] * h.decay - h.step * m_new / (s * h.inv_bias2_sqrt + h.eps);
+    const float r = m_new / (s + h.eps);
+    rb[i] = r;
+    sb[i] = s;
+    r_max = std::max(r_max, std::fabs(r));
+    s_max = std::max(s_max, s);
+  }
+  requantize(rb, sb, r_max, s_max, mc, vc, r_scale, s_scale, n);
+}
+
+std::tuple<at::Tensor, at::Tensor> stable_spam_step8(
+    at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+    at::TensorList exp_avg_scales, at::TensorList exp_avg_sq_scales, at::TensorList steps, at::TensorList max_emas,
+    at::TensorList norm_emas, at::TensorList norm_sq_emas, const c10::List<bool>& resets,
+    at::IntArrayRef row_lengths, const std::optional<at::Tensor>& gate, double lr, double beta1, double beta2,
+    double gamma1, double gamma2, double theta, double eps, double weight_decay) {
+  const int64_t n = static_cast<int64_t>(params.size());
+  const StepOutputs out("stable_spam_step8_", n, {grads.size(), exp_avgs.size(), exp_avg_sqs.size(),
+                                                  exp_avg_scales.size(), exp_avg_sq_scales.size(), steps.size(),
+                                                  max_emas.size(), norm_emas.size(), norm_sq_emas.size(),
+                                                  resets.size(), row_lengths.size()}, gate);
+  const StableScalars c{lr, beta1, beta2, gamma1, gamma2, theta, eps, weight_decay};
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    const at::Tensor& g = grads[i];
+    check_codes("stable_spam_step8_", i, p, g, exp_avgs[i], exp_avg_sqs[i], exp_avg_scales[i],
+                exp_avg_sq_scales[i], row_lengths[i]);
+    TORCH_CHECK(exp_avgs[i].numel() == p.numel(), "stable_spam_step8_: the codes of params[", i,
+                "] do not match its size (Stable-SPAM's 8-bit moments are dense)");
+    const float* gp = g.const_data_ptr<float>();
+    const int64_t numel = p.numel(), row = row_lengths[i], per_row = (row + kQBlock - 1) / kQBlock;
+    stable_tensor_step(
+        gp, numel, StableTensor{steps[i], max_emas[i], norm_emas[i], norm_sq_emas[i], resets.get(i)}, c,
+        out.open, out.clipped.data_ptr<int64_t>()[i], out.nonfinite.data_ptr<bool>()[i],
+        [&](const StableHyper& h) {
+          float* pp = p.data_ptr<float>();
+          int8_t* mc = exp_avgs[i].data_ptr<int8_t>();
+          uint8_t* vc = exp_avg_sqs[i].data_ptr<uint8_t>();
+          float* rs = exp_avg_scales[i].data_ptr<float>();
+          float* ss = exp_avg_sq_scales[i].data_ptr<float>();
+          at::parallel_for(0, numel / row * per_row, kGrain / kQBlock, [&](int64_t b0, int64_t b1) {
+            for (int64_t b = b0; b < b1; ++b) {
+              const int64_t first = b / per_row * row + b % per_row * kQBlock;
+              const int64_t len = std::min(kQBlock, row - b % per_row * kQBlock);
+              stable_block8(pp + first, gp + first, mc + first, vc + first, rs + b, ss + b, len, h);
+            }
+          });
+        },
+        [&] {
+          exp_avgs[i].zero_();
+          exp_avg_sqs[i].zero_();
+          exp_avg_scales[i].zero_();
+          exp_avg_sq_scales[i].zero_();
+        });
   }
   return {out.clipped, out.nonfinite};
 }
@@ -834,6 +954,12 @@ TORCH_LIBRARY(spam_opt, m) {
       "Tensor(d!)[] exp_avg_scales, Tensor(e!)[] exp_avg_sq_scales, Tensor(f!)[] counts, Tensor?[] kept_bits, "
       "int[] row_lengths, Tensor? gate, float lr_w, float beta1, float beta2, float eps, float decay, "
       "float clip, float sign) -> (Tensor, Tensor)");
+  m.def(
+      "stable_spam_step8_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] exp_avg_scales, Tensor(e!)[] exp_avg_sq_scales, Tensor(f!)[] steps, Tensor(g!)[] max_emas, "
+      "Tensor(h!)[] norm_emas, Tensor(i!)[] norm_sq_emas, bool[] resets, int[] row_lengths, Tensor? gate, "
+      "float lr, float beta1, float beta2, float gamma1, float gamma2, float theta, float eps, "
+      "float weight_decay) -> (Tensor, Tensor)");
   m.def("kept_entries(int numel, int key, int threshold, int offset) -> (Tensor, Tensor)", &kept_entries);
   m.def("kept_bits(int numel, int key, int threshold, int offset) -> Tensor", &kept_bits);
 }
@@ -842,4 +968,5 @@ TORCH_LIBRARY_IMPL(spam_opt, CPU, m) {
   m.impl("spam_step_", &spam_step);
   m.impl("spam_step8_", &spam_step8);
   m.impl("stable_spam_step_", &stable_spam_step);
+  m.impl("stable_spam_step8_", &stable_spam_step8);
 }

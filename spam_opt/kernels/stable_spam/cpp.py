@@ -1,9 +1,10 @@
-"""The C++ Stable-SPAM kernel for CPU tensors (``torch.ops.spam_opt.stable_spam_step_``).
+"""The C++ Stable-SPAM kernels for CPU tensors (``torch.ops.spam_opt.stable_spam_step_`` and ``..._step8_``).
 
 Per tensor, one or two reads of g for the per-tensor statistics (max|g| with the NaN check and the sum of
 squares; AdaClip's count and the clipped norm only on steps where AdaClip scales something), then one update
-pass. ``spam_opt.kernels.cpp_build`` builds and loads it; ``spam_opt.kernels.dispatch`` calls this only once
-it has loaded.
+pass. ``stable_spam_step8_`` takes 8-bit moments (SPAM's layout and maps) and dequantizes, updates and
+requantizes each block in that pass. ``spam_opt.kernels.cpp_build`` builds and loads them;
+``spam_opt.kernels.dispatch`` calls this only once they have loaded.
 """
 
 from __future__ import annotations
@@ -14,35 +15,51 @@ import torch
 from torch import Tensor
 
 from spam_opt.kernels.cpp_build import optimizer_ops_take
-from spam_opt.kernels.quantized import on_float32_moments
-from spam_opt.kernels.result import KernelResult, partition
+from spam_opt.kernels.result import KernelResult
 from spam_opt.kernels.stable_spam.foreach import stable_spam_foreach
-from spam_opt.kernels.stable_spam.inputs import StepScalars, TensorState
+from spam_opt.kernels.stable_spam.inputs import QuantizedTensorState, StepScalars, TensorState
 
-_FIELDS = ("exp_avg", "exp_avg_sq", "step", "max_ema", "norm_ema", "norm_sq_ema")
+_SCALARS = ("step", "max_ema", "norm_ema", "norm_sq_ema")
+
+
+def _path(p: Tensor, g: Tensor, st: Any) -> str:
+    if st.shard_groups:  # FSDP2 shards: their per-tensor statistics need collectives
+        return "other"
+    if isinstance(st, QuantizedTensorState):
+        return "8bit" if st.moments.kept_bits is None and optimizer_ops_take(p, g, p) else "other"
+    return "32bit" if optimizer_ops_take(p, g, st.exp_avg) else "other"
 
 
 def stable_spam_cpp(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
                     h: StepScalars) -> KernelResult:
-    """Unsharded float32 contiguous tensors in one op call; sharded (FSDP2), low-precision or strided ones
-    through foreach (their per-tensor statistics need collectives); 8-bit moments one parameter at a time,
-    dequantized for the op and quantized after it."""
-    return on_float32_moments(_cpp, params, grads, states, gate, h)
-
-
-def _cpp(params: list[Tensor], grads: list[Tensor], states: list[TensorState], gate: Tensor | None,
-         h: StepScalars) -> KernelResult:
-    fast, slow = partition(not st.shard_groups and optimizer_ops_take(p, g, st.exp_avg)
-                           for p, g, st in zip(params, grads, states))
+    """Unsharded float32 contiguous tensors in one op call per state layout (float32 or 8-bit moments);
+    sharded (FSDP2), low-precision or strided ones through foreach (their per-tensor statistics need
+    collectives), their 8-bit moments dequantized one parameter at a time and quantized after it."""
+    positions: dict[str, list[int]] = {"32bit": [], "8bit": [], "other": []}
+    for i, (p, g, st) in enumerate(zip(params, grads, states)):
+        positions[_path(p, g, st)].append(i)
+    scalars = (h.lr, h.beta1, h.beta2, h.gamma1, h.gamma2, h.theta, h.eps, h.weight_decay)
     parts: list[tuple[list[int], KernelResult]] = []
-    if fast:
-        sts = [states[i] for i in fast]
-        fields = [[getattr(st, f) for st in sts] for f in _FIELDS]
+    if positions["32bit"]:
+        fast = positions["32bit"]
+        sts: list[TensorState] = [states[i] for i in fast]
         c, f = torch.ops.spam_opt.stable_spam_step_(
-            [params[i] for i in fast], [grads[i] for i in fast], *fields, [st.reset for st in sts], gate,
-            h.lr, h.beta1, h.beta2, h.gamma1, h.gamma2, h.theta, h.eps, h.weight_decay)
+            [params[i] for i in fast], [grads[i] for i in fast], [st.exp_avg for st in sts],
+            [st.exp_avg_sq for st in sts], *([getattr(st, k) for st in sts] for k in _SCALARS),
+            [st.reset for st in sts], gate, *scalars)
         parts.append((fast, KernelResult(list(c.unbind()), list(f.unbind()))))
-    if slow:
+    if positions["8bit"]:
+        fast = positions["8bit"]
+        qsts: list[QuantizedTensorState] = [states[i] for i in fast]
+        qs = [st.moments for st in qsts]
+        c, f = torch.ops.spam_opt.stable_spam_step8_(
+            [params[i] for i in fast], [grads[i] for i in fast], [q.exp_avg for q in qs],
+            [q.exp_avg_sq for q in qs], [q.exp_avg_scale for q in qs], [q.exp_avg_sq_scale for q in qs],
+            *([getattr(st, k) for st in qsts] for k in _SCALARS), [st.reset for st in qsts],
+            [q.row_length for q in qs], gate, *scalars)
+        parts.append((fast, KernelResult(list(c.unbind()), list(f.unbind()))))
+    if positions["other"]:
+        slow = positions["other"]
         parts.append((slow, stable_spam_foreach([params[i] for i in slow], [grads[i] for i in slow],
                                                 [states[i] for i in slow], gate, h)))
     return KernelResult.merge(len(params), parts)
