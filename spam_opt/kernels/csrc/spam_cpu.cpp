@@ -354,40 +354,6 @@ inline void requantize(const float* __restrict rb, const float* __restrict sb, f
   *r_scale = r_max;
   *s_scale = s_max;
   const float r_inv = inverse(r_max, kRLevels), s_inv = inverse(s_max, kSLevels);
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-  // The code of s is round(sqrt(x)), x = s · s_inv in [0, 255²]. The step's own sqrt and division already
-  // load the unit that computes them, so rather than a third use: sqrt(x) from the reciprocal square root
-  // estimate (within 2^-14 relative, so within 0.016 of it), rounded, then made exact by comparing x with the
-  // squares of the midpoints c ± 0.5, which float32 holds exactly.
-  const __m512 ri = _mm512_set1_ps(r_inv), si = _mm512_set1_ps(s_inv), half = _mm512_set1_ps(0.5f),
-               one = _mm512_set1_ps(1.f), zero = _mm512_setzero_ps();
-  constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 lanes = n - i >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1u);
-    const __m512 sv = _mm512_maskz_loadu_ps(lanes, sb + i);
-    const __m512 x = _mm512_mul_ps(sv, si);
-    const __mmask16 positive = _mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ);
-    __m512 c = _mm512_roundscale_ps(_mm512_maskz_mul_ps(positive, x, _mm512_rsqrt14_ps(x)), kNearest);
-    const __m512 up = _mm512_add_ps(c, half), down = _mm512_sub_ps(c, half);
-    const __mmask16 above = _mm512_cmp_ps_mask(x, _mm512_mul_ps(up, up), _CMP_GE_OQ);
-    const __mmask16 below = _mm512_cmp_ps_mask(x, _mm512_mul_ps(down, down), _CMP_LT_OQ) &
-                            _mm512_cmp_ps_mask(c, zero, _CMP_GT_OQ);
-    c = _mm512_mask_sub_ps(_mm512_mask_add_ps(c, above, c, one), below, c, one);
-    // Where sqrt(x) is within float32 rounding of a midpoint (x within 2^-22 · x of its square: about one
-    // vector in 500), round float32's sqrt instead, as the torch path does, so that both pick the same code.
-    const __m512 tie = _mm512_mul_ps(x, _mm512_set1_ps(0x1p-22f));
-    const __m512 to_up = _mm512_sub_ps(x, _mm512_mul_ps(_mm512_add_ps(c, half), _mm512_add_ps(c, half)));
-    const __m512 to_down = _mm512_sub_ps(x, _mm512_mul_ps(_mm512_sub_ps(c, half), _mm512_sub_ps(c, half)));
-    if (_mm512_cmp_ps_mask(_mm512_abs_ps(to_up), tie, _CMP_LE_OQ) |
-        _mm512_cmp_ps_mask(_mm512_abs_ps(to_down), tie, _CMP_LE_OQ)) [[unlikely]] {
-      c = _mm512_roundscale_ps(_mm512_sqrt_ps(x), kNearest);
-    }
-    c = _mm512_mask_max_ps(c, _mm512_cmp_ps_mask(sv, zero, _CMP_GT_OQ), c, one);  // only 0 rounds to code 0
-    const __m512i code_r = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, rb + i), ri), kNearest);
-    _mm_mask_storeu_epi8(mc + i, lanes, _mm512_cvtepi32_epi8(code_r));
-    _mm_mask_storeu_epi8(vc + i, lanes, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(c)));
-  }
-#else
   // nearbyint rounds ties to even (the default rounding mode), as torch.round does. |r| <= r_max and s <= s_max,
   // so the codes stay within ±127 and 255 (r · r_inv is at most 127 · (1 + 2^-22)). GCC vectorises this loop
   // without an `omp simd` pragma, and not with one.
@@ -397,7 +363,6 @@ inline void requantize(const float* __restrict rb, const float* __restrict sb, f
     mc[i] = static_cast<int8_t>(static_cast<int32_t>(std::nearbyint(rb[i] * r_inv)));
     vc[i] = static_cast<uint8_t>(static_cast<int32_t>(code_s));
   }
-#endif
 }
 
 // One block of n <= kQBlock stored entries whose p and g are at p, g (contiguous, or gathered by the caller).
