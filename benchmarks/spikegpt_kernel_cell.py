@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/stability_spikegpt")
     args = parser.parse_args(argv)
-    from trainers.models.spikegpt_kernels import reference_paths
+    from trainers.models.spikegpt_kernels import backend
 
     out = Path(args.out)
     setup = grid.Setup("spikegpt-1m", args.steps, 8, 64, out)
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = {}
     for path in ("kernels", "reference"):
         run_dir = out / "runs" / "kernel_cell" / path / f"{args.variant}-seed{args.seed}"  # ignored by git
-        with reference_paths() if path == "reference" else nullcontext():
+        with backend("reference") if path == "reference" else nullcontext():
             runs[path] = grid.run_one(setup, args.variant, variant, "clean", clean, args.seed, args.lr,
                                       run_dir)
     k, r = runs["kernels"], runs["reference"]

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from machine_load import add_wait_argument, interleave, spread, watch  # noqa: E402
 
 from trainers.models import build_model  # noqa: E402
-from trainers.models.spikegpt_kernels import reference_paths  # noqa: E402
+from trainers.models.spikegpt_kernels import backend  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAIRS = ["spikegpt-small:llama-20m", "spikegpt-60m:llama-60m"]
@@ -54,7 +54,7 @@ class Contender:
         eos = args.vocab_size - 1
         self.model = build_model(name, args.vocab_size, args.seq_len, eos_token_id=eos).to(device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        self.paths = reference_paths if reference else contextlib.nullcontext
+        self.paths = (lambda: backend("reference")) if reference else contextlib.nullcontext
         self.device = device
         self.parameters = sum(p.numel() for p in self.model.parameters())
 

@@ -22,9 +22,9 @@ from trainers.models.spikegpt import (
     wkv_recurrent,
 )
 from trainers.models.spikegpt_kernels import (
-    kernels_take,
+    backend,
     lif_kernel,
-    reference_paths,
+    path_for,
     relu_square_kernel,
     shift_mix_kernel,
     sigmoid_gate_kernel,
@@ -35,12 +35,12 @@ from trainers.models.spiking_neuron import MultiStepLIF
 
 @pytest.fixture(autouse=True, scope="module")
 def built():
-    assert kernels_take(torch.zeros(1)), "SpikeGPT's C++ kernels did not build (see the warning)"
+    assert path_for(torch.zeros(1), "wkv") == "cpp", "SpikeGPT's C++ kernels did not build (see the warning)"
 
 
 def on(path):
-    """The context in which the model runs ``path``: "kernels" (the default) or "reference"."""
-    return reference_paths() if path == "reference" else contextlib.nullcontext()
+    """The context in which the model runs ``path``: "kernels" (the default on CPU) or "reference"."""
+    return backend("reference") if path == "reference" else contextlib.nullcontext()
 
 
 def random_state(batch, channels, dtype, seed=7):
@@ -227,7 +227,7 @@ def test_model_on_kernels_matches_model_on_reference_paths(torch_threads):
 def test_bfloat16_runs_the_reference_paths():
     model = spiking_model(seed=1).eval()
     ids = torch.randint(0, 29, (2, 9), generator=torch.Generator().manual_seed(10))
-    assert not kernels_take(torch.zeros(1, dtype=torch.bfloat16))
+    assert path_for(torch.zeros(1, dtype=torch.bfloat16), "lif") == "reference"
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(input_ids=ids).logits
     assert torch.isfinite(logits).all()
@@ -238,7 +238,7 @@ def test_a_kernel_that_cannot_be_built_warns_once_and_the_reference_paths_run(mo
     spikegpt_kernels._unavailable_reason.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match=r"SpikeGPT runs its pure-PyTorch paths .*no C\+\+ compiler"):
-            assert not kernels_take(torch.zeros(1))
+            assert path_for(torch.zeros(1), "wkv") == "reference"
         model = spiking_model(seed=2).eval()
         with torch.no_grad():
             logits = model(input_ids=torch.zeros(1, 4, dtype=torch.long)).logits
