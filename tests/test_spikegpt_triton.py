@@ -22,7 +22,7 @@ from trainers.models.spikegpt import WKVState, wkv_parallel, wkv_recurrent
 from trainers.models.spikegpt_kernels import backend, path_for, triton_kernels
 from trainers.models.spiking_neuron import MultiStepLIF
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("one_torch_thread")]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 

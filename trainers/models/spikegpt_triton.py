@@ -32,8 +32,9 @@ import triton.language as tl
 from torch import Tensor
 from torch.utils._python_dispatch import _disable_current_modes
 
-with warnings.catch_warnings():  # on a machine without a GPU fla says so at import; the interpreter runs
+with warnings.catch_warnings():  # fla's import warns of a machine without a GPU, and of torch.jit's end
     warnings.filterwarnings("ignore", message="Triton is not supported on current platform")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     from fla.ops.rwkv4.fused_recurrent import fused_recurrent_rwkv4_backward, fused_recurrent_rwkv4_forward
 
 LIF_BLOCK = 128  # channels per program: one per thread of 4 warps
