@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import types
+from pathlib import Path
 
 import benchmark_scripts
 import pytest
@@ -265,3 +266,23 @@ def test_a_forced_path_that_cannot_run_says_why(kernels, monkeypatch):
         MultiStepLIF()(torch.zeros(1, 2, 3))
     with pytest.raises(TypeError, match="the Triton WKV computes in float32, got torch.float64"):
         kernels.wkv_triton(*wkv_inputs(0, dtype=torch.float64), *WKVState.empty(2, 5, torch.device("cpu")))
+
+
+def test_docs_give_the_committed_launch_counts():
+    """docs/training.md's launch counts are benchmarks/results/spikegpt_launches.md's, and that table holds
+    the claims: the Triton path's count is the same at both lengths and within LIMIT of LLaMA's."""
+    root = Path(__file__).resolve().parents[1]
+    counts = {}
+    for line in (root / "benchmarks/results/spikegpt_launches.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith(("| spikegpt-small", "| llama-20m")):
+            counts[cells[0], int(cells[1])] = int(cells[5])
+    triton, llama = counts["spikegpt-small (triton)", 64], counts["llama-20m", 256]
+    limit = benchmark_scripts.load("spikegpt_launches").LIMIT
+    assert triton == counts["spikegpt-small (triton)", 256] <= limit * llama
+    docs = " ".join((root / "docs/training.md").read_text().split())
+    reference = [counts["spikegpt-small (reference)", n] for n in (64, 256)]
+    assert (f"makes {reference[0]} launches (non-view aten ops plus Triton launches) at 64 tokens and "
+            f"{reference[1]} at 256 on the reference path, {counts['spikegpt-small (cpp)', 256]} on the C++ "
+            f"kernels, and {triton} on the Triton path at "
+            f"both lengths, against {llama} for `llama-20m` ({triton / llama:.2f}x LLaMA's") in docs
