@@ -7,7 +7,7 @@ SpikeGPT carries its recurrent state, LLaMA its key/value cache). Rounds are int
 ``benchmarks/machine_load.py`` waits for an idle machine and marks the table when it was not. The time
 per new token is the time between generate()'s new tokens after the first one (which comes with the
 prompt's forward pass). ``--reference`` adds SpikeGPT on its pure-PyTorch paths, to show what its
-CPU kernels (``trainers/models/spikegpt_kernels.py``) buy.
+kernels buy (``trainers/models/spikegpt_kernels.py``: C++ on CPU, Triton on CUDA).
 
     python benchmarks/spikegpt_throughput.py                         # both pairs, CPU
     python benchmarks/spikegpt_throughput.py --pair spikegpt-small:llama-20m --threads 1 --reference
@@ -147,7 +147,8 @@ def _table(pair: str, contenders: dict[str, Contender], train: dict[str, list[fl
               f"SpikeGPT / LLaMA time per new token: {verdict(decode_ratio, DECODE_TARGET)}."]
     if spikegpt + REFERENCE in contenders:
         ref = statistics.median(train[spikegpt + REFERENCE]) / statistics.median(train[spikegpt])
-        lines.append(f"SpikeGPT's CPU kernels train {ref:.2f}x as fast as its reference paths.")
+        kernels = "Triton kernels" if next(iter(contenders.values())).device.type == "cuda" else "CPU kernels"
+        lines.append(f"SpikeGPT's {kernels} train {ref:.2f}x as fast as its reference paths.")
     return lines + [""]
 
 

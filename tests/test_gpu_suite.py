@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import benchmark_scripts
+import torch
 
 ROOT = Path(__file__).parents[1]
 
@@ -66,10 +67,11 @@ def test_dry_run_prints_the_parts_asked_for():
 
 
 def test_the_triton_kernel_benchmark_runs_and_agrees_with_float64(capsys):
-    """The spikegpt part's kernel benchmark on a tiny shape, on CPU in Triton's interpreter (conftest.py):
-    every row within float32 rounding of the float64 reference paths, no spike flipped."""
+    """The spikegpt part's kernel benchmark on a tiny shape, without a GPU on CPU in Triton's interpreter
+    (conftest.py): every row within float32 rounding of the float64 reference paths, no spike flipped."""
     bench = benchmark_scripts.load("spikegpt_triton_kernels")
-    bench.main(["--device", "cpu", "--preset", "spikegpt-tiny", "--batch-size", "2", "--tokens", "8",
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bench.main(["--device", device, "--preset", "spikegpt-tiny", "--batch-size", "2", "--tokens", "8",
                 "--rounds", "1", "--output", "-"])
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| spikegpt-tiny")]

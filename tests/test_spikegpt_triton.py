@@ -200,19 +200,19 @@ def test_generate_on_triton_carries_the_state_as_the_reference(kernels):
     torch.testing.assert_close(stepped, full[:, 8:-1], rtol=1e-5, atol=1e-5)
 
 
-def test_launches_do_not_grow_with_the_sequence_and_stay_within_twice_llamas():
+def test_launches_do_not_grow_with_the_sequence_and_stay_within_twice_llamas(kernels):
     """The count benchmarks/spikegpt_launches.py reports, on a small pair: the Triton path's launches per
     forward and backward pass are the same at 8 and 24 tokens, and under LIMIT times LLaMA's; the reference
     path's grow with the tokens."""
     bench = benchmark_scripts.load("spikegpt_launches")
     counts = {}
     for tokens in (8, 24):
-        ids = torch.randint(0, 50, (2, tokens), generator=torch.Generator().manual_seed(0))
+        ids = torch.randint(0, 50, (2, tokens), generator=torch.Generator().manual_seed(0)).to(DEVICE)
         torch.manual_seed(0)
-        spikegpt = build_model("spikegpt-tiny", 50, tokens)
+        spikegpt = build_model("spikegpt-tiny", 50, tokens).to(DEVICE)
         for path in ("triton", "reference"):
             counts[path, tokens] = bench.count(spikegpt, ids, path)["launches"]
-        llama = build_model("llama-tiny", 50, tokens)  # the same depth: counts go by layers
+        llama = build_model("llama-tiny", 50, tokens).to(DEVICE)  # the same depth: counts go by layers
         counts["llama", tokens] = bench.count(llama, ids, None)["launches"]
     assert counts["triton", 8] == counts["triton", 24] <= bench.LIMIT * counts["llama", 24]
     assert counts["reference", 24] > counts["reference", 8]

@@ -46,10 +46,13 @@ def interpreting() -> bool:
     return bool(triton.knobs.runtime.interpret)
 
 
-def _launch(name: str) -> contextlib.AbstractContextManager:
-    """Counts a launch. The interpreter reads and writes the tensors through torch ops of its own, which a
-    dispatch mode counting the model's ops would see: they are not the model's, and a GPU runs none."""
+def _launch(name: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Counts a launch, and makes ``device`` current for it: Triton launches on the current GPU. The
+    interpreter reads and writes the tensors through torch ops of its own, which a dispatch mode counting the
+    model's ops would see: they are not the model's, and a GPU runs none."""
     launches[name] += 1
+    if device.type == "cuda":
+        return torch.cuda.device(device)
     return _disable_current_modes() if interpreting() else contextlib.nullcontext()
 
 
@@ -58,7 +61,7 @@ class _WKV(torch.autograd.Function):
     def forward(ctx, w: Tensor, u: Tensor, k: Tensor, v: Tensor, num: Tensor, den: Tensor,
                 log_scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         state = torch.stack([num, den, log_scale], dim=1)[:, :, None]
-        with _launch("wkv_forward"):
+        with _launch("wkv_forward", k.device):
             out, states = fused_recurrent_rwkv4_forward(w, u, k, v, state)  # states: (B, 3, T + 1, C)
         num_t, den_t, log_scale_t = states[:, :, -1].unbind(1)
         ctx.save_for_backward(w, u, k, v, states[:, :, :-1], num_t, den_t)
@@ -79,7 +82,7 @@ class _WKV(torch.autograd.Function):
         # constant log-scale: the ones the reference paths and the C++ kernel give.
         grad_log_scale = grad_num * num_t + grad_den * den_t
         grad_state = torch.stack([grad_num, grad_den, grad_log_scale], dim=1)[:, :, None]
-        with _launch("wkv_backward"):
+        with _launch("wkv_backward", k.device):
             grad_w, grad_u, grad_k, grad_v, grad_states = fused_recurrent_rwkv4_backward(
                 w, u, k, v, states, grad_out, grad_state)
         # fla's kernel returns the gradient of its parameter log(-w), i.e. w times that of w.
@@ -149,7 +152,7 @@ def _lif_forward(x: Tensor, v: Tensor, tau: float, v_threshold: float,
                  keep_potentials: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     spikes, v_last = torch.empty_like(x), torch.empty_like(v)
     potentials = torch.empty(x.shape, device=x.device, dtype=torch.float32) if keep_potentials else None
-    with _launch("lif_forward"):
+    with _launch("lif_forward", x.device):
         _lif_forward_kernel[_grid(x)](x, v, spikes, v_last, potentials if keep_potentials else spikes,
                                       x.shape[1], x.shape[2], tau, 1.0 - 1.0 / tau, v_threshold,
                                       KEEP_POTENTIALS=keep_potentials, BLOCK=LIF_BLOCK)
@@ -174,7 +177,7 @@ class _LIF(torch.autograd.Function):
         grad_spikes = grad_spikes.contiguous()
         grad_x = torch.empty(potentials.shape, device=potentials.device, dtype=ctx.dtypes[0])
         grad_v0 = torch.empty(potentials.shape[::2], device=potentials.device, dtype=ctx.dtypes[1])
-        with _launch("lif_backward"):
+        with _launch("lif_backward", potentials.device):
             _lif_backward_kernel[_grid(potentials)](grad_spikes, potentials, grad_x, grad_v0,
                                                     potentials.shape[1], potentials.shape[2], tau,
                                                     1.0 - 1.0 / tau, v_threshold, math.pi / 2 * alpha,
