@@ -197,18 +197,20 @@ def spiking_model(seed=0, **overrides) -> SpikeGPTForCausalLM:
     return model
 
 
-def test_model_on_kernels_matches_model_on_reference_paths(torch_threads):
-    model = spiking_model()
-    ids = torch.randint(0, 29, (3, 33), generator=torch.Generator().manual_seed(9))
-    runs = []
-    for path in ("kernels", "reference"):
-        with on(path):
-            out = model(input_ids=ids, labels=ids, use_cache=True)
+def train_step_on(model, ids, context):
+    """One forward and backward pass of ``model`` within ``context``: the output, gradients and metrics."""
+    with context:
+        out = model(input_ids=ids, labels=ids, use_cache=True)
         out.loss.backward()
-        grads = {name: p.grad for name, p in model.named_parameters()}
-        model.zero_grad(set_to_none=True)
-        runs.append((out, grads, model.spike_metrics()))
-    (out, grads, metrics), (ref_out, ref_grads, ref_metrics) = runs
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return out, grads, model.spike_metrics()
+
+
+def assert_same_training_step(run, ref_run):
+    """Two ``train_step_on`` results: the same spikes, so bit-identical logits and spike metrics; gradients
+    and the carried state within float32 rounding."""
+    (out, grads, metrics), (ref_out, ref_grads, ref_metrics) = run, ref_run
     # The stream is a sum of 0/1 spikes: the same spikes give bit-identical logits.
     assert torch.equal(out.logits, ref_out.logits)
     assert metrics.keys() == ref_metrics.keys()
@@ -222,6 +224,12 @@ def test_model_on_kernels_matches_model_on_reference_paths(torch_threads):
     leaves = torch.utils._pytree.tree_leaves
     for ours, ref in zip(leaves(out.state), leaves(ref_out.state)):
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_model_on_kernels_matches_model_on_reference_paths(torch_threads):
+    model = spiking_model()
+    ids = torch.randint(0, 29, (3, 33), generator=torch.Generator().manual_seed(9))
+    assert_same_training_step(*(train_step_on(model, ids, on(path)) for path in ("kernels", "reference")))
 
 
 def test_bfloat16_runs_the_reference_paths():
