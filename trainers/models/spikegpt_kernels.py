@@ -55,11 +55,11 @@ def _unavailable_reason() -> str | None:
 
 @functools.cache
 def _triton_import_error() -> str | None:
-    """Why ``spikegpt_triton`` does not import (triton or fla-core missing), or None."""
+    """Why ``spikegpt_triton`` does not import (triton or fla-core missing or broken), or None."""
     try:
         triton_kernels()
-    except ImportError as error:
-        return f"{error} (pip install 'spam-opt[gpu]')"
+    except Exception as error:  # a missing package, or one that fails at import (a mismatched version)
+        return f"{type(error).__name__}: {error} (pip install 'spam-opt[gpu]')"
     return None
 
 
