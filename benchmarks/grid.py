@@ -525,8 +525,8 @@ def noise_note(out: Path) -> str:
 
 def provenance_note(results: list[dict[str, Any]]) -> str:
     """The commits the runs ran at (each run's ``result.json`` records its own) and where each command is."""
-    return (provenance.describe(results) + " Each run's exact trainer command is in its result.json (key "
-            "``command``) from then on.")
+    return (provenance.describe(results) + " A run with a recorded commit also records its exact trainer "
+            "command (`command` in its result.json).")
 
 
 def load_note(results: list[dict[str, Any]]) -> str:

@@ -115,11 +115,8 @@ def timing(setup: Setup, args: argparse.Namespace, variants: dict[str, dict[str,
                 "ratios": ratios}
     with watch(args.max_wait) as load:
         ratios = step_time_ratios(setup, variants, names, args.timing_rounds)
-    source = provenance.source()
-    return {"ratios": ratios, "load": load.summary(), **source,
-            "provenance": f"measured at commit {str(source['commit'])[:10]}"
-                          f"{'' if source['tree_clean'] else ' with uncommitted changes'}, `{command}`; "
-                          + load.summary()}
+    return {"ratios": ratios, **provenance.source(), "command": command,
+            "provenance": provenance.timing_line(load.summary())}
 
 
 def report(setup: Setup, args: argparse.Namespace, variants: dict[str, dict[str, Any]],
@@ -148,7 +145,7 @@ def report(setup: Setup, args: argparse.Namespace, variants: dict[str, dict[str,
              f"{setup.seq_len} tokens)", "", f"Command: `{command}`", "", grid.provenance_note(results), "",
              "State: optimizer-state bytes per parameter, measured from the optimizer's tensors after one "
              "step (AdamW keeps 8). Step: median optimizer step time on this model over torch's fused "
-             f"AdamW's, interleaved rounds; {times['provenance']}. {spread}. "
+             f"AdamW's, interleaved rounds. Step column: {times['provenance'].rstrip('.')}. {spread}. "
              "Pareto: no other variant has both less state and a lower loss.", "",
              grid.coverage_note(setup.out), "",
              "| variant | lr | state B/param | x AdamW state | step x fused AdamW | val loss | Pareto |",

@@ -57,5 +57,14 @@ def describe(sources: Sequence[dict[str, object]]) -> str:
         parts.append(f"{len(sources) - unrecorded} ran at {where}"
                      + (f", {dirty} of them with uncommitted changes" if dirty else ""))
     if unrecorded:
-        parts.append(f"{unrecorded} commit not recorded (before {RECORDED_SINCE})")
+        parts.append(f"{unrecorded} of {len(sources)}: commit not recorded (before {RECORDED_SINCE})")
     return "Provenance: " + "; ".join(parts) + "." if parts else "Provenance: nothing recorded."
+
+
+def timing_line(load_summary: str) -> str:
+    """A timing table's provenance: the commit (and whether the tree was clean), then ``machine_load``'s
+    summary of the machine while it measured (idle, or **measured under load**)."""
+    src = source()
+    commit = f"commit {str(src['commit'])[:10]}" if src["commit"] else "commit unknown (not a git checkout)"
+    dirty = " with uncommitted changes" if src["tree_clean"] is False else ""
+    return f"Measured at {commit}{dirty}. {load_summary}"
