@@ -180,8 +180,9 @@ def report(setup: Setup, args: argparse.Namespace, variants: dict[str, dict[str,
              "nats) over the previous 20 steps (mean per run). Recovery: median and longest, over "
              "injections x seeds, of the steps until the 5-step mean loss is back at its mean over the 5 "
              "steps up to the injection, counted from its last injected step (spike-burst: "
-             f"{BURST_STEPS} consecutive steps). Worst jump: largest loss rise (nats) from the injection to 5 steps after it. State: optimizer state "
-             f"MB after one step, measured when this report is written. {grid.load_note(results)}.", "",
+             f"{BURST_STEPS} consecutive steps). Worst jump: largest loss rise (nats) from the injection to "
+             "5 steps after it. State: optimizer state MB after one step, measured when this report is "
+             f"written. {grid.load_note(results)}.", "",
              grid.coverage_note(setup.out), ""]
     # Measured now rather than read from result.json: a run recorded by an older version of the library
     # would report that version's state layout. Optimizer state does not depend on the regime.
