@@ -471,3 +471,51 @@ def test_every_number_on_choosing_is_a_checked_claim():
              if n not in SETTINGS and n.rstrip("xM%") not in numbers and n.lstrip("+-").rstrip("xM%") not in
              {x.lstrip("+-") for x in numbers}]
     assert not loose, f"docs/choosing.md quotes numbers no claim here checks: {loose}"
+
+
+def sample_std(grid: str, regime: str, variant: str, round1: bool = False) -> float:
+    return statistics.stdev(losses(grid, regime, variant, round1).values())
+
+
+LOWBIT_LABELS = {"fp32 AdamW (reference)": "fp32 adamw", "INT4 AdamW": "int4 adamw",
+                 "INT4 AdamW + spike guard": "int4 adamw+guard",
+                 "INT4 AdamW + norm clip 1.0": "int4 adamw+clip1",
+                 "INT4 Stable-SPAM": "int4 stable-spam", "INT4 SPAM + norm clip 1.0": "int4 spam+clip1",
+                 "INT4 SPAM": "int4 spam", "FP4 (E2M1) AdamW": "fp4 adamw", "FP4 AdamW": "fp4 adamw",
+                 "FP4 Stable-SPAM": "fp4 stable-spam", "FP4 (E2M1) Stable-SPAM": "fp4 stable-spam",
+                 "FP4 SPAM": "fp4 spam"}
+STABILITY_LABELS = {"AdamW": "adamw", "AdamW + norm clip 1.0": "adamw+clip1",
+                    "AdamW + ZClip": "adamw+zclip",
+                    "AdamW + spike guard": "adamw+guard", "SPAM": "spam", "SPAM + norm clip 1.0": "spam+clip1",
+                    "SPAM density 0.25": "spam-d0.25", "Stable-SPAM": "stable-spam"}
+
+
+def _findings_rows() -> list[tuple[str, str, object]]:
+    """The FINDINGS tables of the low-bit grids (loss ± sample std, and the gap to fp32 AdamW) and of the
+    LLaMA stability grid (each regime's change against the variant's clean loss), row by row."""
+    claims = []
+    for grid in (LB, LBS):
+        doc = f"benchmarks/results/{grid}/FINDINGS.md"
+        text = (ROOT / doc).read_text()
+        for label, variant in LOWBIT_LABELS.items():
+            for regime in ("natural", "harsh"):
+                if f"| {label} |" not in text or not losses(grid, regime, variant):
+                    continue
+                cell = (f"| {label} | {{:.3f}} ± {{:.3f}} |" + (" {:+.3f} |" if regime == "natural" and
+                                                               variant != "fp32 adamw" else ""))
+                claims.append((doc, cell, lambda g=grid, r=regime, v=variant: [
+                    mean(g, r, v), sample_std(g, r, v)] + ([gap(g, r, v, F32)] if r == "natural" and
+                                                           v != "fp32 adamw" else [])))
+    for label, variant in STABILITY_LABELS.items():
+        claims.append(("benchmarks/results/stability/FINDINGS.md",
+                       f"| {label} | {{:+.3f}} | {{:+.3f}} | {{:+.3f}} |",
+                       lambda v=variant: [gap(S, g, v, ("clean", v)) for g in
+                                          ("entry-spikes", "bad-batch", "spike-all")]))
+    return claims
+
+
+@pytest.mark.parametrize(("doc", "template", "values"), _findings_rows(),
+                         ids=[f"{doc}:{template[:40]}" for doc, template, _ in _findings_rows()])
+def test_the_findings_tables_hold_the_committed_results(doc, template, values):
+    filled = _filled(template, values)
+    assert filled in (ROOT / doc).read_text(), f"{doc} should hold, from the committed results:\n  {filled}"
