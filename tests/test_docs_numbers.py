@@ -485,8 +485,8 @@ LOWBIT_LABELS = {"fp32 AdamW (reference)": "fp32 adamw", "INT4 AdamW": "int4 ada
                  "FP4 Stable-SPAM": "fp4 stable-spam", "FP4 (E2M1) Stable-SPAM": "fp4 stable-spam",
                  "FP4 SPAM": "fp4 spam"}
 STABILITY_LABELS = {"AdamW": "adamw", "AdamW + norm clip 1.0": "adamw+clip1",
-                    "AdamW + ZClip": "adamw+zclip",
-                    "AdamW + spike guard": "adamw+guard", "SPAM": "spam", "SPAM + norm clip 1.0": "spam+clip1",
+                    "AdamW + ZClip": "adamw+zclip", "AdamW + spike guard": "adamw+guard", "SPAM": "spam",
+                    "SPAM + norm clip 1.0": "spam+clip1",
                     "SPAM density 0.25": "spam-d0.25", "Stable-SPAM": "stable-spam"}
 
 
