@@ -370,8 +370,8 @@ CLAIMS: list[tuple[str, str, object]] = [
                   "{} gradient and {} loss false flags in {:,} steps",
      lambda: [*recall(S, "grad", clipped=False), _bad_batch_recall()[1], flags(S, "grad"), flags(S, "loss"),
               sum(r["steps"] for r in runs(S))]),
-    ("README.md", "CPU (`benchmarks/results/monitor_overhead.md`): {:.1f}% of a training step in tensor mode, "
-                  "{:.1f}% in element mode",
+    ("README.md", "CPU (`benchmarks/results/monitor_overhead.md`): {:.1f}% of a training step in tensor "
+                  "mode, {:.1f}% in element mode",
      lambda: [*table_cells("monitor_overhead.md", "tensor", "observe / step"),
               *table_cells("monitor_overhead.md", "element", "observe / step")]),
     ("README.md", "its step runs through torch passes, {:.0f}-{:.0f}x fused AdamW's on CPU",
