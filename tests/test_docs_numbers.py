@@ -421,6 +421,25 @@ CLAIMS: list[tuple[str, str, object]] = [
      "AdamW ends at {:.3f}; the 8-bit AdamWs ({:.3f}, {:.3f}), GaLore ({:.3f}) and Adam-mini ({:.3f})",
      lambda: [memory_row(v)["val_loss"] for v in ("adamw", "adamw8bit-bnb", "adamw8bit-torchao", "galore",
                                                   "adam-mini")]),
+    ("benchmarks/results/memory/FINDINGS.md",
+     "keeps {:.2f} bytes per parameter, {:.3f}x AdamW's 8, the least of all (at the 20M-60M shapes "
+     "of `optimizer_step_cpu_memory.md`, where the block matrices weigh more, {:.3f}x). 8-bit SPAM dense "
+     "and bitsandbytes' AdamW8bit keep {:.2f}-{:.2f} ({:.2f}x), torchao's AdamW8bit {:.2f} (small tensors "
+     "stay in float32 there), SPAM at density 0.25 with float32 state {:.2f}, GaLore rank 32 {:.2f}, "
+     "Adam-mini {:.2f}.",
+     lambda: [memory_row("spam-d0.25-8bit")["bytes_per_param"],
+              memory_row("spam-d0.25-8bit")["bytes_per_param"] / 8,
+              *set(table_cells("optimizer_step_cpu_memory.md", SPAM8[1], "x AdamW state")),
+              *_minmax(memory_row(v)["bytes_per_param"] for v in ("spam-8bit", "adamw8bit-bnb")),
+              memory_row("spam-8bit")["bytes_per_param"] / 8,
+              *[memory_row(v)["bytes_per_param"] for v in ("adamw8bit-torchao", "spam-d0.25", "galore",
+                                                           "adam-mini")]]),
+    ("benchmarks/results/memory/FINDINGS.md", "with 8-bit state** (a variant added later, "
+     "`StableSPAM(state_bits=8)`): {:.3f}, level with AdamW and {:.3f} ahead of 8-bit SPAM at the same "
+     "{:.2f} bytes",
+     lambda: [memory_row("stable-spam-8bit")["val_loss"],
+              memory_row("spam-8bit")["val_loss"] - memory_row("stable-spam-8bit")["val_loss"],
+              memory_row("stable-spam-8bit")["bytes_per_param"]]),
     ("benchmarks/results/memory/FINDINGS.md", "8-bit dense {:.3f}, density 0.25 {:.3f}, density 0.25 "
                                               "with 8-bit state "
                                              "{:.3f}, {:.3f}-{:.3f} nats",
