@@ -248,26 +248,31 @@ CLAIMS: list[tuple[str, str, object]] = [
     (CHOOSING, "SpikeGPT (0.1): all within {:.2f} nats ({:.3f}-{:.3f}), SPAM slightly behind",
      lambda: [math.ceil(100 * _spread(SG, "high-lr", ALL8[:2] + ALL8[3:], True)) / 100,
               *sorted(mean(SG, "high-lr", v, True) for v in ALL8 if v != "adamw+zclip")[::6]]),
-    # Longer runs: the table, row by row
-    *[(CHOOSING, "| " + label + " | {:.3f} | {:.3f} |" + ("" if v == "adamw" else
+    # Longer runs: the table, row by row (here and in the stability FINDINGS)
+    *[(doc, "| " + label + " | {:.3f} | {:.3f} |" + ("" if v == "adamw" else
                                                            " {:+.3f} | {:+.3f} ({:+.3f} / {:+.3f}) |"),
        (lambda v=v: [mean(S, "clean", v), mean(S, "long", v)] + ([] if v == "adamw" else [
            gap(S, "clean", v, CLEAN), gap(S, "long", v, ("long", "adamw")),
            seed_gap(S, "long", v, "adamw", 0), seed_gap(S, "long", v, "adamw", 1)])))
       for label, v in (("AdamW", "adamw"), ("AdamW + norm clip 1.0", "adamw+clip1"),
-                       ("AdamW + ZClip", "adamw+zclip"), ("SPAM", "spam"), ("Stable-SPAM", "stable-spam"))],
-    (CHOOSING, "SPAM's {:.2f}-nat lead over AdamW at 200 steps becomes a {:.3f}-nat deficit at 2000, on "
+                       ("AdamW + ZClip", "adamw+zclip"), ("SPAM", "spam"), ("Stable-SPAM", "stable-spam"))
+      for doc in (CHOOSING, "benchmarks/results/stability/FINDINGS.md")],
+    *[(doc, "SPAM's {:.2f}-nat lead over AdamW at 200 steps becomes a {:.3f}-nat deficit at 2000, on "
                "both seeds "
                "({:.1f} standard errors of the evaluation noise on the mean of two); Stable-SPAM ends "
                "{:.2f} behind "
                "AdamW (level on seed 0)",
      lambda: [-gap(S, "clean", "spam", CLEAN), gap(S, "long", "spam", ("long", "adamw")),
               gap(S, "long", "spam", ("long", "adamw")) / (eval_se(S) / math.sqrt(2)),
-              gap(S, "long", "stable-spam", ("long", "adamw"))]),
-    (CHOOSING, "SPAM {:.3f}-{:.3f} behind AdamW in the memory grid, INT4 SPAM {:.3f} behind INT4 AdamW "
-               "in the low-bit "
-               "one",
-     lambda: [*_memory_spam_gaps(), gap(LB, "natural", "int4 spam", ("natural", "int4 adamw"))]),
+              gap(S, "long", "stable-spam", ("long", "adamw"))])
+      for doc in (CHOOSING, "benchmarks/results/stability/FINDINGS.md")],
+    *[(doc, "SPAM {:.3f}-{:.3f} behind AdamW in the memory grid, INT4 SPAM {:.3f} behind INT4 AdamW in the "
+            "low-bit one",
+       lambda: [*_memory_spam_gaps(), gap(LB, "natural", "int4 spam", ("natural", "int4 adamw"))])
+      for doc in (CHOOSING, "benchmarks/results/stability/FINDINGS.md")],
+    ("benchmarks/results/stability/FINDINGS.md", "A batch of random bytes has a loss of {:.1f} nats on "
+     "average, against {:.1f} the step before. AdamW loses {:.2f} nats;",
+     lambda: [*_bad_batch_losses(), gap(S, "bad-batch", "adamw", CLEAN)]),
     # Low-bit
     (CHOOSING, "(2.018 against 2.010 in full precision) and FP4 (E2M1) {:.2f}; INT4 SPAM ended {:.3f} ± "
                "{:.3f} nats behind full-precision AdamW, INT4 Stable-SPAM {:.3f} ± {:.3f} (paired over "
