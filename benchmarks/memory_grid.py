@@ -10,7 +10,8 @@ one whose measured state comes closest to SPAM's at density 0.25. For each varia
 optimizer-state bytes per parameter measured from the optimizer's tensors after one step
 (``spam_opt.state_bytes``), the optimizer step time on the run's model against torch's fused AdamW
 (interleaved rounds inside ``machine_load.watch``, which waits for an idle machine and says in the report
-whether it was; ``--report-only`` keeps the committed step column and its provenance), and the final
+whether it was; ``--report-only`` keeps the committed step column and its provenance, ``--report-only
+--retime`` times it again without training), and the final
 validation loss over seeds; and plots
 state bytes against loss with the Pareto front. Writes ``README.md``, ``results.json`` and ``pareto.png``
 under ``--out``.
@@ -106,7 +107,7 @@ def timing(setup: Setup, args: argparse.Namespace, variants: dict[str, dict[str,
     so)."""
     path = setup.out / "results.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
-    if args.report_only and isinstance(saved, dict):
+    if args.report_only and not args.retime and isinstance(saved, dict):
         ratios = {r["variant"]: r["step_ratio"] for r in saved.get("rows", [])}
         if all(n in ratios for n in names):
             return saved.get("timing", {"ratios": ratios, "provenance": (
@@ -199,6 +200,9 @@ def _plot(setup: Setup, rows: list[dict[str, Any]], front: list[str]) -> None:
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timing-rounds", type=int, default=21, help="interleaved optimizer steps to time")
+    parser.add_argument("--retime", action="store_true",
+                        help="with --report-only: time the step column again (on an idle machine) instead of "
+                             "keeping the committed one")
     add_wait_argument(parser)
 
 
