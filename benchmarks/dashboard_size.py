@@ -23,6 +23,7 @@ import torch
 
 
 def synthesize(run_dir: Path, model_name: str, optimizer: str, steps: int, seed: int) -> None:
+    from spam_opt import run_files
     from spam_opt.monitor import GradientSpikeMonitor
     from spam_opt.spam import SPAM
     from spam_opt.state_bytes import state_bytes
@@ -49,7 +50,7 @@ def synthesize(run_dir: Path, model_name: str, optimizer: str, steps: int, seed:
             monitor.log_scalars(step, {"eval_loss": loss + 0.1, "eval_ppl": math.exp(loss + 0.1)})
     monitor.close()
     cfg = TrainConfig(model=model_name, optimizer=optimizer, max_steps=steps, seed=seed)
-    save_config(cfg, run_dir / "config.yaml", {"num_processes": 1})
+    save_config(cfg, run_dir / run_files.CONFIG, {"num_processes": 1})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from watching import watching
 
+from spam_opt import run_files as rf
 from spam_opt.dashboard import RunRef, find_runs, render_comparison
 from spam_opt.dashboard.binning import bin_max
 from spam_opt.dashboard.cli import main as dashboard
@@ -50,11 +51,11 @@ def grid(tmp_path_factory) -> Path:
     spiking = train(common + ["--model", "spikegpt-tiny", "--optimizer", "spam",
                               "--run-name", "spikegpt-spam", "--optimizer-kwargs", json.dumps(SPAM_KWARGS)])
     cut = root / "grid" / "spikegpt-cut"
-    shutil.copytree(spiking, cut, ignore=shutil.ignore_patterns("final", "tokenizer"))
-    lines = (cut / "metrics.jsonl").read_text().splitlines()
+    shutil.copytree(spiking, cut, ignore=shutil.ignore_patterns(rf.FINAL, rf.TOKENIZER))
+    lines = (cut / rf.METRICS).read_text().splitlines()
     kept = [line for line in lines if json.loads(line)["step"] <= CUT_AT]
-    (cut / "metrics.jsonl").write_text("\n".join(kept) + "\n" + lines[len(kept)][:30])  # killed mid-write
-    (cut / "spikes.jsonl").unlink()
+    (cut / rf.METRICS).write_text("\n".join(kept) + "\n" + lines[len(kept)][:30])  # killed mid-write
+    (cut / rf.SPIKES).unlink()
     return root / "grid"
 
 
@@ -106,14 +107,14 @@ class _SummaryTables(HTMLParser):
 
 def test_folder_of_runs_gives_one_row_per_run_with_the_numbers_of_its_logs(grid, tmp_path, capsys):
     assert dashboard([str(grid)]) == 0
-    page = (grid / "comparison.html").read_text()
-    assert capsys.readouterr().out.strip() == str(grid / "comparison.html")
+    page = (grid / rf.COMPARISON).read_text()
+    assert capsys.readouterr().out.strip() == str(grid / rf.COMPARISON)
     (table,) = _SummaryTables(page).tables
     rows = {row["run"][0]: row for row in table}
     assert sorted(rows) == ["llama-adamw", "spikegpt-cut", "spikegpt-spam"]
     for name, row in rows.items():
-        metrics = _rows(grid / name / "metrics.jsonl")
-        events = _rows(grid / name / "spikes.jsonl") if name != "spikegpt-cut" else []
+        metrics = _rows(grid / name / rf.METRICS)
+        events = _rows(grid / name / rf.SPIKES) if name != "spikegpt-cut" else []
         evals = [r["eval_loss"] for r in metrics if "eval_loss" in r]
         assert float(row["final eval loss"][1]) == pytest.approx(evals[-1])
         assert float(row["best eval loss"][1]) == pytest.approx(min(evals))
@@ -129,13 +130,13 @@ def test_folder_of_runs_gives_one_row_per_run_with_the_numbers_of_its_logs(grid,
     assert llama["guard skipped"][0] == "1" and llama["entries clipped"][0] == "–"  # AdamW does not clip
     from safetensors.torch import load_file
 
-    weights = load_file(grid / "llama-adamw" / "final" / "model.safetensors")
+    weights = load_file(grid / "llama-adamw" / rf.FINAL / "model.safetensors")
     numel = sum(t.numel() for t in weights.values())
     assert int(llama["state"][1]) == 8 * numel  # fused AdamW: 2 float32 moments (step counters not counted)
     options = "reset_interval=5, warmup_steps=1, clip_delay=1, threshold=2"
     assert spam["optimizer"][0] == f"spam lr 0.001, {options}"
     assert spam["momentum resets"][0] == "2"  # steps 5 and 10
-    clips = sum(e["value"] for e in _rows(grid / "spikegpt-spam" / "spikes.jsonl") if e["kind"] == "clip")
+    clips = sum(e["value"] for e in _rows(grid / "spikegpt-spam" / rf.SPIKES) if e["kind"] == "clip")
     assert clips > 0 and int(spam["entries clipped"][1]) == clips
     assert cut["steps"][0] == f"{CUT_AT} of {STEPS}" and cut["loss spikes"][0] == "–"
     assert "these runs train different models (llama-tiny, spikegpt-tiny)" in page
@@ -173,7 +174,7 @@ def test_run_discovery_and_names(tmp_path):
     for d in ("b/seed10", "b/seed2", "a/spam/seed0", "a/adamw/seed0", ".hidden/x", "a/spam/seed0/final"):
         (tmp_path / d).mkdir(parents=True)
     for d in ("b/seed10", "b/seed2", "a/spam/seed0", "a/adamw/seed0", ".hidden/x"):
-        (tmp_path / d / "metrics.jsonl").touch()
+        (tmp_path / d / rf.METRICS).touch()
     found = find_runs(tmp_path)
     assert [p.relative_to(tmp_path).as_posix() for p in found] == \
         ["a/adamw/seed0", "a/spam/seed0", "b/seed2", "b/seed10"]
@@ -189,7 +190,7 @@ def test_long_curves_are_binned_keeping_the_largest_value(tmp_path):
     losses = [3.0 + rng.random() for _ in range(1200)]
     losses[700] = 50.0
     rows = [{"step": s + 1, "loss": v, "grad_norm": 1.0, "lr": 1e-3} for s, v in enumerate(losses)]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / rf.METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     fig, binned = overlay_figure(load_runs([RunRef(run_dir)]))
     (loss,) = [t for t in fig.data if t.hovertemplate and "loss %" in t.hovertemplate]
     width = 3  # 1200 steps into at most 500 bins
@@ -204,15 +205,16 @@ def test_long_curves_are_binned_keeping_the_largest_value(tmp_path):
 def test_watch_follows_a_folder_as_runs_appear(grid, tmp_path):
     live = tmp_path / "live"
     live.mkdir()
-    shutil.copytree(grid / "llama-adamw", live / "first", ignore=shutil.ignore_patterns("final", "tokenizer"))
+    shutil.copytree(grid / "llama-adamw", live / "first",
+                    ignore=shutil.ignore_patterns(rf.FINAL, rf.TOKENIZER))
     with watching(str(live)) as proc:
         assert proc.stdout.readline().strip() == f"rendered {live / 'comparison.html'}"
-        page = (live / "comparison.html").read_text()
+        page = (live / rf.COMPARISON).read_text()
         assert 'http-equiv="refresh"' in page and "1 run(s)" in page
         shutil.copytree(grid / "spikegpt-spam", live / "second",
-                        ignore=shutil.ignore_patterns("final", "tokenizer"))
+                        ignore=shutil.ignore_patterns(rf.FINAL, rf.TOKENIZER))
         assert proc.stdout.readline().startswith("rendered")
-        page = (live / "comparison.html").read_text()
+        page = (live / rf.COMPARISON).read_text()
         assert "2 run(s)" in page and "second" in page
 
 

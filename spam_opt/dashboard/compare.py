@@ -20,15 +20,13 @@ from typing import Any
 from spam_opt.dashboard.binning import bin_max, bins
 from spam_opt.dashboard.render import (
     STYLE,
-    RunData,
     add_heatmap,
-    clipped_per_step,
     firing_rate_traces,
     largest_spikes_table,
     spike_points,
-    value_at,
     write_page,
 )
+from spam_opt.dashboard.run_data import RunData, clipped_per_step, value_at
 from spam_opt.dashboard.runs import ComparedRun, RunRef, load_runs, style_runs
 from spam_opt.dashboard.table import summary_table
 

@@ -6,10 +6,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from spam_opt.dashboard.render import RunData, load_run
+from spam_opt import run_files as rf
+from spam_opt.dashboard.run_data import RunData, load_run
 from spam_opt.dashboard.summary import RunSummary, summarize
 
-METRICS = "metrics.jsonl"
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
 
@@ -34,11 +34,6 @@ class RunRef:
         object.__setattr__(self, "path", Path(self.path))  # a str is welcome too
 
 
-def is_run_dir(path: Path) -> bool:
-    """A run directory is one holding ``metrics.jsonl`` (the monitor creates it when the run starts)."""
-    return (path / METRICS).is_file()
-
-
 def _natural(path: Path) -> list[object]:
     # seed2 before seed10
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.as_posix())]
@@ -47,11 +42,11 @@ def _natural(path: Path) -> list[object]:
 def find_runs(folder: Path) -> list[Path]:
     """``folder`` if it is a run directory, else every run directory under it (hidden folders skipped),
     in natural order; [] when there is none or ``folder`` does not exist."""
-    if is_run_dir(folder):
+    if rf.is_run_dir(folder):
         return [folder]
     if not folder.is_dir():
         return []
-    found = {p.parent for p in folder.rglob(METRICS)
+    found = {p.parent for p in folder.rglob(rf.METRICS)
              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
     return sorted(found, key=_natural)
 
