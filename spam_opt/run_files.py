@@ -54,8 +54,9 @@ EVAL_PPL = "eval_ppl"
 FIRING_RATE = "firing_rate/"  # prefix: firing_rate/<layer> of spiking models
 
 # -- config.yaml: what sets the tokens of one optimizer step ----------------------------------------------
-BATCH_SIZE, SEQ_LEN, GRAD_ACCUM = "batch_size", "seq_len", "grad_accum"
-LAUNCH, NUM_PROCESSES = "launch", "num_processes"  # config["launch"]["num_processes"]
+BATCH_SIZE, GLOBAL_BATCH_SIZE, SEQ_LEN, GRAD_ACCUM = "batch_size", "global_batch_size", "seq_len", "grad_accum"
+LAUNCH = "launch"  # how the run was launched: config[LAUNCH][NUM_PROCESSES], ...
+NUM_PROCESSES, BATCH_SIZE_PER_PROCESS = "num_processes", "batch_size_per_process"
 
 # -- spikes.jsonl: the "kind" of an event ------------------------------------------------------------------
 GRAD_NORM_EVENT, GRAD_MAX_EVENT, ELEMENT_GSS_EVENT = "grad_norm", "grad_max", "element_gss"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from spam_opt import run_files as rf
+from spam_opt.dashboard.run_config import read_config
 from spam_opt.dashboard.run_data import RunData, load_run
 from spam_opt.dashboard.summary import RunSummary, summarize
 
@@ -69,12 +71,12 @@ def unique_names(paths: list[Path]) -> list[str]:
 
 @dataclass
 class ComparedRun:
-    """A run as the page shows it: where, under which name and colour, and what its logs hold.
+    """A run as the page shows it: where, under which name and colour, what its logs hold and its settings.
 
     Example::
 
         runs = load_runs([RunRef("runs/adamw"), RunRef("runs/spam")])
-        figure, binned = overlay_figure(runs)
+        data = section_json(runs)  # what the page draws
     """
 
     ref: RunRef
@@ -84,6 +86,7 @@ class ComparedRun:
     summary: RunSummary
     colour: str = ""
     dash: str = "solid"
+    config: dict[str, Any] = field(default_factory=dict)  # config.yaml, {} when unreadable
 
 
 def load_runs(refs: list[RunRef]) -> list[ComparedRun]:
@@ -92,8 +95,10 @@ def load_runs(refs: list[RunRef]) -> list[ComparedRun]:
     runs = []
     for ref, name in zip(refs, names):
         data = load_run(ref.path)
+        config, warnings = read_config(ref.path)
         label = ref.name or name
-        runs.append(ComparedRun(ref, label, ref.group or label, data, summarize(ref.path, data)))
+        summary = summarize(ref.path, data, config, warnings)
+        runs.append(ComparedRun(ref, label, ref.group or label, data, summary, config=config))
     groups = list(dict.fromkeys(r.group for r in runs))
     runs.sort(key=lambda r: groups.index(r.group))
     style_runs(runs, groups)

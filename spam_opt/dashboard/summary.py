@@ -6,9 +6,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from spam_opt import run_files as rf
-from spam_opt.dashboard.run_config import describe_optimizer, describe_quant, read_config
+from spam_opt.dashboard.run_config import describe_optimizer, describe_quant
 from spam_opt.dashboard.run_data import RunData, clipped_per_step
 
 
@@ -38,9 +39,9 @@ def _last(run: RunData, key: str) -> float | None:
     return values[-1] if values else None
 
 
-def summarize(run_dir: Path, run: RunData) -> RunSummary:
-    """The table row of the run in ``run_dir`` whose logs were read into ``run``."""
-    config, warnings = read_config(run_dir)
+def summarize(run_dir: Path, run: RunData, config: dict[str, Any], warnings: list[str]) -> RunSummary:
+    """The table row of the run in ``run_dir`` whose logs were read into ``run`` and whose settings are
+    ``config`` (``warnings``: about reading them)."""
     steps = [s for keys in run.series.values() for s in keys[0]]
     evals = run.series.get(rf.EVAL_LOSS, ([], []))[1]
     clipped = clipped_per_step(run)
@@ -63,7 +64,7 @@ def summarize(run_dir: Path, run: RunData) -> RunSummary:
         momentum_resets=count(sum(e["kind"] == rf.MOMENTUM_RESET_EVENT for e in run.events)),
         tokens_per_s=statistics.median(tokens) if tokens else None,
         state_bytes=None if state is None else int(state),
-        warnings=warnings,
+        warnings=list(warnings),
     )
     if summary.last_step is not None and summary.max_steps and summary.last_step < summary.max_steps:
         summary.warnings.append(f"the logs stop at step {summary.last_step} of {summary.max_steps}: "
