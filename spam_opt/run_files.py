@@ -54,7 +54,8 @@ EVAL_PPL = "eval_ppl"
 FIRING_RATE = "firing_rate/"  # prefix: firing_rate/<layer> of spiking models
 
 # -- config.yaml: what sets the tokens of one optimizer step ----------------------------------------------
-BATCH_SIZE, GLOBAL_BATCH_SIZE, SEQ_LEN, GRAD_ACCUM = "batch_size", "global_batch_size", "seq_len", "grad_accum"
+BATCH_SIZE, GLOBAL_BATCH_SIZE = "batch_size", "global_batch_size"
+SEQ_LEN, GRAD_ACCUM = "seq_len", "grad_accum"
 LAUNCH = "launch"  # how the run was launched: config[LAUNCH][NUM_PROCESSES], ...
 NUM_PROCESSES, BATCH_SIZE_PER_PROCESS = "num_processes", "batch_size_per_process"
 

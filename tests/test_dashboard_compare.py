@@ -461,3 +461,14 @@ def test_comparison_pages_in_headless_chromium(grid, tmp_path):
     with pytest.raises(SystemExit) as exc:
         screenshot.main([str(three), str(png), "--height", "20"])
     assert exc.value.code == 2
+
+
+def test_readme_quotes_the_committed_page_size():
+    root = Path(__file__).resolve().parents[1]
+    result = (root / "benchmarks" / "results" / "dashboard_size.md").read_text()
+    row = next(line for line in result.splitlines() if line.startswith("| 20 | 1000 |"))
+    page, library, _, _, single = [c.strip() for c in row.strip("|").split("|")[2:]]
+    assert float(page.split()[0]) < 7.0  # the page's budget for 20 runs of 1000 steps
+    readme = " ".join((root / "README.md").read_text().split())
+    assert (f"20 runs of 1000 steps (logged every step, llama-9m) make a page of {page}, {library} of it "
+            f"plotly.js (one run's own report: {single}; `benchmarks/results/dashboard_size.md`") in readme

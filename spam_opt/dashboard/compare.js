@@ -118,6 +118,12 @@ function aggregate(members, key, smoothing) {
   return {steps, mean, low, high};
 }
 
+// A "#rrggbb" colour made see-through (a band's fill: the curves inside it stay visible).
+function translucent(colour, alpha) {
+  const m = /^#([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(colour);
+  return m ? `rgba(${parseInt(m[1], 16)},${parseInt(m[2], 16)},${parseInt(m[3], 16)},${alpha})` : colour;
+}
+
 function hover(name) {
   return `${name.replace(/</g, "&lt;")}: %{y:.5g}<extra></extra>`;
 }
@@ -157,7 +163,7 @@ function groupTraces(group, members, key, section) {
     {type: "scatter", mode: "lines", x: bx, y: high, line: {width: 0, color: colour}, hoverinfo: "skip",
       name: `${group} max`, meta: "band-high", legendgroup: group},
     {type: "scatter", mode: "lines", x: bx, y: low, line: {width: 0, color: colour}, fill: "tonexty",
-      fillcolor: colour, opacity: 0.2, hoverinfo: "skip", name: `${group} min`, meta: "band-low", legendgroup: group},
+      fillcolor: translucent(colour, 0.25), hoverinfo: "skip", name: `${group} min`, meta: "band-low", legendgroup: group},
   ];
   if (rawMean) {
     traces.push(line(name, colour, "solid", bx, rawMean, {opacity: 0.25, hoverinfo: "skip", hovertemplate: null,
@@ -215,7 +221,7 @@ function panelTraces(section, key) {
 
 function draw(section) {
   section.drawing = true;
-  const notes = new Set();
+  const notes = new Set(), drawn = [];
   for (const panel of section.panels) {
     const [traces, missing] = panelTraces(section, panel.key);
     missing.forEach((m) => notes.add(m));
@@ -224,11 +230,12 @@ function draw(section) {
     const layout = {title: {text: panel.title, x: 0, font: {size: 14}}, height: 300, template: "plotly_white",
       margin: {l: 60, r: 20, t: 40, b: 45}, showlegend: false, hovermode: "x unified", xaxis,
       yaxis: {type: panel.log ? "log" : "linear"}, plot_bgcolor: "white"};
-    Plotly.react(panel.div, traces, layout, {responsive: true, displaylogo: false});
+    drawn.push(Plotly.react(panel.div, traces, layout, {responsive: true, displaylogo: false}));
   }
   section.notice.textContent = notes.size ? `Not drawn on this x axis (no ${state.x === "tokens" ? "tokens" :
     "time"} known): ${[...notes].join(", ")}` : "";
   section.drawing = false;
+  return Promise.all(drawn);
 }
 
 function onZoom(section, event) {
@@ -406,7 +413,7 @@ function setUp(element, number) {
   });
   legend(section);
   applyFilter(section);
-  draw(section);
+  section.ready = draw(section);
   for (const panel of section.panels) panel.div.on("plotly_relayout", (e) => onZoom(section, e));
   sections.push(section);
 }
@@ -441,6 +448,9 @@ function setUpControls() {
 
 setUpControls();
 document.querySelectorAll("section.compare").forEach((element, number) => setUp(element, number));
+// When every panel is drawn and answers the controls (benchmarks/dashboard_size.py times it).
+window.dashboardReady = Promise.all(sections.map((s) => s.ready))
+  .then(() => performance.mark("spam-dashboard-ready"));
 
 function drawDetail(details) {
   const target = details.querySelector(".detail-plot");
