@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--runs must be >= 1, --steps >= 2, --distinct from 1 to --runs and --open >= 0")
     from plotly.offline import get_plotlyjs
 
+    from spam_opt import run_files
     from spam_opt.dashboard import RunRef, render_comparison, render_dashboard
 
     torch.set_num_threads(1)
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             source = next((r for r in refs[:distinct] if r.group == optimizer), refs[0])
             shutil.copytree(source.path, run_dir)
         refs.append(RunRef(run_dir, group=optimizer))
-    page_path = render_comparison(refs, root / "comparison.html")
+    page_path = render_comparison(refs, root / run_files.COMPARISON)
     page = page_path.read_text(encoding="utf-8")
     details = sum(map(len, re.findall(r'class="detail-figure">(.*?)</script>', page, flags=re.S)))
     curves = sum(map(len, re.findall(r'class="section-data">(.*?)</script>', page, flags=re.S)))

@@ -348,6 +348,14 @@ def test_comparison_pages_in_headless_chromium(grid, tmp_path):
         # Smoothing: each run's curve becomes the debiased EMA of its raw values, the raw one kept faint.
         driver.find_element("id", "bands").click()
         before = [t["y"] for t in traces("loss", "run")]
+
+        # Hover: one label with every drawn run's value at that step (the largest of its bin, 598..600).
+        label = js(f"const d = {panel.format('loss')}; Plotly.Fx.hover(d, {{xval: 600}});"
+                   "return Array.from(d.querySelectorAll('.hoverlayer text')).map(t => t.textContent)")
+        assert label[0] == "600" and len(label) == 1 + len(refs)
+        for text in label[1:]:
+            name, value = text.split(": ")
+            assert float(value) == pytest.approx(max(raw[name][s] for s in (598, 599, 600)), rel=1e-4)
         js("const s = document.getElementById('smoothing'); s.value = 0.9;"
            "s.dispatchEvent(new Event('input'))")
         redrawn().until(lambda d: traces("loss", "smoothed"))

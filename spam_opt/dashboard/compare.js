@@ -9,6 +9,18 @@
 const X_TITLES = {step: "step", tokens: "tokens seen", time: "wall-clock time (s)"};
 const state = {x: "step", smoothing: 0, bands: true, seeds: false, filter: ""};
 const sections = [];
+const SAVED = "spam-dashboard:" + location.pathname + ":view";
+
+// The view (controls, zoom) survives a reload of the page (--watch re-renders it every few seconds).
+function saveView() {
+  try {
+    sessionStorage.setItem(SAVED, JSON.stringify({state, ranges: sections.map((s) => s.range)}));
+  } catch (e) { /* not kept */ }
+}
+
+function savedView() {
+  try { return JSON.parse(sessionStorage.getItem(SAVED)) || {}; } catch (e) { return {}; }
+}
 
 // -- numbers ---------------------------------------------------------------------------------------------
 
@@ -145,7 +157,7 @@ function curveTraces(name, colour, dash, x, raw, section, extra) {
     meta: "raw"}), line(name, colour, dash, bx, bySmooth, Object.assign({}, extra, {meta: "smoothed"}))];
 }
 
-function groupTraces(group, members, key, section) {
+function groupTraces(group, members, key, section, points) {
   const colour = members[0].colour, max = section.data.maxPoints, range = section.range;
   const agg = aggregate(members, key, state.smoothing);
   const xs = members.map((r) => toX(r, agg.steps));
@@ -169,7 +181,8 @@ function groupTraces(group, members, key, section) {
     traces.push(line(name, colour, "solid", bx, rawMean, {opacity: 0.25, hoverinfo: "skip", hovertemplate: null,
       meta: "raw"}));
   }
-  traces.push(line(name, colour, "solid", bx, mean, {meta: "mean", line: {color: colour, width: 2.5}}));
+  traces.push(line(name, colour, "solid", bx, mean, Object.assign({meta: "mean", line: {color: colour, width: 2.5}},
+    points)));
   return traces;
 }
 
@@ -193,6 +206,7 @@ function markerTraces(run, key, section) {
 
 function panelTraces(section, key) {
   const runs = visibleRuns(section).filter((r) => r.curves[key]);
+  const points = key === "eval_loss" ? {mode: "lines+markers", marker: {size: 4}} : {};
   const groups = new Map();
   runs.forEach((r) => groups.set(r.group, [...(groups.get(r.group) || []), r]));
   const traces = [];
@@ -200,7 +214,7 @@ function panelTraces(section, key) {
   for (const [group, members] of groups) {
     const asBand = state.bands && members.length > 1;
     if (asBand) {
-      const band = groupTraces(group, members, key, section);
+      const band = groupTraces(group, members, key, section, points);
       if (band) traces.push(...band); else missing.push(group);
     }
     if (!asBand || state.seeds) {
@@ -208,7 +222,7 @@ function panelTraces(section, key) {
         const [code, values] = run.curves[key];
         const x = toX(run, decodeSteps(code));
         if (x === null) { missing.push(run.name); continue; }
-        const seed = asBand ? {opacity: 0.6, meta: "seed"} : {};
+        const seed = Object.assign(asBand ? {opacity: 0.6, meta: "seed"} : {}, points);
         traces.push(...curveTraces(run.name, run.colour, run.dash, x, values, section, seed));
       }
     }
@@ -220,6 +234,7 @@ function panelTraces(section, key) {
 // -- drawing ---------------------------------------------------------------------------------------------
 
 function draw(section) {
+  saveView();
   section.drawing = true;
   const notes = new Set(), drawn = [];
   for (const panel of section.panels) {
@@ -386,7 +401,7 @@ function panelHead(section, panel) {
 
 function setUp(element, number) {
   const data = JSON.parse(element.querySelector("script.section-data").textContent);
-  const section = {data, range: null, hidden: new Set(), drawing: false, panels: [],
+  const section = {data, range: (saved.ranges || [])[number] || null, hidden: new Set(), drawing: false, panels: [],
     table: element.querySelector("table.runs.per-run"), grouped: element.querySelector("table.runs.per-group"),
     legend: element.querySelector(".legend"), notice: element.querySelector(".notice")};
   const holder = element.querySelector(".panels");
@@ -424,6 +439,13 @@ function redrawAll() {
 
 function setUpControls() {
   const $ = (id) => document.getElementById(id);
+  Object.assign(state, saved.state || {});
+  $("x-axis").value = state.x;
+  $("smoothing").value = state.smoothing;
+  $("smoothing-value").textContent = state.smoothing.toFixed(2);
+  $("bands").checked = state.bands;
+  $("seeds").checked = state.seeds;
+  $("filter").value = state.filter;
   $("x-axis").addEventListener("change", (e) => {
     state.x = e.target.value;
     sections.forEach((s) => { s.range = null; });
@@ -446,6 +468,7 @@ function setUpControls() {
   });
 }
 
+const saved = savedView();  // read before the first drawing saves the view again
 setUpControls();
 document.querySelectorAll("section.compare").forEach((element, number) => setUp(element, number));
 // When every panel is drawn and answers the controls (benchmarks/dashboard_size.py times it).
