@@ -415,6 +415,10 @@ def test_comparison_pages_in_headless_chromium(grid, tmp_path):
                     ".map(h => h.textContent.trim())")
         exported = _csv_rows((downloads / "comparison-0.csv").read_text())
         assert exported == [header] + [[c.replace("–", "") for c in row] for row in shown()]
+        driver.find_element("css selector", ".panel-plot[data-key='lr']").find_element(
+            "xpath", "..").find_element("css selector", "button.png").click()  # one panel as a picture
+        redrawn().until(lambda d: (downloads / "lr.png").is_file())
+        assert (downloads / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
         # One row per group: mean, sample standard deviation and n of each number.
         filter_box.clear()
