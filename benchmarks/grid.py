@@ -165,11 +165,12 @@ def variant_optimizer(setup: Setup, variant: dict[str, Any], vocab: int | None =
 
 def optimizer_state_bytes(run_dir: Path) -> int:
     """Bytes of optimizer state after one step of the run's model with that run's optimizer config."""
+    from spam_opt import run_files
     from spam_opt.state_bytes import state_bytes
     from trainers.config import from_dict, read_yaml
 
-    cfg = from_dict(read_yaml(run_dir / "config.yaml"))
-    vocab = json.loads((run_dir / "final" / "config.json").read_text())["vocab_size"]
+    cfg = from_dict(read_yaml(run_dir / run_files.CONFIG))
+    vocab = json.loads((run_dir / run_files.FINAL / "config.json").read_text())["vocab_size"]
     return state_bytes(stepped_optimizer(cfg, vocab)[1])
 
 
@@ -181,15 +182,16 @@ def run_one(setup: Setup, name: str, variant: dict[str, Any], regime_name: str, 
         done = json.loads(result_path.read_text())
         if done["lr"] == lr:  # the same run; a changed sweep outcome reruns it
             return done
+    from spam_opt import run_files
     from trainers.pretrain import main
 
     steps = setup.steps * regime.steps_factor
     started = time.perf_counter()
     main(trainer_argv(setup, variant, regime, seed, lr, run_dir))
     wall = time.perf_counter() - started
-    rows = read_rows(run_dir / "metrics.jsonl")
+    rows = read_rows(run_dir / run_files.METRICS)
     evals = [r for r in rows if "eval_loss" in r]
-    events = read_rows(run_dir / "spikes.jsonl")
+    events = read_rows(run_dir / run_files.SPIKES)
     result = {
         "optimizer": name, "regime": regime_name, "seed": seed, "lr": lr, "steps": steps,
         "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
@@ -501,6 +503,7 @@ def write_comparison(out: Path, results: list[dict[str, Any]], regimes: Sequence
 
     Written only when every run's folder is there (not for a report from a committed ``results.json``).
     """
+    from spam_opt import run_files
     from spam_opt.dashboard import RunRef, render_comparison
 
     folder = lambda r: out / "runs" / r["regime"] / r["optimizer"] / f"seed{r['seed']}"  # noqa: E731
@@ -509,7 +512,7 @@ def write_comparison(out: Path, results: list[dict[str, Any]], regimes: Sequence
     sections = {regime: [RunRef(folder(r), name=f"{r['optimizer']} seed {r['seed']}", group=r["optimizer"])
                          for r in results if r["regime"] == regime]
                 for regime in regimes if any(r["regime"] == regime for r in results)}
-    render_comparison(sections, out / "comparison.html", title=title)
+    render_comparison(sections, out / run_files.COMPARISON, title=title)
 
 
 def noise_note(out: Path) -> str:
