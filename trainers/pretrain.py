@@ -8,8 +8,10 @@
 Per optimizer step: ``grad_accum`` micro-batches forward/backward (a degenerate batch at the steps of
 ``bad_batch_steps``), optional spike injection, optional global-norm clipping (fixed, or ZClip's), the
 spike monitor reads the gradients, then the optimizer steps (through the spike guard when enabled) and the
-LR schedule advances. Evaluation, checkpoints and logging happen at their
-intervals. See docs/training.md.
+LR schedule advances (``train_step``). Evaluation, checkpoints and logging happen at their intervals. The
+engine (``trainers.engine``: Accelerate, or FSDP2 under ``--fsdp``) does what differs between the two. A
+signal or ``--time-limit`` stops the run after a step with a checkpoint (``trainers.preemption``); a loss
+that stays non-finite stops it with an error (``trainers.divergence``). See docs/training.md.
 """
 
 from __future__ import annotations
@@ -100,6 +102,12 @@ class Throughput:
 
     On a GPU a single step's wall time only measures the launch of its kernels, while the host syncs at
     logging steps keep the window honest.
+
+    Example::
+
+        throughput = Throughput(tokens_per_step=8 * 128)
+        tokens_per_s = throughput.tick()  # after each step
+        throughput.restart()  # after a log, an evaluation or a save
     """
 
     def __init__(self, tokens_per_step: int) -> None:
@@ -116,7 +124,12 @@ class Throughput:
 
 @dataclasses.dataclass
 class StepParts:
-    """Everything one optimizer step reads or updates."""
+    """Everything one optimizer step reads or updates; ``_train`` builds it once, ``train_step`` uses it.
+
+    Example::
+
+        loss, scalars = train_step(parts, step=1)
+    """
 
     cfg: TrainConfig
     engine: Engine
