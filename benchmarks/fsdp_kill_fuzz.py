@@ -115,12 +115,14 @@ def complete_checkpoints(run_dir: Path) -> list[int]:
     return sorted(int(p.name[5:]) for p in root.glob("step_*")) if root.is_dir() else []
 
 
-def save_moment(run_dir: Path, step: int) -> str | None:
-    """While save ``step`` is being written; or, had the poll missed that window, just after it."""
-    if (run_dir / "checkpoints" / f".tmp-step_{step}").is_dir():
-        return f"writing step_{step}"
-    if (run_dir / "checkpoints" / f"step_{step}").is_dir():
-        return f"just after step_{step} was complete (the poll missed the write)"
+def save_moment(run_dir: Path, step: int, since: float) -> str | None:
+    """While save ``step`` is being written by the launch started at ``since``; or, had the poll missed that
+    window, just after it. (A killed launch leaves its ``.tmp-`` folder: only a fresh one counts.)"""
+    for name, moment in ((f".tmp-step_{step}", f"writing step_{step}"),
+                         (f"step_{step}", f"just after step_{step} was complete (poll missed the write)")):
+        with contextlib.suppress(FileNotFoundError):
+            if (run_dir / "checkpoints" / name).stat().st_mtime >= since:
+                return moment
     return None
 
 
@@ -147,15 +149,18 @@ def fuzz(kills: int, seed: int, tmp: Path) -> dict:
     for k in range(kills):
         resume_at = max(complete_checkpoints(run_dir), default=0)
         mode = "mid-save" if k % 2 else "mid-training"
-        # At most two saves past the resume point, so that six kills fit in the run with room to spare.
-        target = rng.randint(resume_at + 1, resume_at + 2 * SAVE_EVERY)
+        # Past the steps the killed launch logged (so that only this launch's rows count), and at most
+        # two saves past the resume point, so that six kills fit in the run with room to spare.
+        logged = max(logged_steps(run_dir), default=0)
+        target = rng.randint(logged + 1, logged + 2 * SAVE_EVERY)
         if mode == "mid-save":
             target = (resume_at // SAVE_EVERY + rng.randint(1, 2)) * SAVE_EVERY
+        since = time.time()
         process = launch(flags(tmp, "fuzzed") + ["--resume", "auto"], 2, tmp / f"launch-{k + 1}.log")
         moment = None
         while moment is None and process.poll() is None:
             if mode == "mid-save":
-                moment = save_moment(run_dir, target)
+                moment = save_moment(run_dir, target, since)
             elif max(logged_steps(run_dir), default=0) >= target:
                 time.sleep(rng.uniform(0, 0.05))
                 moment = f"after step {target}"
@@ -185,6 +190,7 @@ def fuzz(kills: int, seed: int, tmp: Path) -> dict:
     finish(launch(flags(tmp, "fuzzed") + ["--resume", "auto"], 2, tmp / "last.log"))
     fuzzed = logged_steps(run_dir)
     return dict(processes=2, max_steps=MAX_STEPS, kills=events, one_process_resume=one_process,
+                every_kill_hit_the_launcher_and_both_workers=all(e["processes_killed"] == 3 for e in events),
                 losses_equal=fuzzed == reference,
                 weights_equal=weights(run_dir) == weights(tmp / "reference"),
                 final_loss=reference[MAX_STEPS])
@@ -202,7 +208,7 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     ok = result["losses_equal"] and result["weights_equal"] and (result["one_process_resume"] or {}).get(
-        "resumed_from_last_complete", False)
+        "resumed_from_last_complete", False) and result["every_kill_hit_the_launcher_and_both_workers"]
     sys.exit(0 if ok else 1)
 
 

@@ -202,3 +202,41 @@ def test_a_loss_that_stays_non_finite_stops_the_run_and_keeps_the_last_good_chec
     assert str(checkpoints(run_dir)[0]) in str(err.value)
     assert [p.name for p in checkpoints(run_dir)] == ["step_2"]  # step 4 and 6 were not saved
     assert (run_dir / "dashboard.html").is_file()
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (killed, waiting for its new parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_kill_fuzz_kills_every_process_of_the_tree_even_in_other_sessions():
+    from benchmark_scripts import load
+
+    fuzz = load("fsdp_kill_fuzz")
+    # A parent whose child runs in a session of its own, as torchrun starts its workers.
+    child = "import time; time.sleep(60)"
+    code = (f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', {child!r}], "
+            "start_new_session=True); print(c.pid, flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    child_pid = int(parent.stdout.readline())
+    assert running(child_pid) and os.getpgid(child_pid) != os.getpgid(parent.pid)
+    assert fuzz.kill_tree(parent.pid) == 2 and parent.wait(timeout=10) == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while running(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(child_pid)
+
+
+def test_the_committed_kill_fuzz_result_holds():
+    """benchmarks/results/fsdp_kill_fuzz.json, as docs/training.md quotes it."""
+    result = json.loads((ROOT / "benchmarks" / "results" / "fsdp_kill_fuzz.json").read_text())
+    kills = result["kills"]
+    assert len(kills) == 6 and result["every_kill_hit_the_launcher_and_both_workers"]
+    assert sum(bool(k["partial_saves_left"]) and k["moment"].startswith("writing") for k in kills) == 3
+    assert result["losses_equal"] and result["weights_equal"]
+    one = result["one_process_resume"]
+    assert one["resumed_from_last_complete"] and one["completed"] and one["max_rel_loss_diff"] < 1e-5
