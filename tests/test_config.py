@@ -129,3 +129,10 @@ def test_choice_lists_are_the_library_s_own():
 def test_preemption_options_are_checked(values, match):
     with pytest.raises(ValueError, match=match):
         from_dict(values)
+
+
+def test_time_limits_read_like_a_scheduler_s():
+    from trainers.preemption import parse_duration
+
+    assert [parse_duration(t) for t in ("3h50m", "90m", "45s", "1h0m30s", "7200", "2.5h")] == [
+        13800, 5400, 45, 3630, 7200, 9000]

@@ -18,6 +18,8 @@ import logging
 import re
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -73,11 +75,22 @@ class StopRequest:
         self.received: str | None = None
         self.last_save_s: float | None = None
         self._loop_start: tuple[float, int] | None = None  # (time, step) at the first step, for the step time
-        self._previous: dict[int, Any] = {}
 
-    def installed(self) -> _Installed:
+    @contextmanager
+    def installed(self) -> Iterator[StopRequest]:
         """A context in which the signals set the request (the previous handlers come back after)."""
-        return _Installed(self)
+        previous = {}
+        for name in self.signals:
+            signum = signal.Signals[name]
+            try:
+                previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: signals cannot be handled here
+                logger.warning("--save-on-signal: not in the main thread, %s is not handled", name)
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -124,22 +137,3 @@ class StopRequest:
         if flags[1]:
             return f"the time limit {self.time_limit_s:.0f} s is near"
         return None
-
-
-class _Installed:
-    def __init__(self, request: StopRequest) -> None:
-        self.request = request
-
-    def __enter__(self) -> StopRequest:
-        for name in self.request.signals:
-            signum = signal.Signals[name]
-            try:
-                self.request._previous[signum] = signal.signal(signum, self.request._handle)
-            except ValueError:  # not the main thread: signals cannot be handled here
-                logger.warning("--save-on-signal: not in the main thread, %s is not handled", name)
-        return self.request
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, previous in self.request._previous.items():
-            signal.signal(signum, previous)
-        self.request._previous.clear()
