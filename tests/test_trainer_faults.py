@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from letters_corpus import write_letters_corpus
 
 from trainers import data
@@ -129,6 +130,42 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path, 
     manifest = json.loads((ckpt / "checkpoint.json").read_text())
     assert {"__0_0.distcp", "__1_0.distcp"} <= set(manifest["files"])  # both processes wrote their shards
     assert "a signal received by another process" in err and "SIGUSR1 received" in err
+
+
+def test_a_sharded_run_killed_mid_save_resumes_on_one_process_from_the_last_complete_checkpoint(
+        tmp_path, corpus, cache_dir):
+    """The small version of benchmarks/fsdp_kill_fuzz.py: SIGKILL to torchrun and both workers while the
+    shards of step 4 are on disk but the checkpoint is not complete; one process continues from step 2."""
+    from benchmark_scripts import load
+
+    fuzz = load("fsdp_kill_fuzz")
+    argv = flags(tmp_path, corpus, cache_dir, "sharded", "--fsdp", "--save-every", "2", "--max-steps", "6")
+    argv[argv.index("--batch-size"):argv.index("--batch-size") + 2] = ["--global-batch-size", "8"]
+    env = dict(ENV, ACCELERATE_USE_CPU="true", SLOW_SAVE="30")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SLOW),
+           "0", str(tmp_path / "pids"), *argv]
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    partial = tmp_path / "sharded" / "checkpoints" / ".tmp-step_4"
+    deadline = time.monotonic() + 240
+    while not (partial / "__1_0.distcp").is_file() and time.monotonic() < deadline:
+        assert process.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)  # both shards written; the save waits before its manifest
+    assert fuzz.kill_tree(process.pid) == 3
+    process.wait(timeout=30)
+    run_dir = tmp_path / "sharded"
+    assert [p.name for p in checkpoints(run_dir)] == ["step_2"] and partial.is_dir()
+    two_processes = losses(run_dir)
+    resumed = main(argv + ["--resume", "auto"])
+    launch = yaml.safe_load((resumed / "config.yaml").read_text())["launch"]
+    assert launch["resumed_from"].endswith("step_2") and launch["num_processes"] == 1
+    one_process = losses(resumed)
+    assert sorted(one_process) == list(range(1, 7))
+    after_checkpoint = sorted(set(two_processes) - {1, 2})
+    assert after_checkpoint[0] == 3
+    for step in after_checkpoint:  # trained by both: equal up to float32 summation order
+        assert one_process[step] == pytest.approx(two_processes[step], rel=1e-5)
 
 
 def test_a_time_limit_saves_and_exits_before_it_runs_out(run, tmp_path, monkeypatch):

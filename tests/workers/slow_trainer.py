@@ -3,6 +3,8 @@
     python tests/workers/slow_trainer.py SECONDS PID_FOLDER ARGV...
 
 Every process writes its pid to ``PID_FOLDER/rank_<RANK>`` first; the delay changes no number of the run.
+With ``SLOW_SAVE=S`` in the environment, a sharded save waits S seconds after writing its shards, before
+its manifest: a window in which a test can kill the run mid-save.
 """
 
 import os
@@ -25,6 +27,16 @@ if __name__ == "__main__":
         return original(self, index)
 
     data.BlockBatches.__getitem__ = slow
+    if os.environ.get("SLOW_SAVE"):
+        from trainers.sharded_checkpoint import ShardedState
+
+        save = ShardedState.save
+
+        def slow_save(self, folder):
+            save(self, folder)
+            time.sleep(float(os.environ["SLOW_SAVE"]))
+
+        ShardedState.save = slow_save
     try:
         main(argv)
     except USER_ERRORS as err:
