@@ -120,7 +120,7 @@ for part in "${parts[@]}"; do
         train)
             run "$PYTHON" benchmarks/training_run.py --out "$results/train_llama60m_spam_bf16_cuda.md" -- \
                 --model llama-60m --optimizer spam --mixed-precision bf16 --max-steps "$train_steps" \
-                --warmup-steps 20 --seq-len 256 --batch-size 64 --corpus-max-mb 8 --eval-every 100 \
+                --lr-warmup-steps 20 --seq-len 256 --batch-size 64 --corpus-max-mb 8 --eval-every 100 \
                 --eval-batches 4 --save-every 0 --log-every 10 --output-dir runs --run-name gpu-suite-llama-60m \
                 --overwrite --no-progress-bar --no-dashboard --trackers "" || failed=1
             report train $failed "$results/train_llama60m_spam_bf16_cuda.md"

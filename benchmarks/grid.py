@@ -89,7 +89,7 @@ def trainer_argv(setup: Setup, variant: dict[str, Any], regime: Regime, seed: in
     steps = setup.steps * regime.steps_factor
     values: dict[str, Any] = {
         "model": setup.model, "max_steps": steps, "batch_size": setup.batch_size, "seq_len": setup.seq_len,
-        "seed": seed, "lr": lr, "corpus_max_mb": setup.corpus_mb, "warmup_steps": max(1, steps // 20),
+        "seed": seed, "lr": lr, "corpus_max_mb": setup.corpus_mb, "lr_warmup_steps": max(1, steps // 20),
         "eval_every": steps, "eval_batches": setup.eval_batches, "log_every": 1, "save_every": 0,
         "output_dir": str(run_dir.parent), "run_name": run_dir.name, "overwrite": True, "trackers": "",
         "dashboard": False, "progress_bar": False,

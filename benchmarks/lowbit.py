@@ -50,7 +50,7 @@ def variants(group_size: int) -> dict[str, dict[str, Any]]:
 def regimes(harsh_factor: float) -> dict[str, Regime]:
     return {
         "natural": Regime(),
-        "harsh": Regime(lambda setup, steps: {"warmup_steps": 0}, lr_factor=harsh_factor,
+        "harsh": Regime(lambda setup, steps: {"lr_warmup_steps": 0}, lr_factor=harsh_factor,
                         variants=tuple(INT4_VARIANTS)),
     }
 

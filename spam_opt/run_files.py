@@ -58,6 +58,9 @@ BATCH_SIZE, GLOBAL_BATCH_SIZE = "batch_size", "global_batch_size"
 SEQ_LEN, GRAD_ACCUM = "seq_len", "grad_accum"
 LAUNCH = "launch"  # how the run was launched: config[LAUNCH][NUM_PROCESSES], ...
 NUM_PROCESSES, BATCH_SIZE_PER_PROCESS = "num_processes", "batch_size_per_process"
+# config.yaml's typed SPAM options, by the optimizer keyword each sets (the rest sit in "optimizer_kwargs")
+SPAM_OPTION_KEYS = {"spike_threshold": "threshold", "reset_interval": "reset_interval",
+                    "reset_warmup_steps": "warmup_steps", "clip_delay": "clip_delay"}
 
 # -- spikes.jsonl: the "kind" of an event ------------------------------------------------------------------
 GRAD_NORM_EVENT, GRAD_MAX_EVENT, ELEMENT_GSS_EVENT = "grad_norm", "grad_max", "element_gss"

@@ -44,7 +44,7 @@ def grid(tmp_path_factory) -> Path:
     corpus.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(50))}) + "\n"
                               for _ in range(150)))
     common = ["--dataset", str(corpus), "--cache-dir", str(root / "cache"), "--seq-len", "32",
-              "--batch-size", "4", "--max-steps", str(STEPS), "--warmup-steps", "2", "--log-every", "1",
+              "--batch-size", "4", "--max-steps", str(STEPS), "--lr-warmup-steps", "2", "--log-every", "1",
               "--eval-every", "5", "--eval-batches", "2", "--save-every", "0",
               "--output-dir", str(root / "grid"), "--no-progress-bar", "--no-dashboard", "--trackers", ""]
     train(common + ["--model", "llama-tiny", "--optimizer", "adamw", "--run-name", "llama-adamw",

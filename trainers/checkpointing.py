@@ -20,6 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
+from spam_opt import run_files as rf
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "checkpoint.json"
@@ -66,7 +68,7 @@ class AccelerateState:
 
 def checkpoints(run_dir: Path) -> list[Path]:
     """The run's checkpoint folders, newest first (temporary folders of unfinished saves excluded)."""
-    root = run_dir / "checkpoints"
+    root = run_dir / rf.CHECKPOINTS
     found = [p for p in root.iterdir() if _NAME.fullmatch(p.name)] if root.is_dir() else []
     return sorted(found, key=lambda p: int(_NAME.fullmatch(p.name).group(1)), reverse=True)
 
@@ -102,7 +104,7 @@ def save_checkpoint(accelerator: Any, store: CheckpointStore, run_dir: Path, ste
     A full disk raises ``DiskFullError`` naming the folder and the space needed, after removing the partial
     save: the checkpoints already there are untouched.
     """
-    root = run_dir / "checkpoints"
+    root = run_dir / rf.CHECKPOINTS
     tmp, final = root / f".tmp-step_{step}", root / f"step_{step}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)

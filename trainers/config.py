@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spam_opt import run_files as rf
 from spam_opt.monitor.gradient_monitor import MODES as MONITOR_MODES
 from spam_opt.spike_guard import _ACTIONS as GUARD_ACTIONS
 from trainers.optimizers import OPTIMIZERS, SHARDABLE_OPTIMIZERS
@@ -32,8 +33,7 @@ LAUNCH_KEY = "launch"
 # Old key -> new key: still read (config files, flags), with a warning naming the new one.
 RENAMED = {"warmup_steps": "lr_warmup_steps"}
 # SPAM's options that the config types (None: the optimizer's default) -> the optimizer's keyword.
-SPAM_OPTIONS = {"spike_threshold": "threshold", "reset_interval": "reset_interval",
-                "reset_warmup_steps": "warmup_steps", "clip_delay": "clip_delay"}
+SPAM_OPTIONS = rf.SPAM_OPTION_KEYS
 
 
 @dataclass

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from spam_opt import run_files as rf
 from spam_opt.state_bytes import state_bytes
 from trainers.checkpointing import DiskFullError, TrainState, resume_from, save_checkpoint
 from trainers.clipping import build_zclip
@@ -79,7 +80,7 @@ def evaluate(model: torch.nn.Module, batches: BlockBatches | StreamBatches, num_
         total += model(input_ids=batch, labels=batch).loss.float()
     model.train()
     loss = accelerator.reduce(total / num_batches, "mean").item()
-    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+    return {rf.EVAL_LOSS: loss, rf.EVAL_PPL: math.exp(min(loss, 50.0))}
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -171,11 +172,13 @@ def train_step(p: StepParts, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
     loss = accelerator.reduce(loss, "mean")
     p.watch.observe(loss)
     tokens_per_s = p.throughput.tick()
-    scalars: dict[str, Any] = {"lr": p.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s}
+    # Wall-clock time and tokens seen: the comparison page's other x axes (host values, no device read).
+    scalars: dict[str, Any] = {rf.LR: p.scheduler.get_last_lr()[0], rf.TOKENS_PER_S: tokens_per_s,
+                               rf.TIME: time.time(), rf.TOKENS: p.throughput.tokens_per_step * step}
     if callable(p.spike_metrics):
         scalars.update(p.spike_metrics())
     if p.guard is not None and step % cfg.log_every == 0:
-        scalars["guard_skipped"] = p.guard.num_skipped  # skipped so far; it syncs, so only when logging
+        scalars[rf.GUARD_SKIPPED] = p.guard.num_skipped  # skipped so far; it syncs, so only when logging
     # Before the clip: a spike the clip scales away is still the anomaly the monitor is there to find.
     p.monitor.observe(step, loss=loss, scalars=scalars)
     if p.zclip is not None:
@@ -189,7 +192,7 @@ def train_step(p: StepParts, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
     p.scheduler.step()
     p.optimizer.zero_grad(set_to_none=True)
     if step == 1:  # the optimizer's state exists from its first step on, at its final size
-        p.monitor.log_scalars(step, {"optimizer_state_bytes": state_bytes(p.raw_optimizer)})
+        p.monitor.log_scalars(step, {rf.OPTIMIZER_STATE_BYTES: state_bytes(p.raw_optimizer)})
     return loss, scalars
 
 
@@ -212,9 +215,9 @@ def _train(cfg: TrainConfig, engine: Engine, started: float) -> Path:
                               dataset_config=cfg.dataset_config, cache_dir=cfg.cache_dir,
                               streaming=cfg.streaming)
         tokenizer = make_tokenizer(cfg.tokenizer, docs, cfg.bpe_vocab_size, cfg.text_field,
-                                   saved=run_dir / "tokenizer")
+                                   saved=run_dir / rf.TOKENIZER)
         if accelerator.is_main_process:  # a trained BPE is then loaded, not retrained, by the others
-            tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+            tokenizer.save_pretrained(str(run_dir / rf.TOKENIZER))
         splits = build_splits(docs, tokenizer, cfg.seq_len, cfg.val_fraction, cfg.text_field,
                               cfg.stream_val_docs)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -245,14 +248,13 @@ def _train(cfg: TrainConfig, engine: Engine, started: float) -> Path:
     if resumed is not None:
         logger.info("resumed from %s at step %d", resumed, state.step)
     if accelerator.is_main_process and cfg.resume != "none":  # logged steps after it will be logged again
-        for log in ("metrics.jsonl", "spikes.jsonl"):
+        for log in rf.LOGS:
             trim_jsonl(run_dir / log, state.step)
     if accelerator.is_main_process:
-        launch = dict(num_processes=world, batch_size_per_process=batch_size,
-                      distributed_type=accelerator.distributed_type.value,
-                      device=str(accelerator.device), resumed_from=str(resumed) if resumed else None,
-                      skipped_records=skipped)
-        save_config(cfg, run_dir / "config.yaml", launch)
+        launch = {rf.NUM_PROCESSES: world, rf.BATCH_SIZE_PER_PROCESS: batch_size,
+                  "distributed_type": accelerator.distributed_type.value, "device": str(accelerator.device),
+                  "resumed_from": str(resumed) if resumed else None, "skipped_records": skipped}
+        save_config(cfg, run_dir / rf.CONFIG, launch)
     accelerator.init_trackers(run_dir.name, config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
     unwrapped = accelerator.unwrap_model(model)
     monitor = build_monitor(cfg, unwrapped, raw_optimizer, run_dir, accelerator)
@@ -320,7 +322,7 @@ def _train(cfg: TrainConfig, engine: Engine, started: float) -> Path:
         accelerator.wait_for_everyone()
         state_dict = engine.full_state_dict(model)
         if accelerator.is_main_process:
-            save_plain(unwrapped, state_dict, tokenizer, run_dir / "final")
+            save_plain(unwrapped, state_dict, tokenizer, run_dir / rf.FINAL)
         _close(cfg, accelerator, monitor, run_dir)
     return run_dir
 
