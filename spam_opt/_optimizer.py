@@ -11,9 +11,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from spam_opt._distributed import local_tensor
-from spam_opt._state_bits import loadable_groups
 from spam_opt._validation import check_known_keys
 from spam_opt.kernels.dispatch import KernelTable, select_kernel
+from spam_opt.state.checks import loadable_groups
 from spam_opt.stats import SpikeStats, stack_counts
 
 

@@ -15,15 +15,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spam_opt._distributed import flat_span, local_tensor
+from spam_opt._distributed import local_tensor
 from spam_opt._optimizer import SpikeAwareOptimizer
-from spam_opt._state_bits import check_state_bits, check_unchanged, store_moments, stored_moments
 from spam_opt._validation import check_betas, check_int, check_kernel_flags, check_number
 from spam_opt.kernels.dispatch import SPAM_KERNELS
-from spam_opt.kernels.draw import draw_kept, draw_kept_bits
 from spam_opt.kernels.spam.inputs import QuantizedTensorState, StepScalars, TensorState
-from spam_opt.quantized_state import quantizes
-from spam_opt.sparse import KeptEntries, mask_key
+from spam_opt.sparse import mask_key
+from spam_opt.state.checks import check_state_bits, check_unchanged
+from spam_opt.state.layout import KeptDraw, kept_entries, new_moments, quantized_moments
+from spam_opt.state.quantized import quantizes
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class SPAM(SpikeAwareOptimizer):
     exceeds ``threshold`` times their second moment (after ``clip_delay`` steps, and ``clip_delay`` steps
     after each reset); optional sparse momentum (``density`` < 1) for parameters of 2 or more dimensions;
     optional 8-bit moments (``state_bits=8``) for parameters of 2 or more dimensions, blockwise quantized
-    (``spam_opt.quantized_state``; 0.25x AdamW's state dense, 0.08x at density 0.25).
+    (``spam_opt.state.quantized``; 0.25x AdamW's state dense, 0.08x at density 0.25).
     Every option can be set per param group. ``step(gate=...)`` takes an optional 0-dim bool device tensor:
     when it is False the step leaves every parameter and moment untouched (used by ``SpikeGuard``). An entry
     whose gradient is NaN/Inf keeps its value and moments while the rest of its tensor updates;
@@ -125,33 +125,12 @@ class SPAM(SpikeAwareOptimizer):
         check_unchanged(state, eight, index, group)
         if state.get("reset_number") != plan.reset_number:
             state["reset_number"] = plan.reset_number
-            for key in _LAYOUT_KEYS:
-                state.pop(key, None)
             sparse = group["density"] < 1.0 and p.dim() >= 2
-            if sparse or eight:
-                numel, offset = flat_span(p)  # also refuses shards that are not whole rows
-            if eight:
-                bits = None
-                if sparse:
-                    bits = draw_kept_bits(numel, mask_key(group["seed"], index, plan.reset_number),
-                                          group["density"], offset=offset, device=local.device)
-                    state["kept_bits"] = bits
-                store_moments(state, local, bits)
-            elif sparse:
-                kept = draw_kept(numel, mask_key(group["seed"], index, plan.reset_number), group["density"],
-                                 offset=offset, device=local.device)
-                state["kept_low"], state["kept_starts"] = kept.low, kept.starts
-                shape: tuple[int, ...] = (kept.numel(),)
-                state["exp_avg"] = torch.zeros(shape, dtype=torch.float32, device=local.device)
-                state["exp_avg_sq"] = torch.zeros(shape, dtype=torch.float32, device=local.device)
-            else:
-                fmt = torch.preserve_format
-                state["exp_avg"] = torch.zeros_like(local, dtype=torch.float32, memory_format=fmt)
-                state["exp_avg_sq"] = torch.zeros_like(local, dtype=torch.float32, memory_format=fmt)
+            key = mask_key(group["seed"], index, plan.reset_number)
+            new_moments(state, p, eight, KeptDraw(key, group["density"]) if sparse else None)
         if eight:
-            return QuantizedTensorState(stored_moments(state, local), state["step"])
-        kept = KeptEntries(state["kept_low"], state["kept_starts"]) if "kept_low" in state else None
-        return TensorState(state["exp_avg"], state["exp_avg_sq"], state["step"], kept)
+            return QuantizedTensorState(quantized_moments(state, local), state["step"])
+        return TensorState(state["exp_avg"], state["exp_avg_sq"], state["step"], kept_entries(state))
 
     def _scalars(self, group: dict[str, Any], plan: _Schedule) -> StepScalars:
         beta1, beta2 = group["betas"]
@@ -159,11 +138,6 @@ class SPAM(SpikeAwareOptimizer):
                            weight_decay=group["weight_decay"], warmup_scale=plan.warmup_scale,
                            clip_threshold=float(group["threshold"]) if plan.clip_on else None,
                            maximize=group["maximize"])
-
-
-# Per-parameter state keys that depend on the layout (float32 or 8-bit moments, dense or sparse).
-_LAYOUT_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_scale", "exp_avg_sq_scale", "kept_low", "kept_starts",
-                "kept_bits")
 
 
 def _validate_group(group: dict[str, Any], where: str) -> None:

@@ -17,11 +17,12 @@ from torch import Tensor
 
 from spam_opt._distributed import local_tensor, shard_groups
 from spam_opt._optimizer import SpikeAwareOptimizer
-from spam_opt._state_bits import check_state_bits, check_unchanged, store_moments, stored_moments
 from spam_opt._validation import check_betas, check_int, check_kernel_flags, check_number
 from spam_opt.kernels.dispatch import STABLE_SPAM_KERNELS
 from spam_opt.kernels.stable_spam.inputs import QuantizedTensorState, StepScalars, TensorState
-from spam_opt.quantized_state import quantizes
+from spam_opt.state.checks import check_state_bits, check_unchanged
+from spam_opt.state.layout import new_moments, quantized_moments
+from spam_opt.state.quantized import quantizes
 
 _SCALAR_KEYS = ("step", "max_ema", "norm_ema", "norm_sq_ema")
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", *_SCALAR_KEYS, "reset_number")
@@ -52,7 +53,7 @@ class StableSPAM(SpikeAwareOptimizer):
     and the per-tensor count restarts (0 disables resets). With ``total_steps`` set, beta1 and gamma1 are
     multiplied by a cosine decay from 1 to ``eta_min``. Then Adam with decoupled weight decay.
     ``state_bits=8`` stores the Adam moments of parameters of 2 or more dimensions in 8 bits, in SPAM's
-    blockwise layout (``spam_opt.quantized_state``; 0.25x AdamW's state); the per-tensor statistics stay
+    blockwise layout (``spam_opt.state.quantized``; 0.25x AdamW's state); the per-tensor statistics stay
     float32 scalars.
     ``step(gate=...)`` takes an optional 0-dim bool device tensor: False skips the update on device.
 
@@ -108,12 +109,7 @@ class StableSPAM(SpikeAwareOptimizer):
         eight = quantizes(p, group["state_bits"])
         check_unchanged(state, eight, index, group)
         if not state:
-            if eight:
-                store_moments(state, local, None)
-            else:
-                for key in ("exp_avg", "exp_avg_sq"):
-                    state[key] = torch.zeros_like(local, dtype=torch.float32,
-                                                  memory_format=torch.preserve_format)
+            new_moments(state, p, eight, None)
             for key in _SCALAR_KEYS:
                 state[key] = torch.zeros((), dtype=torch.float32, device=local.device)
             state["reset_number"] = 0
@@ -122,7 +118,7 @@ class StableSPAM(SpikeAwareOptimizer):
         reset = state["reset_number"] != reset_number
         state["reset_number"] = reset_number
         if eight:
-            return QuantizedTensorState(stored_moments(state, local), *(state[k] for k in _SCALAR_KEYS),
+            return QuantizedTensorState(quantized_moments(state, local), *(state[k] for k in _SCALAR_KEYS),
                                         reset=reset, shard_groups=shard_groups(p))
         return TensorState(*(state[k] for k in ("exp_avg", "exp_avg_sq", *_SCALAR_KEYS)), reset=reset,
                            shard_groups=shard_groups(p))

@@ -14,7 +14,7 @@ from torch import nn
 
 from spam_opt.kernels.spam.compiled import spam_compiled
 from spam_opt.spam import SPAM
-from spam_opt.sparse import KeptEntries
+from spam_opt.state.kept import KeptEntries
 
 SCHEDULE = dict(reset_interval=20, warmup_steps=6, clip_delay=4, threshold=50.0)
 # 2-D, 1-D, 3-D and 0-dim parameters: every layout the fused path views as rows.

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from spam_opt.kernels.cpp_build import load_optimizer_ops
-from spam_opt.quantized_state import pack_bits
-from spam_opt.sparse import KeptEntries, keep_threshold, kept_indices
+from spam_opt.sparse import keep_threshold, kept_indices
+from spam_opt.state.kept import KeptEntries, pack_bits
 
 
 def draw_kept(numel: int, key: int, density: float, *, offset: int = 0,
@@ -32,7 +32,7 @@ def draw_kept(numel: int, key: int, density: float, *, offset: int = 0,
 
 def draw_kept_bits(numel: int, key: int, density: float, *, offset: int = 0,
                    device: torch.device | str = "cpu") -> Tensor:
-    """The same draw as ``draw_kept``, as the bitmap of the 8-bit layout (``spam_opt.quantized_state``).
+    """The same draw as ``draw_kept``, as the bitmap of the 8-bit layout (``spam_opt.state.kept``).
 
     Example::
 
