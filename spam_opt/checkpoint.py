@@ -38,10 +38,9 @@ from torch import Tensor, nn
 
 from spam_opt._distributed import local_tensor
 from spam_opt._optimizer import SpikeAwareOptimizer
-from spam_opt.sparse import mask_key
 from spam_opt.state.checkpoint_layout import STATE_LAYOUT, Layout, layout_of
 from spam_opt.state.kept import BITMAP_KEY, kept_flat_indices
-from spam_opt.state.layout import KeptDraw, draw_kept_state
+from spam_opt.state.layout import draw_kept_state
 from spam_opt.state.quantized import blocks_per_row, quantizes
 
 
@@ -119,7 +118,7 @@ def _init_missing_state(optimizer: SpikeAwareOptimizer) -> None:
         for p in group["params"]:
             index += 1
             if not optimizer.state[p]:
-                optimizer._tensor_state(p, optimizer.state[p], group, index, plan)
+                optimizer._parameter_state(p, group, index, plan)
 
 
 def global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer) -> dict[str, Any]:
@@ -147,11 +146,15 @@ def global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer) -> dict[
     return {"state": state, "param_groups": tuple(saved_groups)}
 
 
-def _draw(p: Tensor, group: dict[str, Any], index: int, reset_number: int,
+def _draw(optimizer: SpikeAwareOptimizer, p: Tensor, group: dict[str, Any], index: int, reset_number: int,
           bitmap: bool) -> tuple[dict[str, Tensor], Tensor]:
-    """The kept entries of this rank's shard of ``p`` that SPAM drew at reset ``reset_number``: as its state
-    keys (the bitmap of the 8-bit layout, or the index of the float32 one), and as flat local indices."""
-    draw = KeptDraw(mask_key(group["seed"], index, reset_number), group["density"])
+    """The kept entries of this rank's shard of ``p`` that the optimizer drew at reset ``reset_number``: as
+    its state keys (the bitmap of the 8-bit layout, or the index of the float32 one), and as flat local
+    indices."""
+    draw = optimizer._kept_draw(p, group, index, reset_number)
+    if draw is None:
+        raise ValueError(f"the checkpoint holds kept entries for parameter {index}, which its param group "
+                         "keeps dense: build the optimizer's groups as the saved run did")
     drawn = draw_kept_state(p, draw, bitmap)
     return drawn, kept_flat_indices(drawn, local_tensor(p).numel())
 
@@ -183,7 +186,7 @@ def load_global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer,
         drawn, indices = None, None
         if any(STATE_LAYOUT.get(k) is Layout.KEPT for k in saved):
             bitmap = BITMAP_KEY in saved
-            drawn, indices = _draw(p, group_of[index], index, int(saved["reset_number"]), bitmap)
+            drawn, indices = _draw(optimizer, p, group_of[index], index, int(saved["reset_number"]), bitmap)
         state[index] = {k: _FROM_GLOBAL[layout_of(k)](v, k, drawn, indices) for k, v in saved.items()}
         if quantizes(p, group_of[index].get("state_bits", 32)):  # 8-bit codes are one flat vector
             for key in ("exp_avg", "exp_avg_sq"):

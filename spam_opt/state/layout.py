@@ -88,14 +88,21 @@ def new_moments(state: dict[str, Any], p: Tensor, eight: bool, draw: KeptDraw | 
         state[key] = torch.zeros(stored, dtype=torch.float32, device=local.device)
 
 
-def quantized_moments(state: dict[str, Any], local: Tensor) -> QuantizedMoments:
-    """The 8-bit moments that ``new_moments`` (or a loaded state dict) put in ``state``; ``local``: the
-    rank-local parameter."""
-    return QuantizedMoments(*(state[k] for k in (*MOMENT_KEYS, *SCALE_KEYS)), local.shape[-1],
-                            state.get(BITMAP_KEY))
+@dataclass(frozen=True)
+class Float32Moments:
+    """A parameter's float32 moments as the state holds them: shaped like the parameter, or one value per
+    kept entry (``kept``) under sparse momentum."""
+
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    kept: KeptEntries | None
 
 
-def kept_entries(state: dict[str, Any]) -> KeptEntries | None:
-    """The kept entries of float32 sparse moments; None for dense ones."""
-    return KeptEntries(*(state[k] for k in INDEX_KEYS)) if INDEX_KEYS[0] in state else None
-
+def stored_moments(state: dict[str, Any], local: Tensor, eight: bool) -> Float32Moments | QuantizedMoments:
+    """The moments that ``new_moments`` (or a loaded state dict) put in ``state``; ``local``: the rank-local
+    parameter."""
+    if eight:
+        return QuantizedMoments(*(state[k] for k in (*MOMENT_KEYS, *SCALE_KEYS)), local.shape[-1],
+                                state.get(BITMAP_KEY))
+    kept = KeptEntries(*(state[k] for k in INDEX_KEYS)) if INDEX_KEYS[0] in state else None
+    return Float32Moments(*(state[k] for k in MOMENT_KEYS), kept)
