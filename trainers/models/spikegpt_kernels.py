@@ -8,7 +8,7 @@ them by itself: :func:`kernels_take` says whether they run for a tensor (float32
 library built, not switched off by :func:`reference_paths`, not traced by ``torch.compile``). On any other
 device or dtype (CUDA, bfloat16 under autocast) the model runs its pure-PyTorch paths, which stay the
 reference the tests compare against. The library is compiled at first use, like the optimizers' kernels
-(``spam_opt.kernels.cpp_build``, cached under ``$SPAM_OPT_CACHE`` or ``~/.cache/spam_opt``); when it
+(``spam_opt._cpp_build``, cached under ``$SPAM_OPT_CACHE`` or ``~/.cache/spam_opt``); when it
 cannot be built a warning says why, once, and the reference paths run.
 
     with reference_paths():        # the pure-PyTorch paths, e.g. to compare against
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from spam_opt.kernels.cpp_build import load_library
+from spam_opt._cpp_build import library_unavailable_reason
 
 SOURCE = Path(__file__).with_name("csrc") / "spikegpt_cpu.cpp"
 _DTYPES = (torch.float32, torch.float64)
@@ -35,7 +35,7 @@ _switched_off = False
 
 @functools.cache
 def _unavailable_reason() -> str | None:
-    reason = load_library(SOURCE)
+    reason = library_unavailable_reason(SOURCE)
     if reason is not None:
         warnings.warn(f"SpikeGPT runs its pure-PyTorch paths (slower on CPU): {reason}", RuntimeWarning,
                       stacklevel=4)
