@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-CONFIG = "config.yaml"
+from spam_opt.run_files import CONFIG
 
 
 def read_config(run_dir: Path) -> tuple[dict[str, Any], list[str]]:

@@ -22,8 +22,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-GRADIENT_KINDS = ("grad_norm", "grad_max", "element_gss")
-SPIKE_KINDS = (*GRADIENT_KINDS, "loss")  # what the metrics' "spikes" count and the dashboard marks as spikes
+from spam_opt.run_files import GRADIENT_KINDS, SPIKE_KINDS
+
+__all__ = ["GRADIENT_KINDS", "SPIKE_KINDS", "SpikeEvent"]  # the kinds are named in spam_opt.run_files
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from spam_opt import run_files
 from spam_opt._distributed import ShardGroups, all_reduce_per_tensor, shard_groups
 from spam_opt._validation import check_int, check_number
 from spam_opt.monitor.events import SPIKE_KINDS, SpikeEvent
@@ -138,7 +139,7 @@ class GradientSpikeMonitor:
         self.run_dir = Path(run_dir) if run_dir is not None and self.is_main else None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            for name in ("metrics.jsonl", "spikes.jsonl"):  # an empty file says "nothing yet", not "no run"
+            for name in run_files.LOGS:  # an empty file says "nothing yet", not "no run"
                 (self.run_dir / name).touch()
         self._index_of = {id(p): i for i, p in enumerate(self.params)}
         self._numel = [p.numel() for p in self.params]
@@ -304,8 +305,8 @@ class GradientSpikeMonitor:
     def _write(self, row: dict[str, Any] | None, events: list[SpikeEvent]) -> None:
         if self.run_dir is not None:
             if row is not None:
-                append_jsonl(self.run_dir / "metrics.jsonl", [row])
-            append_jsonl(self.run_dir / "spikes.jsonl", [e.to_json() for e in events])
+                append_jsonl(self.run_dir / run_files.METRICS, [row])
+            append_jsonl(self.run_dir / run_files.SPIKES, [e.to_json() for e in events])
         if row is not None and self.accelerator is not None:
             numeric = {k: v for k, v in row.items()
                        if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
@@ -321,7 +322,7 @@ class GradientSpikeMonitor:
             return
         row = {"step": step} | {k: float(v) for k, v in checked.items()}
         if self.run_dir is not None:
-            append_jsonl(self.run_dir / "metrics.jsonl", [row])
+            append_jsonl(self.run_dir / run_files.METRICS, [row])
         if self.accelerator is not None:
             self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
 
