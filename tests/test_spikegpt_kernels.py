@@ -242,7 +242,7 @@ def test_bfloat16_runs_the_reference_paths():
 
 
 def test_a_kernel_that_cannot_be_built_warns_once_and_the_reference_paths_run(monkeypatch):
-    monkeypatch.setattr(spikegpt_kernels, "load_library", lambda source: "no C++ compiler here")
+    monkeypatch.setattr(spikegpt_kernels, "library_unavailable_reason", lambda source: "no C++ compiler here")
     spikegpt_kernels._unavailable_reason.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match=r"SpikeGPT runs its pure-PyTorch paths .*no C\+\+ compiler"):

@@ -12,8 +12,8 @@ kind                param                       score                           
 ``momentum_reset``  ``"*"`` or group names      null                               reset number
 ==================  ==========================  =================================  ========================
 
-``clip`` events come from the optimizer's ``spike_stats()``; ``momentum_reset`` from its param groups'
-``reset_interval``. Running means follow the paper's Gradient Spike Score: the mean over all steps so far,
+``clip`` and ``momentum_reset`` events come from the optimizer's ``spike_stats()`` (its ``clipped`` counts
+and its ``resets``). Running means follow the paper's Gradient Spike Score: the mean over all steps so far,
 the current one included.
 """
 

@@ -3,8 +3,8 @@
 
 - ``"cpp"``: C++ CPU kernels (``csrc/spikegpt_cpu.cpp``) for the WKV recurrence, the multi-step LIF neuron
   and the element-wise work around them, each one pass forward and one back; float32 and float64. Compiled at
-  first use, like the optimizers' kernels (``spam_opt.kernels.cpp_build``, cached under ``$SPAM_OPT_CACHE``
-  or ``~/.cache/spam_opt``); when they cannot be built a warning says why, once, and the reference runs.
+  first use, like the optimizers' kernels (``spam_opt._cpp_build``, cached under ``$SPAM_OPT_CACHE`` or
+  ``~/.cache/spam_opt``); when they cannot be built a warning says why, once, and the reference runs.
 - ``"triton"``: Triton kernels for the two recurrences (``spikegpt_triton.py``: the WKV in float32, the
   neuron from any float dtype), so that a forward and backward pass on a GPU launches a number of kernels
   that does not grow with the sequence. The element-wise work stays the PyTorch expressions: a few launches
@@ -33,7 +33,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from spam_opt.kernels.cpp_build import load_library
+from spam_opt._cpp_build import library_unavailable_reason
 
 SOURCE = Path(__file__).with_name("csrc") / "spikegpt_cpu.cpp"
 BACKENDS = ("reference", "cpp", "triton")
@@ -46,7 +46,7 @@ _forced: str | None = None
 
 @functools.cache
 def _unavailable_reason() -> str | None:
-    reason = load_library(SOURCE)
+    reason = library_unavailable_reason(SOURCE)
     if reason is not None:
         warnings.warn(f"SpikeGPT runs its pure-PyTorch paths (slower on CPU): {reason}", RuntimeWarning,
                       stacklevel=4)

@@ -2,7 +2,7 @@
 
 Per tensor, one or two reads of g for the per-tensor statistics (max|g| with the NaN check and the sum of
 squares; AdaClip's count and the clipped norm only on steps where AdaClip scales something), then one update
-pass. ``spam_opt.kernels.cpp_build`` builds and loads it; ``spam_opt.kernels.dispatch`` calls this only once
+pass. ``spam_opt.kernels.cpp_ops`` builds and loads it; ``spam_opt.kernels.dispatch`` calls this only once
 it has loaded.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spam_opt.kernels.cpp_build import optimizer_ops_take
+from spam_opt.kernels.cpp_ops import optimizer_ops_take
 from spam_opt.kernels.quantized import on_float32_moments
 from spam_opt.kernels.result import KernelResult, partition
 from spam_opt.kernels.stable_spam.foreach import stable_spam_foreach
