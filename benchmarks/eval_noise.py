@@ -35,17 +35,18 @@ SUBSET_BATCHES = 8
 @torch.no_grad()
 def batch_losses(run_dir: Path) -> tuple[list[float], int]:
     """The mean loss of every validation batch of the run, with its final model; and tokens per batch."""
+    from spam_opt import run_files
     from trainers.config import from_dict, read_yaml
     from trainers.data import build_splits, load_documents, make_batches, make_tokenizer
     from trainers.models import build_model
 
-    cfg = from_dict(read_yaml(run_dir / "config.yaml"))
+    cfg = from_dict(read_yaml(run_dir / run_files.CONFIG))
     docs = load_documents(cfg.dataset, cfg.text_field, max_mb=cfg.corpus_max_mb, cache_dir=cfg.cache_dir)
     tokenizer = make_tokenizer(cfg.tokenizer, docs, cfg.bpe_vocab_size, cfg.text_field,
-                               saved=run_dir / "tokenizer")
+                               saved=run_dir / run_files.TOKENIZER)
     splits = build_splits(docs, tokenizer, cfg.seq_len, cfg.val_fraction, cfg.text_field, cfg.stream_val_docs)
     batches = make_batches(splits.val, cfg.batch_size, cfg.seed, shuffle=False, name="validation")
-    model = build_model(str(run_dir / "final"), len(tokenizer), cfg.seq_len).eval()
+    model = build_model(str(run_dir / run_files.FINAL), len(tokenizer), cfg.seq_len).eval()
     losses = [float(model(input_ids=batches[i], labels=batches[i]).loss) for i in range(len(batches))]
     return losses, cfg.batch_size * cfg.seq_len
 
@@ -75,8 +76,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", type=Path, nargs=2, help="two finished runs of a grid (with final/)")
     args = parser.parse_args(argv)
+    from spam_opt import run_files
+
     for run_dir in args.run_dirs:
-        if not (run_dir / "final").is_dir():
+        if not (run_dir / run_files.FINAL).is_dir():
             parser.error(f"{run_dir} holds no final/ model: give a finished run of a grid")
     noise = measure(*args.run_dirs)
     out = args.run_dirs[0].parents[3]

@@ -2,10 +2,13 @@
 
 The grid scripts (``stability.py``, ``lowbit.py``, ``memory_grid.py``) say what their variants (trainer
 options per row: optimizer, clipping, quantization, ...) and regimes (what is done to a run: injections, a
-high LR, a longer run) are; this module runs them and measures what they share:
+high LR, a longer run) are; ``grid_command.py`` is their one command line; this module runs them and
+measures what they share:
 
-- every run writes ``<out>/runs/<regime>/<variant>/seed<k>/result.json``; a finished run is never repeated, so
-  an interrupted grid continues where it stopped (run it again with the same command);
+- every run writes ``<out>/runs/<regime>/<variant>/seed<k>/result.json`` with the commit, the state of the
+  tree and the trainer command it ran with; a finished run is never repeated, so an interrupted grid continues
+  where it stopped (run it again with the same command), and ``--report-only`` writes the report from the
+  finished runs, or from the committed ``results.json`` where the run folders are not there;
 - learning rates come from a short sweep (clean regime, seed 0) written next to the results, or are given;
 - SPAM's and Stable-SPAM's schedules are scaled to the run as the papers' were to theirs (``reset_fraction``);
 - the validation loss is measured once, at the end, on the whole validation split (``eval_noise.py`` measures
@@ -20,12 +23,13 @@ import math
 import os
 import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchmarks import provenance
 
 # Validation batches of a final evaluation: more than any grid's split holds, so the whole split is used.
 WHOLE_SPLIT = 100_000
@@ -85,7 +89,7 @@ def trainer_argv(setup: Setup, variant: dict[str, Any], regime: Regime, seed: in
     steps = setup.steps * regime.steps_factor
     values: dict[str, Any] = {
         "model": setup.model, "max_steps": steps, "batch_size": setup.batch_size, "seq_len": setup.seq_len,
-        "seed": seed, "lr": lr, "corpus_max_mb": setup.corpus_mb, "warmup_steps": max(1, steps // 20),
+        "seed": seed, "lr": lr, "corpus_max_mb": setup.corpus_mb, "lr_warmup_steps": max(1, steps // 20),
         "eval_every": steps, "eval_batches": setup.eval_batches, "log_every": 1, "save_every": 0,
         "output_dir": str(run_dir.parent), "run_name": run_dir.name, "overwrite": True, "trackers": "",
         "dashboard": False, "progress_bar": False,
@@ -142,13 +146,31 @@ def stepped_optimizer(cfg: Any, vocab: int) -> tuple[Any, Any]:
     return model, opt
 
 
+def variant_optimizer(setup: Setup, variant: dict[str, Any], vocab: int | None = None) -> tuple[Any, Any]:
+    """A variant's model and optimizer as a run of ``setup`` builds them, after one step.
+
+    ``vocab`` defaults to the runs' tokenizer, the trainer's default: bytes.
+    """
+    from trainers.config import TrainConfig
+
+    if vocab is None:
+        from trainers.tokenizer import byte_tokenizer
+
+        vocab = len(byte_tokenizer())
+    settings = {k: v for k, v in variant.items() if k != "optimizer_kwargs"}
+    kwargs = scaled_schedule(variant, setup.reset_fraction, setup.steps) | variant.get("optimizer_kwargs", {})
+    cfg = TrainConfig(model=setup.model, seq_len=setup.seq_len, optimizer_kwargs=kwargs, **settings)
+    return stepped_optimizer(cfg, vocab)
+
+
 def optimizer_state_bytes(run_dir: Path) -> int:
     """Bytes of optimizer state after one step of the run's model with that run's optimizer config."""
+    from spam_opt import run_files
     from spam_opt.state_bytes import state_bytes
     from trainers.config import from_dict, read_yaml
 
-    cfg = from_dict(read_yaml(run_dir / "config.yaml"))
-    vocab = json.loads((run_dir / "final" / "config.json").read_text())["vocab_size"]
+    cfg = from_dict(read_yaml(run_dir / run_files.CONFIG))
+    vocab = json.loads((run_dir / run_files.FINAL / "config.json").read_text())["vocab_size"]
     return state_bytes(stepped_optimizer(cfg, vocab)[1])
 
 
@@ -160,15 +182,16 @@ def run_one(setup: Setup, name: str, variant: dict[str, Any], regime_name: str, 
         done = json.loads(result_path.read_text())
         if done["lr"] == lr:  # the same run; a changed sweep outcome reruns it
             return done
+    from spam_opt import run_files
     from trainers.pretrain import main
 
     steps = setup.steps * regime.steps_factor
     started = time.perf_counter()
     main(trainer_argv(setup, variant, regime, seed, lr, run_dir))
     wall = time.perf_counter() - started
-    rows = read_rows(run_dir / "metrics.jsonl")
+    rows = read_rows(run_dir / run_files.METRICS)
     evals = [r for r in rows if "eval_loss" in r]
-    events = read_rows(run_dir / "spikes.jsonl")
+    events = read_rows(run_dir / run_files.SPIKES)
     result = {
         "optimizer": name, "regime": regime_name, "seed": seed, "lr": lr, "steps": steps,
         "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
@@ -182,6 +205,9 @@ def run_one(setup: Setup, name: str, variant: dict[str, Any], regime_name: str, 
         "loss_events": sorted({e["step"] for e in events if e["kind"] == "loss"}),
         "injections": regime.injections(setup, steps),
     }
+    result |= provenance.source() | {
+        "command": " ".join(["python", "-m", "trainers.pretrain",
+                             *map(shlex.quote, trainer_argv(setup, variant, regime, seed, lr, run_dir))])}
     result_path.write_text(json.dumps(result))
     return result
 
@@ -227,22 +253,38 @@ def sweep(setup: Setup, variants: dict[str, dict[str, Any]], names: Sequence[str
     return best
 
 
+def committed_runs(out: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """The runs of the grid's committed ``results.json`` by (regime, variant, seed); empty when none."""
+    path = out / "results.json"
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    runs = saved["runs"] if isinstance(saved, dict) else saved
+    return {(r["regime"], r["optimizer"], r["seed"]): r for r in runs}
+
+
 def run_grid(setup: Setup, variants: dict[str, dict[str, Any]], regimes: dict[str, Regime],
              lrs: dict[str, float], reference: str, train: bool = True) -> list[dict[str, Any]]:
     """Every (regime, seed, variant) run, in an order that fills every table a little at a time.
 
-    With ``train=False`` nothing is trained: the finished runs are read back, and the ones not yet
-    trained are listed in ``missing.md`` (also written, empty of runs, when the grid is complete).
+    With ``train=False`` nothing is trained: the finished runs are read back (from their run folders, else
+    from the committed ``results.json``), and the ones not yet trained are listed in ``missing.md`` (also
+    written, empty of runs, when the grid is complete).
     """
     results, missing = [], []
+    committed = {} if train else committed_runs(setup.out)
     for regime_name, regime in regimes.items():
         names = [n for n in variants if regime.variants is None or n in regime.variants]
         for seed in range(min(setup.seeds, regime.seeds or setup.seeds)):
             for name in names:
                 lr = lrs[name] if regime.lr_factor is None else regime.lr_factor * lrs[reference]
                 run_dir = setup.out / "runs" / regime_name / name / f"seed{seed}"
+                saved = committed.get((regime_name, name, seed))
                 if not train and not _finished(run_dir, lr):
-                    missing.append(f"{regime_name} / {name} / seed {seed}")
+                    if saved is not None and saved["lr"] == lr:
+                        results.append(saved)
+                    else:
+                        missing.append(f"{regime_name} / {name} / seed {seed}")
                     continue
                 results.append(run_one(setup, name, variants[name], regime_name, regime, seed, lr, run_dir))
                 loss = results[-1]["final_eval_loss"]
@@ -270,29 +312,6 @@ def coverage_note(out: Path) -> str:
     first = path.read_text().splitlines()[0]
     return first if "have finished" not in first or first.split()[0] == first.split()[2] else (
         f"**{first}** The runs not yet trained are listed in missing.md.")
-
-
-def add_setup_arguments(parser: Any, steps: int, seq_len: int) -> None:
-    """The options of every grid script's ``Setup``: model, run length, batch shape, seeds, corpus."""
-    parser.add_argument("--model", default="llama-9m")
-    parser.add_argument("--steps", type=int, default=steps)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=seq_len)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--corpus-mb", type=float, default=2.0)
-
-
-def command_line(script: str, argv: Sequence[str] | None) -> str:
-    """The command that makes a grid's results; ``--report-only`` (which trains nothing) left out."""
-    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
-    return " ".join(["python", f"benchmarks/{script}", *map(shlex.quote, given)])
-
-
-def add_report_only_argument(parser: Any) -> None:
-    parser.add_argument("--report-only", action="store_true",
-                        help="train nothing: write the report from the runs that have finished and list "
-                             "the others in missing.md (every variant needs its lr: from --lrs or a finished "
-                             "sweep)")
 
 
 # -- measures -----------------------------------------------------------------------------------------
@@ -347,12 +366,24 @@ def detections(result: dict[str, Any], kind: str, after: int = 2) -> list[bool]:
     return [any(first <= s <= last + after for s in flagged) for first, last in result["injections"]]
 
 
-def false_flags_per_1000(result: dict[str, Any], kind: str) -> float:
-    """Monitor events of ``kind`` per 1000 steps of a run with nothing injected."""
-    return 1000 * len(result[f"{kind}_events"]) / max(1, result["steps"])
+def false_flags(result: dict[str, Any], kind: str, after: int = 2) -> int:
+    """The run's false flags of ``kind``: its flags on steps with no injection, whatever their cause.
+
+    A step has an injection from an injection's first step to ``after`` steps past its last (the window
+    :func:`detections` credits); every other flag is false, in clean, high-lr, long and low-bit runs alike.
+    The one definition every grid report uses (stated in docs/choosing.md).
+    """
+    return sum(not any(first <= s <= last + after for first, last in result["injections"])
+               for s in result[f"{kind}_events"])
+
+
+
+SPREAD_NOTE = ("Mean ± sample standard deviation (n - 1) over seeds, then [min..max] of the seeds; with 2 or "
+               "3 seeds the std is a rough guide, the range shows every seed's place.")
 
 
 def mean_spread(values: Sequence[float | None], digits: int = 4) -> str:
+    """``mean ± sample std [min..max]`` of the finite values, and how many diverged."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return "diverged"
@@ -360,7 +391,27 @@ def mean_spread(values: Sequence[float | None], digits: int = 4) -> str:
     note = f" ({diverged} diverged)" if diverged else ""
     if len(finite) == 1:
         return f"{finite[0]:.{digits}f}{note}"
-    return f"{statistics.fmean(finite):.{digits}f} ± {statistics.pstdev(finite):.{digits}f}{note}"
+    return (f"{statistics.fmean(finite):.{digits}f} ± {statistics.stdev(finite):.{digits}f} "
+            f"[{min(finite):.{digits}f}..{max(finite):.{digits}f}]{note}")
+
+
+def paired_difference(runs: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]],
+                      digits: int = 3) -> str:
+    """Final validation loss minus the reference's, paired by seed: ``mean ± sample std (n seeds)``.
+
+    Pairing by seed takes out what the seeds share (data order, initial weights), so this spread, not the
+    two rows' own spreads, says whether the difference holds over seeds.
+    """
+    by_seed = {r["seed"]: r["final_eval_loss"] for r in reference}
+    diffs = [r["final_eval_loss"] - by_seed[r["seed"]] for r in runs
+             if by_seed.get(r["seed"]) is not None and r["final_eval_loss"] is not None
+             and math.isfinite(r["final_eval_loss"] - by_seed[r["seed"]])]
+    if not diffs:
+        return "n/a"
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.{digits}f} (1 seed)"
+    mean, std = statistics.fmean(diffs), statistics.stdev(diffs)
+    return f"{mean:+.{digits}f} ± {std:.{digits}f} ({len(diffs)} seeds)"
 
 
 def recovery_text(values: list[int | None]) -> str:
@@ -448,14 +499,20 @@ def plot_curves(out: Path, results: list[dict[str, Any]], regimes: Sequence[str]
 
 
 def write_comparison(out: Path, results: list[dict[str, Any]], regimes: Sequence[str], title: str) -> None:
-    """``comparison.html``: every run's curves and spikes, a section per regime, a variant's seeds grouped."""
+    """``comparison.html``: every run's curves and spikes, a section per regime, a variant's seeds grouped.
+
+    Written only when every run's folder is there (not for a report from a committed ``results.json``).
+    """
+    from spam_opt import run_files
     from spam_opt.dashboard import RunRef, render_comparison
 
-    sections = {regime: [RunRef(out / "runs" / regime / r["optimizer"] / f"seed{r['seed']}",
-                                name=f"{r['optimizer']} seed {r['seed']}", group=r["optimizer"])
+    folder = lambda r: out / "runs" / r["regime"] / r["optimizer"] / f"seed{r['seed']}"  # noqa: E731
+    if not all(folder(r).is_dir() for r in results):
+        return  # a report from the committed results.json: the page needs every run's folder
+    sections = {regime: [RunRef(folder(r), name=f"{r['optimizer']} seed {r['seed']}", group=r["optimizer"])
                          for r in results if r["regime"] == regime]
                 for regime in regimes if any(r["regime"] == regime for r in results)}
-    render_comparison(sections, out / "comparison.html", title=title)
+    render_comparison(sections, out / run_files.COMPARISON, title=title)
 
 
 def noise_note(out: Path) -> str:
@@ -467,6 +524,12 @@ def noise_note(out: Path) -> str:
     return (f"{noise['tokens']} tokens; the evaluation's own noise on a difference between two rows: "
             f"standard error {noise['diff_whole_se']:.4f} nats, against {noise['diff_subset_std']:.4f} for "
             f"the {noise['subset_tokens']}-token evaluation used before; see eval_noise.md")
+
+
+def provenance_note(results: list[dict[str, Any]]) -> str:
+    """The commits the runs ran at (each run's ``result.json`` records its own) and where each command is."""
+    return (provenance.describe(results) + " A run with a recorded commit also records its exact trainer "
+            "command (`command` in its result.json).")
 
 
 def load_note(results: list[dict[str, Any]]) -> str:

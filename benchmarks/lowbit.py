@@ -1,15 +1,16 @@
 """Low-bit stability grid: 4-bit (INT4, FP4) fake-quantized training, where spikes arise by themselves.
 
-    python benchmarks/lowbit.py --model llama-9m --steps 1000 --out benchmarks/results/lowbit
-    python benchmarks/lowbit.py --model spikegpt-1m --lr 1e-2 --out benchmarks/results/lowbit_spikegpt
-    python benchmarks/lowbit.py --quick                    # pipeline check, in runs/smoke/lowbit
+    python -m benchmarks.lowbit --model llama-9m --steps 1000 --out benchmarks/results/lowbit
+    python -m benchmarks.lowbit --model spikegpt-1m --lr 1e-2 --out benchmarks/results/lowbit_spikegpt
+    python -m benchmarks.lowbit --quick                    # pipeline check, in runs/smoke/lowbit
 
 Nothing is injected: the spikes are whatever 4-bit training produces. Rows: AdamW in full precision (the
 reference), and with the block linears fake-quantized (``trainers.quant``, weights and activations, group
 ``--group-size``): AdamW, AdamW + norm clipping, SPAM, SPAM + norm clipping, Stable-SPAM, AdamW + spike guard
 in INT4, and AdamW, SPAM and Stable-SPAM in FP4. Regimes: ``natural`` (the grid's lr with warmup) and
 ``harsh`` (INT4 at ``--harsh-lr-factor`` times that lr, without LR warmup). Every run writes one
-``result.json`` and a finished run is never repeated (``grid.py``).
+``result.json`` and a finished run is never repeated (``grid.py``). Nothing being injected, every flag of
+the monitor is a false flag by the grids' one definition (``grid.false_flags``, docs/choosing.md).
 """
 
 from __future__ import annotations
@@ -17,16 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import grid  # noqa: E402  (the shared runner beside this script)
-from grid import Regime, Setup  # noqa: E402
+from benchmarks import grid, grid_command
+from benchmarks.grid import Regime, Setup
 
 REFERENCE = "fp32 adamw"
+HARSH_REFERENCE = "int4 adamw"  # the harsh regime trains INT4 rows only
 INT4_VARIANTS: dict[str, dict[str, Any]] = {
     "int4 adamw": {"optimizer": "adamw"},
     "int4 adamw+clip1": {"optimizer": "adamw", "max_grad_norm": 1.0},
@@ -52,7 +50,7 @@ def variants(group_size: int) -> dict[str, dict[str, Any]]:
 def regimes(harsh_factor: float) -> dict[str, Regime]:
     return {
         "natural": Regime(),
-        "harsh": Regime(lambda setup, steps: {"warmup_steps": 0}, lr_factor=harsh_factor,
+        "harsh": Regime(lambda setup, steps: {"lr_warmup_steps": 0}, lr_factor=harsh_factor,
                         variants=tuple(INT4_VARIANTS)),
     }
 
@@ -66,7 +64,7 @@ PAPER_ROWS = {"BF16 Adam": REFERENCE, "Adam": "int4 adamw", "Adam + clip": "int4
 
 
 def _monitor_counts(result: dict[str, Any]) -> tuple[int, int]:
-    return len(result["loss_events"]), len(result["grad_events"])
+    return grid.false_flags(result, "loss"), grid.false_flags(result, "grad")
 
 
 def _worst_jump(result: dict[str, Any]) -> float:
@@ -94,13 +92,19 @@ def _orderings(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def report(setup: Setup, results: list[dict[str, Any]], names: list[str], command: str, noise: str) -> None:
+def report(setup: Setup, args: argparse.Namespace, variants: dict[str, dict[str, Any]],
+           results: list[dict[str, Any]], command: str) -> list[dict[str, Any]]:
     results = [grid.with_spike_measures(r) for r in results]
+    names = [n for n in variants if any(r["optimizer"] == n for r in results)]
     reference_speed = [r["tokens_per_s"] for r in results if r["optimizer"] == REFERENCE]
     lines = [f"# Low-bit stability grid ({setup.model}, {setup.steps} steps, batch {setup.batch_size} x "
-             f"{setup.seq_len} tokens)", "", f"Command: `{command}`", "",
-             "Mean ± std over seeds; no injected spikes. Val loss: the whole validation split at the end "
-             f"({noise}). Loss / gradient spikes: the monitor's events per run (loss: its current rule, 6 "
+             f"{setup.seq_len} tokens)", "", f"Command: `{command}`", "", grid.provenance_note(results), "",
+             f"{grid.SPREAD_NOTE} No injected spikes. Val loss − reference's: the difference to the "
+             f"reference run of the same seed ({REFERENCE} in the natural regime, {HARSH_REFERENCE} in the "
+             "harsh one), mean ± sample std over seeds. Val loss: the whole validation split at the end "
+             f"({grid.noise_note(setup.out)}). Loss / gradient false flags: the monitor's flags per run; "
+             "nothing is injected, so every flag is a false flag by the grids' definition (a flag on a step "
+             "with no injection, whatever its cause; docs/choosing.md) (loss: its current rule, 6 "
              "sample deviations above the last 20 losses, replayed over the logged losses; gradient: a "
              "parameter's Gradient Spike Score above 50, as logged). "
              "Worst jump: the largest one-step rise of the training loss after the first 5% of the run, over "
@@ -112,12 +116,16 @@ def report(setup: Setup, results: list[dict[str, Any]], names: list[str], comman
         rows = [r for r in results if r["regime"] == regime]
         if not rows:
             continue
-        lines += [f"## {regime}", "", "| variant | lr | val loss | val ppl | loss spikes | gradient spikes "
-                  "| worst jump | diverged | tokens/s vs fp32 |", "|---" * 9 + "|"]
+        reference_name = REFERENCE if regime == "natural" else HARSH_REFERENCE
+        reference = [r for r in rows if r["optimizer"] == reference_name]
+        lines += [f"## {regime}", "", "| variant | lr | val loss | val loss − reference's, paired | val ppl "
+                  "| loss false flags | gradient false flags | worst jump | diverged | tokens/s vs fp32 |",
+                  "|---" * 10 + "|"]
         for name in names:
             runs = [r for r in rows if r["optimizer"] == name]
             if not runs:
                 continue
+            paired = "" if name == reference_name else grid.paired_difference(runs, reference)
             counts = [_monitor_counts(r) for r in runs]
             diverged = sum(r["final_eval_loss"] is None or r["final_eval_loss"] != r["final_eval_loss"]
                            for r in runs)
@@ -125,7 +133,7 @@ def report(setup: Setup, results: list[dict[str, Any]], names: list[str], comman
                      if reference_speed else float("nan"))
             lines.append(
                 f"| {name} | {runs[0]['lr']:g} | {grid.mean_spread([r['final_eval_loss'] for r in runs])} | "
-                f"{grid.mean_spread([r['final_eval_ppl'] for r in runs], 2)} | "
+                f"{paired} | {grid.mean_spread([r['final_eval_ppl'] for r in runs], 2)} | "
                 f"{statistics.fmean(c[0] for c in counts):.1f} | "
                 f"{statistics.fmean(c[1] for c in counts):.1f} | "
                 f"{max(_worst_jump(r) for r in runs):.2f} | {diverged} / {len(runs)} | {speed:.2f} |")
@@ -136,46 +144,30 @@ def report(setup: Setup, results: list[dict[str, Any]], names: list[str], comman
     grid.plot_curves(setup.out, results, ["natural", "harsh"], names)
     grid.write_comparison(setup.out, results, ["natural", "harsh"],
                           title=f"Low-bit grid ({setup.model}, {setup.steps} steps)")
+    return results
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    grid.add_setup_arguments(parser, steps=1000, seq_len=64)
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="every variant's lr in the natural regime")
     parser.add_argument("--harsh-lr-factor", type=float, default=10.0)
     parser.add_argument("--group-size", type=int, default=32,
                         help="quantization group along each linear's input (32 divides the grid models)")
-    parser.add_argument("--variants", default="", help="comma-separated subset of the rows (default: all)")
-    parser.add_argument("--regimes", default="natural,harsh")
-    parser.add_argument("--out", default=None,
-                        help="default: benchmarks/results/lowbit; with --quick, runs/smoke/lowbit")
-    parser.add_argument("--quick", action="store_true", help="one seed, 6 steps of llama-tiny")
-    grid.add_report_only_argument(parser)
-    args = parser.parse_args(argv)
-    table = variants(args.group_size)
-    names = [n for n in args.variants.split(",") if n] or list(table)
-    chosen = [r for r in args.regimes.split(",") if r]
-    all_regimes = regimes(args.harsh_lr_factor)
-    for flag, given, known in (("--variants", names, table), ("--regimes", chosen, all_regimes)):
-        unknown = [x for x in given if x not in known]
-        if unknown or not given:
-            parser.error(f"{flag}: give a comma-separated list of some of {', '.join(known)}")
-    if min(args.steps, args.seeds, args.batch_size, args.seq_len, args.group_size) < 1 or args.lr <= 0:
-        parser.error("--steps, --seeds, --batch-size, --seq-len and --group-size must be >= 1, --lr > 0")
-    out = Path(args.out or ("runs/smoke/lowbit" if args.quick else "benchmarks/results/lowbit"))
-    if args.quick:
-        args.model, args.steps, args.seeds, args.batch_size, args.seq_len = "llama-tiny", 6, 1, 2, 32
-        args.corpus_mb, args.group_size = 0.2, 16
-        table = variants(args.group_size)
-    setup = Setup(args.model, args.steps, args.batch_size, args.seq_len, out, corpus_mb=args.corpus_mb,
-                  seeds=args.seeds, eval_batches=2 if args.quick else grid.WHOLE_SPLIT)
-    setup.out.mkdir(parents=True, exist_ok=True)
-    lrs = {name: args.lr for name in table}
-    results = grid.run_grid(setup, {n: table[n] for n in names}, {r: all_regimes[r] for r in chosen}, lrs,
-                            reference=REFERENCE, train=not args.report_only)
-    command = grid.command_line("lowbit.py", argv)
-    report(setup, results, names, command, grid.noise_note(setup.out))
-    return results
+
+
+def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.group_size < 1 or args.lr <= 0 or args.harsh_lr_factor <= 0:
+        parser.error("--group-size must be >= 1, --lr and --harsh-lr-factor > 0")
+
+
+GRID = grid_command.GridScript(
+    "lowbit", __doc__.splitlines()[0], steps=1000, seq_len=64, rows_flag="--variants",
+    variants=lambda args: variants(args.group_size), regimes=lambda args: regimes(args.harsh_lr_factor),
+    reference=REFERENCE, report=report, add_arguments=_add_arguments, fixed_lr=lambda args: args.lr,
+    quick={"group_size": 16}, check=_check)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    return grid_command.main(GRID, argv)
 
 
 if __name__ == "__main__":

@@ -8,21 +8,21 @@ table when it was not). Reports the median step time with its range, the median 
 of a step. On CUDA, step times include a synchronisation, and ``observe()`` at non-logging steps runs under
 ``torch.cuda.set_sync_debug_mode("error")``, which raises on any host synchronisation.
 
-    .venv/bin/python benchmarks/monitor_overhead.py --steps 30 --out benchmarks/results/monitor_overhead.md
+    python -m benchmarks.monitor_overhead --steps 30 --out benchmarks/results/monitor_overhead.md
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from machine_load import add_wait_argument, spread, watch
 
+from benchmarks import provenance
+from benchmarks.machine_load import add_wait_argument, spread, watch
 from spam_opt.monitor import GradientSpikeMonitor
 
 VARIANTS = ("none", "tensor", "element")
@@ -93,9 +93,7 @@ def table(args: argparse.Namespace, times: dict[str, dict[str, list[float]]], lo
     base = statistics.median(times["none"]["step"])
     params = sum(p.numel() for p in _model(args).parameters())
     lines = [
-        "```",
-        "$ .venv/bin/python " + " ".join(sys.argv),
-        "```",
+        f"Command: `{provenance.module_command('monitor_overhead', None)}`",
         "",
         f"LLaMA hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, "
         f"{params / 1e6:.1f}M parameters; batch {args.batch} x seq {args.seq}; AdamW; device {args.device}, "
@@ -141,7 +139,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with watch(args.max_wait) as load:
         times = run(args)
-    text = table(args, times, load.summary())
+    text = table(args, times, provenance.timing_line(load.summary()))
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

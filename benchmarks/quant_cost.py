@@ -2,11 +2,12 @@
 
 Each model (same initial weights) trains unquantized and in every requested format (forward, backward,
 AdamW step) on the same random token batches, in interleaved rounds whose order rotates, so that
-background load hits all variants alike. The table reports the median round, the spread over rounds,
-and the slowdown against the unquantized model (the median of the per-round ratios).
+background load hits all variants alike, inside ``machine_load.watch`` (it waits for an idle machine and
+the table says whether it was). The table reports the median round, the spread over rounds, and the
+slowdown against the unquantized model (the median of the per-round ratios), with the command and commit.
 
-    python benchmarks/quant_cost.py                          # llama-9m and spikegpt-1m, the grid's shape
-    python benchmarks/quant_cost.py --mixed-precision bf16 --output results/quant_cost_cpu_bf16.md
+    python -m benchmarks.quant_cost                          # llama-9m and spikegpt-1m, the grid's shape
+    python -m benchmarks.quant_cost --mixed-precision bf16 --output /tmp/quant_cost_cpu_bf16.md
 """
 
 from __future__ import annotations
@@ -14,18 +15,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from trainers.models import build_model  # noqa: E402
-from trainers.quant import QUANT_FORMATS, QuantConfig, quantize_model  # noqa: E402
+from benchmarks import provenance
+from benchmarks.machine_load import add_wait_argument, watch
+from trainers.models import build_model
+from trainers.quant import QUANT_FORMATS, QuantConfig, quantize_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = 2.0  # the goal: INT4 training at most this many times slower than unquantized training
@@ -59,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--output", default=None, help="markdown table (default: results/quant_cost_cpu.md)")
+    add_wait_argument(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,29 +79,24 @@ def main(argv: list[str] | None = None) -> None:
     for model, optimizer in variants.values():  # warm-up: allocator, kernels, optimizer state
         _train_steps(model, optimizer, batches[:1], autocast)
 
-    load_before = os.getloadavg()
     seconds: dict[tuple[str, str], list[float]] = {key: [] for key in variants}
     keys = list(variants)
-    for round_ in range(args.rounds):
-        shift = round_ % len(keys)  # rotate the order: no variant always runs first, or after the same one
-        for key in keys[shift:] + keys[:shift]:
-            seconds[key].append(_train_steps(*variants[key], batches, autocast))
-    load_after = os.getloadavg()
+    with watch(args.max_wait) as load:
+        for round_ in range(args.rounds):
+            shift = round_ % len(keys)  # rotate: no variant always runs first, or after the same one
+            for key in keys[shift:] + keys[:shift]:
+                seconds[key].append(_train_steps(*variants[key], batches, autocast))
 
     tokens = args.batch_size * args.seq_len * args.steps
-    flags = " ".join(argv if argv is not None else sys.argv[1:])
-    loads = lambda load: "/".join(f"{x:.1f}" for x in load)  # noqa: E731
     activations = "not quantized" if args.no_activations else "quantized"
     lines = [
-        "```", f"$ .venv/bin/python benchmarks/quant_cost.py {flags}".strip(), "```", "",
         f"# Fake-quantization cost (CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__})",
-        "",
+        "", f"Command: `{provenance.module_command('quant_cost', argv)}`", "",
+        provenance.timing_line(load.summary()), "",
         f"Training steps (forward, backward, fused AdamW) at batch {args.batch_size} x {args.seq_len} "
         f"tokens, group size {args.group_size}, activations {activations}, mixed precision "
         f"{args.mixed_precision}; {args.rounds} interleaved rounds of {args.steps} steps per variant. "
-        "Slowdown: median over rounds of the round's time against the same model unquantized. "
-        f"Load average (1/5/15 min) {loads(load_before)} before, {loads(load_after)} after "
-        f"({os.cpu_count()} CPUs).",
+        "Slowdown: median over rounds of the round's time against the same model unquantized.",
         "",
         "| model | format | tokens/s (median) | tokens/s (min..max) | slowdown (median, min..max) |",
         "|---|---|---:|---:|---:|",

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from machine_load import add_wait_argument, interleave, spread, watch
 from optimizer_step import BASELINE, SIZES, llama_shapes
+from provenance import timing_line  # beside this script, as optimizer_step (run as a file)
 
 from spam_opt import SPAM
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [f"Command: `{command}`", "",
              f"LLaMA {args.size} shapes ({sum(p.numel() for p in spam_params) / 1e6:.1f}M parameters), torch "
              f"{torch.__version__}, {torch.get_num_threads()} thread(s), {args.rounds} interleaved rounds; "
-             f"the spiky step clipped {clipped} entries.", "", load.summary(), "",
+             f"the spiky step clipped {clipped} entries.", "", timing_line(load.summary()), "",
              "| step | ms, median (min..max) | x fused AdamW |", "|---|---:|---:|"]
     for label, values in times.items():
         lines.append(f"| {label} | {spread(values, scale=1e3)} | {statistics.median(values) / base:.2f} |")

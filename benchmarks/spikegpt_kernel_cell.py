@@ -1,6 +1,6 @@
 """One cell of the SpikeGPT stability grid trained twice: on the C++ kernels and on the reference paths.
 
-    python benchmarks/spikegpt_kernel_cell.py        # clean, SPAM, seed 0, the grid's shape (200 steps)
+    python -m benchmarks.spikegpt_kernel_cell        # clean, SPAM, seed 0, the grid's shape (200 steps)
 
 The kernels replace SpikeGPT's per-token loops; they agree with the reference paths to float32 rounding step
 by step (tests/test_spikegpt_kernels.py). Over a whole run such differences can grow, so this trains the
@@ -16,10 +16,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import grid  # noqa: E402
-import stability  # noqa: E402
+from benchmarks import grid, stability
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/stability_spikegpt")
     args = parser.parse_args(argv)
-    from trainers.models.spikegpt_kernels import reference_paths
+    from trainers.models.spikegpt_kernels import backend
 
     out = Path(args.out)
     setup = grid.Setup("spikegpt-1m", args.steps, 8, 64, out)
@@ -39,13 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     runs = {}
     for path in ("kernels", "reference"):
         run_dir = out / "runs" / "kernel_cell" / path / f"{args.variant}-seed{args.seed}"  # ignored by git
-        with reference_paths() if path == "reference" else nullcontext():
+        with backend("reference") if path == "reference" else nullcontext():
             runs[path] = grid.run_one(setup, args.variant, variant, "clean", clean, args.seed, args.lr,
                                       run_dir)
     k, r = runs["kernels"], runs["reference"]
     gaps = [abs(a[1] - b[1]) for a, b in zip(k["curve"], r["curve"])]
     given = argv if argv is not None else sys.argv[1:]
-    command = " ".join(["python benchmarks/spikegpt_kernel_cell.py", *given])
+    command = " ".join(["python -m benchmarks.spikegpt_kernel_cell", *given])
     lines = [f"# One SpikeGPT grid cell on the kernels and on the reference paths ({args.variant}, clean, "
              f"seed {args.seed}, {args.steps} steps)", "",
              f"Command: `{command}`", "",

@@ -7,7 +7,7 @@ SpikeGPT carries its recurrent state, LLaMA its key/value cache). Rounds are int
 ``benchmarks/machine_load.py`` waits for an idle machine and marks the table when it was not. The time
 per new token is the time between generate()'s new tokens after the first one (which comes with the
 prompt's forward pass). ``--reference`` adds SpikeGPT on its pure-PyTorch paths, to show what its
-CPU kernels (``trainers/models/spikegpt_kernels.py``) buy.
+kernels buy (``trainers/models/spikegpt_kernels.py``: C++ on CPU, Triton on CUDA).
 
     python benchmarks/spikegpt_throughput.py                         # both pairs, CPU
     python benchmarks/spikegpt_throughput.py --pair spikegpt-small:llama-20m --threads 1 --reference
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from machine_load import add_wait_argument, interleave, spread, watch  # noqa: E402
 
 from trainers.models import build_model  # noqa: E402
-from trainers.models.spikegpt_kernels import reference_paths  # noqa: E402
+from trainers.models.spikegpt_kernels import backend  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAIRS = ["spikegpt-small:llama-20m", "spikegpt-60m:llama-60m"]
@@ -54,7 +54,7 @@ class Contender:
         eos = args.vocab_size - 1
         self.model = build_model(name, args.vocab_size, args.seq_len, eos_token_id=eos).to(device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        self.paths = reference_paths if reference else contextlib.nullcontext
+        self.paths = (lambda: backend("reference")) if reference else contextlib.nullcontext
         self.device = device
         self.parameters = sum(p.numel() for p in self.model.parameters())
 
@@ -147,7 +147,8 @@ def _table(pair: str, contenders: dict[str, Contender], train: dict[str, list[fl
               f"SpikeGPT / LLaMA time per new token: {verdict(decode_ratio, DECODE_TARGET)}."]
     if spikegpt + REFERENCE in contenders:
         ref = statistics.median(train[spikegpt + REFERENCE]) / statistics.median(train[spikegpt])
-        lines.append(f"SpikeGPT's CPU kernels train {ref:.2f}x as fast as its reference paths.")
+        kernels = "Triton kernels" if next(iter(contenders.values())).device.type == "cuda" else "CPU kernels"
+        lines.append(f"SpikeGPT's {kernels} train {ref:.2f}x as fast as its reference paths.")
     return lines + [""]
 
 

@@ -1,9 +1,9 @@
 """Stability benchmark: optimizers x spike regimes x seeds, each a real run of ``trainers.pretrain``.
 
-    python benchmarks/stability.py --steps 200 --batch-size 8 --seq-len 64           # the LLaMA grid
-    python benchmarks/stability.py --model spikegpt-1m ... --out benchmarks/results/stability_spikegpt
-    python benchmarks/stability.py --quick                  # pipeline check: one seed, a few steps, in runs/
-    python benchmarks/stability.py --model llama-60m --steps 10000 --seq-len 256 ...   # paper scale, GPUs
+    python -m benchmarks.stability --steps 200 --batch-size 8 --seq-len 64           # the LLaMA grid
+    python -m benchmarks.stability --model spikegpt-1m ... --out benchmarks/results/stability_spikegpt
+    python -m benchmarks.stability --quick                  # pipeline check: one seed, a few steps, in runs/
+    python -m benchmarks.stability --model llama-60m --steps 10000 --seq-len 256 ...   # paper scale, GPUs
 
 Regimes: clean training; 1000x gradient spikes on a few tensors, on the whole model, in 5-step bursts, and on
 0.1% of the entries of every weight matrix (the per-entry spikes the SPAM paper measures, which a global-norm
@@ -19,14 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import grid  # noqa: E402  (the shared runner beside this script)
-from grid import Regime, Setup  # noqa: E402
+from benchmarks import grid, grid_command
+from benchmarks.grid import Regime, Setup
 
 OPTIMIZERS: dict[str, dict[str, Any]] = {
     "adamw": {"optimizer": "adamw"},
@@ -103,21 +99,23 @@ REGIMES: dict[str, Regime] = {
     "long": Regime(steps_factor=LONG_FACTOR, variants=LONG_VARIANTS, seeds=2),
 }
 
-_TABLE_HEADER = ("| optimizer | lr | val loss | val ppl | loss spikes | recovery steps (median / longest) "
-                 "| worst jump | state MB | wall s |")
+_TABLE_HEADER = ("| optimizer | lr | val loss | val loss − adamw's, paired | val ppl | loss spikes "
+                 "| recovery steps (median / longest) | worst jump | state MB | wall s |")
 
 
 def _regime_table(results: list[dict[str, Any]], regime: str, state_mb: dict[str, float]) -> list[str]:
-    lines = [f"## {regime}", "", _TABLE_HEADER, "|---" * 9 + "|"]
+    lines = [f"## {regime}", "", _TABLE_HEADER, "|---" * 10 + "|"]
+    reference = [r for r in results if r["regime"] == regime and r["optimizer"] == "adamw"]
     for name in OPTIMIZERS:
         runs = [r for r in results if r["regime"] == regime and r["optimizer"] == name]
         if not runs:
             continue
         rec = [v for r in runs for v in r["recovery"]]
         jumps = [v for r in runs for v in r["jump"] if v is not None]
+        paired = "" if name == "adamw" else grid.paired_difference(runs, reference)
         lines.append(
             f"| {name} | {runs[0]['lr']:g} | {grid.mean_spread([r['final_eval_loss'] for r in runs])} | "
-            f"{grid.mean_spread([r['final_eval_ppl'] for r in runs], 2)} | "
+            f"{paired} | {grid.mean_spread([r['final_eval_ppl'] for r in runs], 2)} | "
             f"{statistics.fmean([r['loss_spikes'] for r in runs]):.1f} | "
             f"{grid.recovery_text(rec) if rec else 'n/a'} | {f'{max(jumps):.2f}' if jumps else 'n/a'} | "
             f"{state_mb[name]:.2f} | {statistics.fmean([r['wall_s'] for r in runs]):.0f} |")
@@ -143,7 +141,8 @@ def _detector_table(results: list[dict[str, Any]]) -> list[str]:
              "current loss rule replayed over the run's logged losses). These runs were trained while the "
              "trainer's monitor still read the gradient after the clip: for the variants with a norm clip or "
              "ZClip that is the clipped gradient, so their gradient recall is given apart (the trainer now "
-             "observes before the clip). False flags: events per 1000 steps of the clean runs.", "",
+             "observes before the clip). False flags: flags on steps with no injection, whatever their "
+             "cause (the definition in docs/choosing.md), over every run of the grid.", "",
              "| regime | gradient recall, unclipped | gradient recall, clipped | loss recall |",
              "|---|---|---|---|"]
     for regime_name, regime in REGIMES.items():
@@ -154,35 +153,43 @@ def _detector_table(results: list[dict[str, Any]]) -> list[str]:
         clipped = [r for r in runs if _clipped(r["optimizer"])]
         lines.append(f"| {regime_name} | {_recall(raw, 'grad')} | {_recall(clipped, 'grad')} | "
                      f"{_recall(runs, 'loss')} |")
-    clean = [r for r in results if r["regime"] in ("clean", "long")]
-    if clean:
-        steps = sum(r["steps"] for r in clean)
-        grad_flags = sum(len(r["grad_events"]) for r in clean)
-        loss_flags = sum(len(r["loss_events"]) for r in clean)
-        lines += ["", f"Clean and long runs ({steps} steps): {1000 * grad_flags / steps:.2f} gradient and "
-                      f"{1000 * loss_flags / steps:.2f} loss false flags per 1000 steps."]
+    lines += ["", "| regime | runs | steps | gradient false flags | loss false flags |",
+              "|---|---:|---:|---:|---:|"]
+    for regime_name in REGIMES:
+        runs = [r for r in results if r["regime"] == regime_name]
+        if runs:
+            lines.append(f"| {regime_name} | {len(runs)} | {sum(r['steps'] for r in runs)} | "
+                         f"{sum(grid.false_flags(r, 'grad') for r in runs)} | "
+                         f"{sum(grid.false_flags(r, 'loss') for r in runs)} |")
+    steps = sum(r["steps"] for r in results)
+    grad_flags = sum(grid.false_flags(r, "grad") for r in results)
+    loss_flags = sum(grid.false_flags(r, "loss") for r in results)
+    lines.append(f"| all | {len(results)} | {steps} | {grad_flags} | {loss_flags} |")
     return lines + [""]
 
 
-def report(setup: Setup, results: list[dict[str, Any]], command: str, noise: str) -> None:
+def report(setup: Setup, args: argparse.Namespace, variants: dict[str, dict[str, Any]],
+           results: list[dict[str, Any]], command: str) -> list[dict[str, Any]]:
     results = [grid.with_spike_measures(r) for r in results]
     lines = [f"# Stability benchmark ({setup.model}, {setup.steps} steps, batch {setup.batch_size} x "
-             f"{setup.seq_len} tokens)", "", f"Command: `{command}`", "",
-             "Mean ± std over seeds. Val loss: the whole validation split at the end of the run "
-             f"({noise}). Loss spikes: training-loss jumps of more than max(6 std, 0.1 nats) over the "
-             "previous 20 steps (mean per run). Recovery: median and longest, over injections x seeds, of "
-             "the steps until the 5-step mean loss is back at its mean over the 5 steps up to the injection, "
-             f"counted from its last injected step (spike-burst: {BURST_STEPS} consecutive steps). Worst "
-             "jump: largest loss rise (nats) from the injection to 5 steps after it. State: optimizer state "
-             f"MB after one step, measured when this report is written. {grid.load_note(results)}.", "",
+             f"{setup.seq_len} tokens)", "", f"Command: `{command}`", "", grid.provenance_note(results), "",
+             f"{grid.SPREAD_NOTE} Val loss − adamw's: the difference to AdamW's run of the same seed, mean ± "
+             "sample std over the seeds both have (the spread that says whether a difference holds over "
+             "seeds). Val loss: the whole validation split at the end of the run "
+             f"({grid.noise_note(setup.out)}). Loss spikes: training-loss jumps of more than max(6 std, 0.1 "
+             "nats) over the previous 20 steps (mean per run). Recovery: median and longest, over "
+             "injections x seeds, of the steps until the 5-step mean loss is back at its mean over the 5 "
+             "steps up to the injection, counted from its last injected step (spike-burst: "
+             f"{BURST_STEPS} consecutive steps). Worst jump: largest loss rise (nats) from the injection to "
+             "5 steps after it. State: optimizer state MB after one step, measured when this report is "
+             f"written. {grid.load_note(results)}.", "",
              grid.coverage_note(setup.out), ""]
     # Measured now rather than read from result.json: a run recorded by an older version of the library
     # would report that version's state layout. Optimizer state does not depend on the regime.
-    state_mb = {}
-    for r in results:
-        if r["optimizer"] not in state_mb:
-            run_dir = setup.out / "runs" / r["regime"] / r["optimizer"] / f"seed{r['seed']}"
-            state_mb[r["optimizer"]] = grid.optimizer_state_bytes(run_dir) / 2**20
+    from spam_opt.state_bytes import state_bytes
+
+    state_mb = {name: state_bytes(grid.variant_optimizer(setup, variants[name])[1]) / 2**20
+                for name in dict.fromkeys(r["optimizer"] for r in results)}
     for regime in REGIMES:
         if any(r["regime"] == regime for r in results):
             lines += _regime_table(results, regime, state_mb)
@@ -192,63 +199,22 @@ def report(setup: Setup, results: list[dict[str, Any]], command: str, noise: str
     grid.plot_curves(setup.out, results, list(REGIMES), list(OPTIMIZERS))
     grid.write_comparison(setup.out, results, list(REGIMES),
                           title=f"Stability benchmark ({setup.model}, {setup.steps} steps)")
+    return results
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--monitor-mode", choices=("tensor", "element"), default="tensor")
+
+
+GRID = grid_command.GridScript(
+    "stability", __doc__.splitlines()[0], steps=300, seq_len=128, rows_flag="--optimizers",
+    variants=lambda args: OPTIMIZERS, regimes=lambda args: REGIMES, reference="adamw", report=report,
+    add_arguments=_add_arguments,
+    setup_extra=lambda args: {"monitor_mode": args.monitor_mode} if args.monitor_mode != "tensor" else {})
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    grid.add_setup_arguments(parser, steps=300, seq_len=128)
-    parser.add_argument("--reset-fraction", type=float, default=1 / 20,
-                        help="SPAM reset interval as a fraction of the run (paper: 500 of ~10k steps)")
-    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
-    parser.add_argument("--regimes", default=",".join(REGIMES))
-    parser.add_argument("--lrs", default="",
-                        help="NAME=LR,... : learning rates to use instead of sweeping for those optimizers")
-    parser.add_argument("--monitor-mode", choices=("tensor", "element"), default="tensor")
-    parser.add_argument("--out", default=None,
-                        help="results folder (default: benchmarks/results/stability; with --quick, "
-                             "runs/smoke/stability, so that a smoke test never replaces committed results)")
-    parser.add_argument("--quick", action="store_true", help="one seed, 6 steps of llama-tiny, no lr sweep")
-    grid.add_report_only_argument(parser)
-    args = parser.parse_args(argv)
-    names = [n for n in args.optimizers.split(",") if n]
-    regimes = [r for r in args.regimes.split(",") if r]
-    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size),
-                        ("--seq-len", args.seq_len), ("--seeds", args.seeds)):
-        if value < 1:
-            parser.error(f"invalid {flag} {value}: it must be at least 1")
-    if args.corpus_mb < 0 or not 0 < args.reset_fraction <= 1:
-        parser.error("--corpus-mb must be >= 0 (0: the whole corpus) and --reset-fraction in (0, 1]")
-    for flag, given, known in (("--optimizers", names, OPTIMIZERS), ("--regimes", regimes, REGIMES)):
-        if not given:
-            parser.error(f"{flag} is empty: give a comma-separated list of some of {', '.join(known)}")
-        unknown = [x for x in given if x not in known]
-        if unknown:
-            parser.error(f"unknown {flag[2:-1]} {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
-    given_lrs = grid.parse_lrs(args.lrs, list(OPTIMIZERS), parser)
-    out = Path(args.out or ("runs/smoke/stability" if args.quick else "benchmarks/results/stability"))
-    if args.quick:
-        args.model, args.steps, args.seeds, args.batch_size, args.seq_len = "llama-tiny", 6, 1, 2, 32
-        args.corpus_mb = 0.2
-    extra = {"monitor_mode": args.monitor_mode} if args.monitor_mode != "tensor" else {}
-    setup = Setup(args.model, args.steps, args.batch_size, args.seq_len, out, args.reset_fraction,
-                  args.corpus_mb, args.seeds, extra)
-    if args.quick:
-        setup.eval_batches = 2
-    setup.out.mkdir(parents=True, exist_ok=True)
-    variants = {n: OPTIMIZERS[n] for n in names}
-    to_sweep = [n for n in names if n not in given_lrs]
-    if args.quick:
-        lrs = {n: 1e-3 for n in names}
-    else:
-        lrs = given_lrs | (grid.sweep(setup, variants, to_sweep, REGIMES["clean"], train=not args.report_only)
-                           if to_sweep else {})
-    if "adamw" not in lrs and any(REGIMES[r].lr_factor for r in regimes):
-        parser.error("the high-lr regime scales AdamW's lr: include adamw in --optimizers, or in --lrs")
-    results = grid.run_grid(setup, variants, {r: REGIMES[r] for r in regimes}, lrs, reference="adamw",
-                            train=not args.report_only)
-    command = grid.command_line("stability.py", argv)
-    report(setup, results, command, grid.noise_note(setup.out))
-    return results
+    return grid_command.main(GRID, argv)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     python benchmarks/state_quantization.py --steps 20 --out -   # a quick look
 
 A model trains with float32-state SPAM. Beside it, each candidate keeps its own 8-bit moments (quantized
-per block along rows, as ``spam_opt.quantized_state`` lays them out) and steps them on the same gradients,
+per block along rows, as ``spam_opt.state.quantized`` lays them out) and steps them on the same gradients,
 with SPAM's rule (clip against its own dequantized v, resets): so the error each map accumulates over the run
 is measured, not one rounding. Per step, the update direction m / (sqrt(v) + eps) of each candidate is
 compared with the float32 one over the measured tensors: relative L2 error, and the ratio of the update
@@ -85,7 +85,7 @@ def _ratio(m: Tensor, v: Tensor, block: int, eps: float, s_power: float) -> tupl
 
 
 def _library(m: Tensor, v: Tensor, block: int, eps: float) -> tuple[Tensor, Tensor]:
-    from spam_opt.quantized_state import BLOCK, QuantizedMoments, block_ids
+    from spam_opt.state.quantized import BLOCK, QuantizedMoments, block_ids
 
     assert block == BLOCK, f"the library's block is {BLOCK}"
     row = m.shape[-1]

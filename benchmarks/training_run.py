@@ -22,14 +22,16 @@ from pathlib import Path
 
 import torch
 
+from spam_opt import run_files
+
 
 def summarize(run_dir: Path, wall_s: float, command: str) -> str:
     """The results table of the finished run in ``run_dir``."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / run_files.METRICS).read_text().splitlines()]
     train = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "eval_loss" in r]
     speeds = [r["tokens_per_s"] for r in train[1:]] or [r["tokens_per_s"] for r in train]
-    launch = _yaml(run_dir / "config.yaml").get("launch", {})
+    launch = _yaml(run_dir / run_files.CONFIG).get("launch", {})
     device = launch.get("device", "?")
     if torch.cuda.is_available():
         device += f" ({torch.cuda.get_device_name()})"

@@ -6,7 +6,6 @@ So a checkpoint holds every state tensor in the parameter's global layout instea
 
 * per-entry tensors (one value per entry, or per kept entry) are scattered into a tensor of the parameter's
   full shape, sharded like the parameter (zeros where an entry is not kept);
-* per-row tensors (dim 0 runs over the parameter's rows) are sharded by rows;
 * per-block tensors (the 8-bit state's scales, one per block of a row) are laid out with one row per row of
   the parameter's dim 0, and sharded by rows;
 * scalars, the same on every rank, are saved as they are;
@@ -15,7 +14,8 @@ So a checkpoint holds every state tensor in the parameter's global layout instea
   their moments.
 
 A run saved on N processes therefore resumes on M with exactly the state it had. ``STATE_LAYOUT`` says which
-rule each state key follows; a new state key joins by adding a line there. docs/spam.md has the details.
+rule each state key follows (``spam_opt.state.checkpoint_layout``); a new state key joins by adding a line
+there. docs/spam.md has the details.
 
 Example::
 
@@ -32,42 +32,16 @@ Example::
 from __future__ import annotations
 
 import math
-from enum import Enum
 from typing import Any
 
 from torch import Tensor, nn
 
-from spam_opt._distributed import flat_span, local_tensor
+from spam_opt._distributed import local_tensor
 from spam_opt._optimizer import SpikeAwareOptimizer
-from spam_opt.kernels.draw import draw_kept, draw_kept_bits
-from spam_opt.quantized_state import blocks_per_row, quantizes, unpack_bits
-from spam_opt.sparse import KeptEntries, mask_key
-
-
-class Layout(Enum):
-    """How one state key is stored in a checkpoint."""
-
-    ENTRY = "entry"  # one value per entry (per kept entry under sparse momentum, in kept order): full shape
-    ROW = "row"  # dim 0 runs over the parameter's rows: sharded by rows
-    BLOCK = "block"  # one value per block of a row (8-bit scales): as rows of dim 0, sharded by rows
-    SCALAR = "scalar"  # the same on every rank: as is
-    KEPT = "kept"  # the kept entries: not saved (a marker says they existed), drawn again at load
-
-
-STATE_LAYOUT: dict[str, Layout] = {
-    "exp_avg": Layout.ENTRY,  # float32 moments, or 8-bit codes under state_bits=8
-    "exp_avg_sq": Layout.ENTRY,
-    "exp_avg_scale": Layout.BLOCK,
-    "exp_avg_sq_scale": Layout.BLOCK,
-    "step": Layout.SCALAR,
-    "reset_number": Layout.SCALAR,
-    "max_ema": Layout.SCALAR,  # StableSPAM's per-tensor statistics (of the full tensor on every rank)
-    "norm_ema": Layout.SCALAR,
-    "norm_sq_ema": Layout.SCALAR,
-    "kept_low": Layout.KEPT,
-    "kept_starts": Layout.KEPT,
-    "kept_bits": Layout.KEPT,  # the 8-bit layout's bitmap of the kept entries
-}
+from spam_opt.state.checkpoint_layout import STATE_LAYOUT, Layout, layout_of
+from spam_opt.state.kept import BITMAP_KEY, kept_flat_indices
+from spam_opt.state.layout import draw_kept_state
+from spam_opt.state.quantized import blocks_per_row, quantizes
 
 
 def _named_params(model: nn.Module,
@@ -101,35 +75,11 @@ def _as_global(p: Tensor, local: Tensor, shape: tuple[int, ...]) -> Tensor:
                               stride=_contiguous_stride(shape))
 
 
-def _kept(p: Tensor, state: dict[str, Any]) -> Tensor | None:
-    """The flat (rank-local) indices of the kept entries, ascending; None for a dense parameter."""
-    if "kept_bits" in state:
-        return unpack_bits(state["kept_bits"], local_tensor(p).numel()).nonzero().squeeze(1)
-    if "kept_low" in state:
-        return KeptEntries(state["kept_low"], state["kept_starts"]).indices()
-    return None
-
-
-def _layout(key: str) -> Layout:
-    if key not in STATE_LAYOUT:
-        raise ValueError(f"optimizer state key {key!r} has no global layout: add it to "
-                         "spam_opt.checkpoint.STATE_LAYOUT (ENTRY, ROW, SCALAR or KEPT)")
-    return STATE_LAYOUT[key]
-
-
 def _entry_to_global(p: Tensor, key: str, value: Tensor, kept: Tensor | None) -> Tensor:
     local = local_tensor(p)
     if kept is not None:
         value = value.new_zeros(local.numel()).index_copy_(0, kept, value)
     return _as_global(p, value.reshape(local.shape), tuple(p.shape))
-
-
-def _row_to_global(p: Tensor, key: str, value: Tensor, kept: Tensor | None) -> Tensor:
-    rows = local_tensor(p).shape[0]
-    if value.dim() == 0 or value.shape[0] != rows:
-        raise ValueError(f"per-row state {key!r} has shape {tuple(value.shape)} but the parameter's shard "
-                         f"has {rows} rows")
-    return _as_global(p, value, (p.shape[0], *value.shape[1:]))
 
 
 def _block_to_global(p: Tensor, key: str, value: Tensor, kept: Tensor | None) -> Tensor:
@@ -145,7 +95,6 @@ def _block_to_global(p: Tensor, key: str, value: Tensor, kept: Tensor | None) ->
 # (parameter, key, value, kept flat indices or None) -> what the checkpoint holds
 _TO_GLOBAL = {
     Layout.ENTRY: _entry_to_global,
-    Layout.ROW: _row_to_global,
     Layout.BLOCK: _block_to_global,
     Layout.SCALAR: lambda p, key, value, kept: value,
     Layout.KEPT: lambda p, key, value, kept: True,
@@ -155,7 +104,6 @@ _TO_GLOBAL = {
 _FROM_GLOBAL = {
     Layout.ENTRY: lambda value, key, drawn, indices: (local_tensor(value) if indices is None
                                                       else local_tensor(value).reshape(-1)[indices]),
-    Layout.ROW: lambda value, key, drawn, indices: local_tensor(value),
     Layout.BLOCK: lambda value, key, drawn, indices: local_tensor(value).reshape(-1),
     Layout.SCALAR: lambda value, key, drawn, indices: value,
     Layout.KEPT: lambda value, key, drawn, indices: drawn[key],
@@ -170,7 +118,7 @@ def _init_missing_state(optimizer: SpikeAwareOptimizer) -> None:
         for p in group["params"]:
             index += 1
             if not optimizer.state[p]:
-                optimizer._tensor_state(p, optimizer.state[p], group, index, plan)
+                optimizer._parameter_state(p, group, index, plan)
 
 
 def global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer) -> dict[str, Any]:
@@ -192,23 +140,23 @@ def global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer) -> dict[
     state = {}
     for name, p, _ in named:
         entry = optimizer.state[p]
-        kept = _kept(p, entry)
-        state[name] = {key: _TO_GLOBAL[_layout(key)](p, key, value, kept) for key, value in entry.items()}
+        kept = kept_flat_indices(entry, local_tensor(p).numel())
+        state[name] = {key: _TO_GLOBAL[layout_of(key)](p, key, value, kept) for key, value in entry.items()}
     # A tuple is one leaf for DCP (saved pickled), where a list of dicts would be flattened key by key.
     return {"state": state, "param_groups": tuple(saved_groups)}
 
 
-def _draw(p: Tensor, group: dict[str, Any], index: int, reset_number: int,
+def _draw(optimizer: SpikeAwareOptimizer, p: Tensor, group: dict[str, Any], index: int, reset_number: int,
           bitmap: bool) -> tuple[dict[str, Tensor], Tensor]:
-    """The kept entries of this rank's shard of ``p`` that SPAM drew at reset ``reset_number``: as its state
-    keys (the bitmap of the 8-bit layout, or the index of the float32 one), and as flat local indices."""
-    numel, offset = flat_span(p)
-    key, device = mask_key(group["seed"], index, reset_number), local_tensor(p).device
-    if bitmap:
-        bits = draw_kept_bits(numel, key, group["density"], offset=offset, device=device)
-        return {"kept_bits": bits}, unpack_bits(bits, numel).nonzero().squeeze(1)
-    kept = draw_kept(numel, key, group["density"], offset=offset, device=device)
-    return {"kept_low": kept.low, "kept_starts": kept.starts}, kept.indices()
+    """The kept entries of this rank's shard of ``p`` that the optimizer drew at reset ``reset_number``: as
+    its state keys (the bitmap of the 8-bit layout, or the index of the float32 one), and as flat local
+    indices."""
+    draw = optimizer._kept_draw(p, group, index, reset_number)
+    if draw is None:
+        raise ValueError(f"the checkpoint holds kept entries for parameter {index}, which its param group "
+                         "keeps dense: build the optimizer's groups as the saved run did")
+    drawn = draw_kept_state(p, draw, bitmap)
+    return drawn, kept_flat_indices(drawn, local_tensor(p).numel())
 
 
 def load_global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer,
@@ -237,9 +185,9 @@ def load_global_state_dict(model: nn.Module, optimizer: SpikeAwareOptimizer,
             continue
         drawn, indices = None, None
         if any(STATE_LAYOUT.get(k) is Layout.KEPT for k in saved):
-            bitmap = "kept_bits" in saved
-            drawn, indices = _draw(p, group_of[index], index, int(saved["reset_number"]), bitmap)
-        state[index] = {k: _FROM_GLOBAL[_layout(k)](v, k, drawn, indices) for k, v in saved.items()}
+            bitmap = BITMAP_KEY in saved
+            drawn, indices = _draw(optimizer, p, group_of[index], index, int(saved["reset_number"]), bitmap)
+        state[index] = {k: _FROM_GLOBAL[layout_of(k)](v, k, drawn, indices) for k, v in saved.items()}
         if quantizes(p, group_of[index].get("state_bits", 32)):  # 8-bit codes are one flat vector
             for key in ("exp_avg", "exp_avg_sq"):
                 state[index][key] = state[index][key].reshape(-1)

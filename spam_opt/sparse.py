@@ -3,12 +3,11 @@
 Whether an entry is kept is a pure function of (seed, parameter index, reset number, the entry's index in
 the full tensor): a counter-based hash, not a random generator. So every data-parallel rank draws the same
 subset without communicating, a resumed run draws what the uninterrupted run drew, and an FSDP shard keeps
-exactly the entries of the full tensor that fall inside it, whatever the sharding.
+exactly the entries of the full tensor that fall inside it, whatever the sharding. How the optimizer state
+holds the answer is ``spam_opt.state.kept``.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -71,47 +70,3 @@ def kept_indices(numel: int, key: int, density: float, *, offset: int = 0,
         parts.append(torch.nonzero(h < threshold).squeeze(1) + start)
     out = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=device)
     return out.to(torch.int32) if numel < 2**31 else out
-
-
-# Flat indices are stored per block of this many entries: the low 16 bits of each index, plus the number of
-# kept entries before each block. Two bytes per kept entry instead of four keeps sparse state under 0.35x
-# of AdamW's at density 0.25 (m and v take 0.25x; int32 indices would add 0.125x).
-BLOCK_BITS = 16
-
-
-@dataclass(frozen=True)
-class KeptEntries:
-    """The kept entries of one parameter (or shard), in the compact layout that the optimizer state holds.
-
-    ``low`` (int16, one per kept entry, ascending) holds each flat index modulo 2**16; ``starts`` (int64,
-    one per 2**16-entry block plus one) the number of kept entries before each block.
-
-    Example::
-
-        kept = KeptEntries.from_indices(kept_indices(200_000, key, 0.25), 200_000)
-        assert torch.equal(kept.indices(), kept_indices(200_000, key, 0.25).long())
-    """
-
-    low: Tensor
-    starts: Tensor
-
-    @classmethod
-    def from_indices(cls, indices: Tensor, numel: int) -> KeptEntries:
-        indices = indices.long()
-        blocks = (numel >> BLOCK_BITS) + 1
-        counts = torch.bincount(indices >> BLOCK_BITS, minlength=blocks)
-        starts = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-        # int16 wraps values of 2**15 and above to negative ones; indices() masks them back.
-        low = (indices & ((1 << BLOCK_BITS) - 1)).to(torch.int16)
-        return cls(low, starts)
-
-    def indices(self) -> Tensor:
-        """The kept flat indices (int64, ascending)."""
-        counts = self.starts.diff()
-        # output_size: without it repeat_interleave reads the total back from the device (a sync per step).
-        block = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts,
-                                        output_size=self.low.numel())
-        return (block << BLOCK_BITS) + (self.low.long() & ((1 << BLOCK_BITS) - 1))
-
-    def numel(self) -> int:
-        return self.low.numel()

@@ -1,7 +1,7 @@
 """Stable-SPAM ("How to Train in 4-Bit More Stably than 16-Bit Adam"): AdaClip, AdaGN and MoRet around Adam.
 
-The class owns validation, state and the schedule (global step, momentum resets, the cosine decay of beta1
-and gamma1); the step loop is ``SpikeAwareOptimizer``'s and the arithmetic lives in
+The class owns its options and its schedule (the cosine decay of beta1 and gamma1); ``SpikeAwareOptimizer``
+owns the shared options, the state, the momentum resets and the step loop; the arithmetic lives in
 ``spam_opt.kernels.stable_spam``. docs/algorithm.md gives the rule: the order of operations and the step
 counts of the authors' published code, and the deliberate differences from it.
 """
@@ -10,25 +10,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from spam_opt._distributed import local_tensor, shard_groups
-from spam_opt._optimizer import SpikeAwareOptimizer
-from spam_opt._state_bits import check_state_bits, check_unchanged, store_moments, stored_moments
-from spam_opt._validation import check_betas, check_int, check_kernel_flags, check_number
+from spam_opt._distributed import shard_groups
+from spam_opt._optimizer import SpikeAwareOptimizer, StepPlan, reset_number
+from spam_opt._validation import check_int, check_number
 from spam_opt.kernels.dispatch import STABLE_SPAM_KERNELS
 from spam_opt.kernels.stable_spam.inputs import QuantizedTensorState, StepScalars, TensorState
-from spam_opt.quantized_state import quantizes
+from spam_opt.state.layout import Float32Moments
+from spam_opt.state.quantized import QuantizedMoments
 
+# The per-tensor statistics, beside the moments: the count n (restarted at each reset), AdaClip's A, AdaGN's
+# M and V; 0-dim float32 tensors.
 _SCALAR_KEYS = ("step", "max_ema", "norm_ema", "norm_sq_ema")
-_STATE_KEYS = ("exp_avg", "exp_avg_sq", *_SCALAR_KEYS, "reset_number")
-_ALLOWED_GROUP_KEYS = frozenset(
-    ["params", "name", "initial_lr", "lr", "betas", "eps", "weight_decay", "gamma1", "gamma2", "theta",
-     "total_steps", "eta_min", "reset_interval", "state_bits", "foreach", "fused"]
-)
 
 
 def decay_factor(s: int, total_steps: int | None, eta_min: float) -> float:
@@ -43,6 +40,13 @@ def decay_factor(s: int, total_steps: int | None, eta_min: float) -> float:
     return eta_min + (1.0 - eta_min) * (1.0 + math.cos(math.pi * t / (total_steps + 1))) / 2.0
 
 
+@dataclass(frozen=True)
+class _Schedule(StepPlan):
+    """What the global step means for one param group: resets, and the factor on beta1 and gamma1."""
+
+    decay: float
+
+
 class StableSPAM(SpikeAwareOptimizer):
     """Stable-SPAM: Adam with AdaClip, AdaGN and momentum reset (MoRet).
 
@@ -52,8 +56,8 @@ class StableSPAM(SpikeAwareOptimizer):
     and the per-tensor count restarts (0 disables resets). With ``total_steps`` set, beta1 and gamma1 are
     multiplied by a cosine decay from 1 to ``eta_min``. Then Adam with decoupled weight decay.
     ``state_bits=8`` stores the Adam moments of parameters of 2 or more dimensions in 8 bits, in SPAM's
-    blockwise layout (``spam_opt.quantized_state``; 0.25x AdamW's state); the per-tensor statistics stay
-    float32 scalars.
+    blockwise layout (``spam_opt.state.quantized``; 0.25x AdamW's state); the per-tensor statistics stay
+    float32 scalars. ``maximize=True`` ascends: the rule runs on the negated gradient.
     ``step(gate=...)`` takes an optional 0-dim bool device tensor: False skips the update on device.
 
     Example::
@@ -68,13 +72,13 @@ class StableSPAM(SpikeAwareOptimizer):
 
     kernels = STABLE_SPAM_KERNELS
     step_key = "stable_spam_step"
-    state_keys = _STATE_KEYS
-    allowed_group_keys = _ALLOWED_GROUP_KEYS
+    options = ("gamma1", "gamma2", "theta", "total_steps", "eta_min")
+    tensor_scalars = _SCALAR_KEYS
 
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
@@ -88,66 +92,36 @@ class StableSPAM(SpikeAwareOptimizer):
         state_bits: int = 32,
         foreach: bool | None = None,
         fused: bool | None = None,
+        maximize: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, gamma1=gamma1, gamma2=gamma2,
                         theta=theta, total_steps=total_steps, eta_min=eta_min, reset_interval=reset_interval,
-                        state_bits=state_bits, foreach=foreach, fused=fused)
+                        state_bits=state_bits, foreach=foreach, fused=fused, maximize=maximize)
         super().__init__(params, defaults)
 
-    def _check_group(self, group: dict[str, Any], where: str) -> None:
-        _validate_group(group, where)
+    def _check_options(self, group: dict[str, Any], where: str) -> None:
+        # eps > 0: an entry whose gradient is 0 since a reset would otherwise get 0/0.
+        check_number(f"eps ({where})", group["eps"], low=0.0, low_open=True)
+        for name in ("gamma1", "gamma2", "theta"):
+            check_number(f"{name} ({where})", group[name], low=0.0, high=1.0, high_open=True)
+        if group["total_steps"] is not None:
+            check_int(f"total_steps ({where})", group["total_steps"], low=1)
+        check_number(f"eta_min ({where})", group["eta_min"], low=0.0, high=1.0)
 
-    def _plan(self, group: dict[str, Any], s: int) -> tuple[int, float]:
-        """(reset number, factor on beta1 and gamma1) at global step ``s``."""
-        interval = group["reset_interval"]
-        return (s // interval if interval > 0 else 0), decay_factor(s, group["total_steps"], group["eta_min"])
+    def _plan(self, group: dict[str, Any], s: int) -> _Schedule:
+        return _Schedule(reset_number(group, s), decay_factor(s, group["total_steps"], group["eta_min"]))
 
-    def _tensor_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any], index: int,
-                      plan: tuple[int, float]) -> TensorState | QuantizedTensorState:
-        local = local_tensor(p)
-        eight = quantizes(p, group["state_bits"])
-        check_unchanged(state, eight, index, group)
-        if not state:
-            if eight:
-                store_moments(state, local, None)
-            else:
-                for key in ("exp_avg", "exp_avg_sq"):
-                    state[key] = torch.zeros_like(local, dtype=torch.float32,
-                                                  memory_format=torch.preserve_format)
-            for key in _SCALAR_KEYS:
-                state[key] = torch.zeros((), dtype=torch.float32, device=local.device)
-            state["reset_number"] = 0
-        # A parameter without a gradient on a reset step is reset at its next step with one.
-        reset_number = plan[0]
-        reset = state["reset_number"] != reset_number
-        state["reset_number"] = reset_number
-        if eight:
-            return QuantizedTensorState(stored_moments(state, local), *(state[k] for k in _SCALAR_KEYS),
-                                        reset=reset, shard_groups=shard_groups(p))
-        return TensorState(*(state[k] for k in ("exp_avg", "exp_avg_sq", *_SCALAR_KEYS)), reset=reset,
+    def _kernel_state(self, p: Tensor, state: dict[str, Any], moments: Float32Moments | QuantizedMoments,
+                      reset: bool) -> TensorState | QuantizedTensorState:
+        # The kernels restart the count at a reset, after AdaClip and AdaGN have used it (docs/algorithm.md).
+        scalars = [state[k] for k in _SCALAR_KEYS]
+        if isinstance(moments, QuantizedMoments):
+            return QuantizedTensorState(moments, *scalars, reset=reset, shard_groups=shard_groups(p))
+        return TensorState(moments.exp_avg, moments.exp_avg_sq, *scalars, reset=reset,
                            shard_groups=shard_groups(p))
 
-    def _scalars(self, group: dict[str, Any], plan: tuple[int, float]) -> StepScalars:
-        factor = plan[1]
+    def _scalars(self, group: dict[str, Any], plan: _Schedule) -> StepScalars:
         beta1, beta2 = group["betas"]
-        return StepScalars(lr=float(group["lr"]), beta1=beta1 * factor, beta2=beta2,
-                           gamma1=group["gamma1"] * factor, gamma2=group["gamma2"], theta=group["theta"],
+        return StepScalars(lr=float(group["lr"]), beta1=beta1 * plan.decay, beta2=beta2,
+                           gamma1=group["gamma1"] * plan.decay, gamma2=group["gamma2"], theta=group["theta"],
                            eps=group["eps"], weight_decay=group["weight_decay"])
-
-
-def _validate_group(group: dict[str, Any], where: str) -> None:
-    """Check every hyperparameter of a group; errors name the option and its accepted range."""
-    lr = group["lr"]
-    check_number(f"lr ({where})", float(lr) if isinstance(lr, Tensor) else lr, low=0.0)
-    check_betas(f"betas ({where})", group["betas"])
-    # eps > 0: an entry whose gradient is 0 since a reset would otherwise get 0/0.
-    check_number(f"eps ({where})", group["eps"], low=0.0, low_open=True)
-    check_number(f"weight_decay ({where})", group["weight_decay"], low=0.0)
-    for name in ("gamma1", "gamma2", "theta"):
-        check_number(f"{name} ({where})", group[name], low=0.0, high=1.0, high_open=True)
-    if group["total_steps"] is not None:
-        check_int(f"total_steps ({where})", group["total_steps"], low=1)
-    check_number(f"eta_min ({where})", group["eta_min"], low=0.0, high=1.0)
-    check_int(f"reset_interval ({where})", group["reset_interval"])
-    check_state_bits(group["state_bits"], where)
-    check_kernel_flags(group, where)

@@ -8,6 +8,15 @@ import torch
 from torch import Tensor
 
 
+@dataclass(frozen=True)
+class MomentumReset:
+    """A param group whose momentum schedule reset at a step: its moments start again from zero (a parameter
+    without a gradient at that step is reset at its next step with one)."""
+
+    group: int  # index in ``optimizer.param_groups``
+    number: int  # resets of the group's schedule so far, this one included
+
+
 @dataclass
 class SpikeStats:
     """Per-parameter spike counts of the last optimizer step.
@@ -17,7 +26,9 @@ class SpikeStats:
     gradient held NaN or Inf where the update reads it: SPAM then left those entries untouched,
     Stable-SPAM (whose AdaGN scales the whole tensor by its norm) the whole tensor. Both are int64
     tensors on the device of the first parameter; reading them (``.tolist()``) is the only host
-    synchronisation, and it is the caller's choice when to pay it.
+    synchronisation, and it is the caller's choice when to pay it. ``resets`` lists the param groups whose
+    momentum was reset at this step; the reset schedule runs on the host's step count, so it is known
+    without reading the device.
 
     Example::
 
@@ -30,6 +41,7 @@ class SpikeStats:
     params: list[Tensor]
     clipped: Tensor
     nonfinite: Tensor
+    resets: tuple[MomentumReset, ...] = ()
 
     def total_clipped(self) -> Tensor:
         return self.clipped.sum()

@@ -36,6 +36,7 @@ _COMMON_BAD = [
     (dict(reset_interval=-5), "reset_interval"),
     (dict(foreach="yes"), "foreach"),
     (dict(foreach=True, fused=True), "foreach=True and fused=True"),
+    (dict(maximize="yes"), "maximize"),
 ]
 _SPAM_BAD = [
     *_COMMON_BAD,
@@ -46,7 +47,6 @@ _SPAM_BAD = [
     (dict(warmup_steps=-1), "warmup_steps"),
     (dict(clip_delay=2.5), "clip_delay"),
     (dict(reset_interval=100, warmup_steps=150), "warmup_steps"),
-    (dict(maximize="yes"), "maximize"),
     (dict(state_bits=16), "state_bits.*accepted values are 8, 32"),
     (dict(state_bits=True), "state_bits"),
 ]

@@ -77,3 +77,62 @@ def test_saved_config_is_a_valid_config_again(tmp_path):
 def test_shipped_configs_load(path):
     cfg = load_config(["--config", str(path)])
     assert cfg.max_steps > 0
+
+
+def test_the_old_warmup_key_and_flag_still_work_with_a_warning_naming_the_new(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("warmup_steps: 7\n")
+    with pytest.warns(FutureWarning, match="'lr_warmup_steps' \\(--lr-warmup-steps\\)"):
+        assert load_config(["--config", str(path)]).lr_warmup_steps == 7
+    with pytest.warns(FutureWarning, match="--lr-warmup-steps"):
+        assert load_config(["--warmup-steps", "3"]).lr_warmup_steps == 3
+    with pytest.warns(FutureWarning):  # a new flag overrides an old key of the file
+        assert load_config(["--config", str(path), "--lr-warmup-steps", "9"]).lr_warmup_steps == 9
+    with pytest.raises(ValueError, match="both 'warmup_steps' and 'lr_warmup_steps'"):
+        from_dict({"warmup_steps": 1, "lr_warmup_steps": 2})
+
+
+def test_typed_spam_options_reach_the_optimizer_and_conflicts_are_errors():
+    from trainers.models import build_model
+    from trainers.optimizers import build_optimizer
+
+    cfg = load_config(["--spike-threshold", "7", "--reset-interval", "40", "--reset-warmup-steps", "4",
+                       "--clip-delay", "3", "--optimizer-kwargs", '{"eps": 1e-7}'])
+    group = build_optimizer(cfg, build_model("llama-tiny", 64, 16, 0)).param_groups[0]
+    assert (group["threshold"], group["reset_interval"], group["warmup_steps"], group["clip_delay"],
+            group["eps"]) == (7.0, 40, 4, 3, 1e-7)
+    with pytest.raises(ValueError, match="reset_interval is set twice"):
+        from_dict({"reset_interval": 4, "optimizer_kwargs": {"reset_interval": 5}})
+    with pytest.raises(ValueError, match="clip_delay: not an option of optimizer 'stable-spam'"):
+        from_dict({"optimizer": "stable-spam", "clip_delay": 4})
+    stable = from_dict({"optimizer": "stable-spam", "reset_interval": 9})
+    assert stable.spam_options() == {"reset_interval": 9}
+
+
+def test_choice_lists_are_the_library_s_own():
+    from spam_opt.monitor.gradient_monitor import MODES
+    from trainers.injection import BAD_BATCH_KINDS
+    from trainers.optimizers import OPTIMIZERS
+
+    assert set(MODES) == {"tensor", "element"} and "random" in BAD_BATCH_KINDS
+    for key, accepted in (("monitor_mode", MODES), ("bad_batch", BAD_BATCH_KINDS), ("optimizer", OPTIMIZERS)):
+        with pytest.raises(ValueError, match=f"accepted values are {', '.join(accepted)}"):
+            from_dict({key: "nope"})
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"time_limit": "3 hours"}, "time_limit"),
+    ({"save_on_signal": ["SIGKILL"]}, "save_on_signal"),
+    ({"max_bad_steps": -1}, "max_bad_steps"),
+    ({"requeue_exit_code": 300}, "requeue_exit_code"),
+])
+def test_preemption_options_are_checked(values, match):
+    with pytest.raises(ValueError, match=match):
+        from_dict(values)
+
+
+def test_time_limits_read_like_a_scheduler_s():
+    from trainers.preemption import parse_duration
+
+    assert [parse_duration(t) for t in ("3h50m", "90m", "45s", "1h0m30s", "7200", "2.5h")] == [
+        13800, 5400, 45, 3630, 7200, 9000]

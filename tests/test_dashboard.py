@@ -12,9 +12,11 @@ import torch
 from torch import nn
 from watching import watching
 
+from spam_opt import run_files as rf
 from spam_opt.dashboard import render_dashboard
 from spam_opt.dashboard.cli import main
-from spam_opt.dashboard.render import build_figure, load_run
+from spam_opt.dashboard.render import build_figure
+from spam_opt.dashboard.run_data import load_run
 from spam_opt.monitor import GradientSpikeMonitor, SpikeInjector
 from spam_opt.spam import SPAM
 
@@ -52,8 +54,8 @@ def _traces(fig) -> dict[str, object]:
 
 
 def test_figure_holds_every_chart_with_the_run_data(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    events = [json.loads(line) for line in (run_dir / "spikes.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / rf.METRICS).read_text().splitlines()]
+    events = [json.loads(line) for line in (run_dir / rf.SPIKES).read_text().splitlines()]
     fig = build_figure(load_run(run_dir))
     traces = _traces(fig)
     train = [r for r in rows if "loss" in r]
@@ -87,14 +89,14 @@ def test_report_is_self_contained_and_lists_the_largest_spikes(run_dir, tmp_path
     assert path == tmp_path / "report.html" and "<script src=" not in page  # plotly.js is inline
     assert "Plotly.newPlot" in page and "Largest spikes" in page
     assert f"<td>{SPIKE}</td><td>1.weight</td>" in page
-    assert render_dashboard(run_dir) == run_dir / "dashboard.html"
+    assert render_dashboard(run_dir) == run_dir / rf.DASHBOARD
 
 
 def test_truncated_and_missing_logs_give_a_report_with_warnings(run_dir, tmp_path, caplog):
     damaged = tmp_path / "damaged"
     damaged.mkdir()
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    (damaged / "metrics.jsonl").write_text("\n".join(lines[:10]) + "\n" + lines[10][:25])  # killed mid-write
+    lines = (run_dir / rf.METRICS).read_text().splitlines()
+    (damaged / rf.METRICS).write_text("\n".join(lines[:10]) + "\n" + lines[10][:25])  # killed mid-write
     with caplog.at_level(logging.WARNING, logger="spam_opt.dashboard"):
         page = render_dashboard(damaged).read_text()
     assert "cut short" in caplog.text and "spikes.jsonl is missing" in caplog.text
@@ -119,15 +121,15 @@ def test_cli_renders_and_rejects_a_missing_directory(run_dir, tmp_path, capsys):
 
 def test_cli_watch_rerenders_when_the_run_grows(run_dir, tmp_path):
     live = tmp_path / "live"
-    shutil.copytree(run_dir, live, ignore=shutil.ignore_patterns("dashboard.html"))
-    metrics = (live / "metrics.jsonl").read_text().splitlines()
-    (live / "metrics.jsonl").write_text("\n".join(metrics[:5]) + "\n")
+    shutil.copytree(run_dir, live, ignore=shutil.ignore_patterns(rf.DASHBOARD))
+    metrics = (live / rf.METRICS).read_text().splitlines()
+    (live / rf.METRICS).write_text("\n".join(metrics[:5]) + "\n")
     with watching(str(live)) as proc:
         assert proc.stdout.readline().startswith("rendered")
-        assert 'http-equiv="refresh"' in (live / "dashboard.html").read_text()
-        (live / "metrics.jsonl").write_text("\n".join(metrics) + "\n")
+        assert 'http-equiv="refresh"' in (live / rf.DASHBOARD).read_text()
+        (live / rf.METRICS).write_text("\n".join(metrics) + "\n")
         assert proc.stdout.readline().startswith("rendered")
-        assert f"steps 5–{STEPS}" in (live / "dashboard.html").read_text()
+        assert f"steps 5–{STEPS}" in (live / rf.DASHBOARD).read_text()
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no chromium at /usr/bin/chromium to open the report")

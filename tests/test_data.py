@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from trainers.data import (
+    BadRecordError,
     BlockBatches,
     StreamBatches,
     build_splits,
     builtin_corpus_files,
     load_documents,
     make_tokenizer,
+    screen_records,
     tokenize_and_pack,
 )
 from trainers.tokenizer import byte_tokenizer, load_tokenizer, train_bpe
@@ -181,3 +183,32 @@ def test_streamed_batches_follow_the_same_contract(tmp_path, cache_dir):
         assert torch.equal(torch.cat([ranks[0][i], ranks[1][i]]), in_order[i])
     with pytest.raises(ValueError, match="ran out at micro-batch 12"):
         single[12]
+
+
+@pytest.mark.parametrize("line, why", [
+    (b"caf\xe9 au lait", "not valid UTF-8"),
+    (b'{"text": "cut', "not valid JSON"),
+    (b'["a", "list"]', "a JSON list, not an object"),
+    (b'{"text": 12}', "field 'text' is a int, not a string"),
+])
+def test_a_malformed_record_is_an_error_naming_the_file_and_the_line(tmp_path, line, why):
+    path = write_jsonl(tmp_path / "d.jsonl", ["one", "two", "three"])
+    path.write_bytes(path.read_bytes() + line + b"\n" + json.dumps({"text": "four"}).encode() + b"\n")
+    with pytest.raises(BadRecordError, match=f"{path}, line 4: the record is {why}"):
+        screen_records(str(path))
+    fine = str(write_jsonl(tmp_path / "ok.jsonl", ["fine"]))
+    assert screen_records(fine) == (fine, 0)
+
+
+def test_skipped_records_leave_the_good_ones_in_order(tmp_path, cache_dir):
+    (tmp_path / "data").mkdir()
+    first = tmp_path / "data" / "a.txt"
+    first.write_bytes(b"alpha\n\nbe\xfft\n\ngamma\n")
+    (tmp_path / "data" / "b.txt").write_text("delta\n")
+    with pytest.raises(BadRecordError, match=f"{first}, line 3"):
+        screen_records(str(tmp_path / "data"))
+    source, skipped = screen_records(str(tmp_path / "data"), skip=True, cache_dir=cache_dir)
+    assert skipped == 1 and source != str(tmp_path / "data")
+    assert screen_records(str(tmp_path / "data"), skip=True, cache_dir=cache_dir) == (source, 1)  # reused
+    texts = load_documents(source, cache_dir=cache_dir)["text"]
+    assert [t.strip() for t in texts] == ["alpha", "gamma", "delta"]

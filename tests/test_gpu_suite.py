@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import benchmark_scripts
+import torch
 
 ROOT = Path(__file__).parents[1]
 
@@ -29,7 +30,8 @@ def test_without_cuda_it_says_so_in_one_line_and_exits_0():
 
 
 def test_bad_arguments_are_usage_errors_before_anything_runs():
-    for args, message in ((["--only", "bench"], "--only bench: the parts are tests, step and train"),
+    parts = "the parts are tests, step, train and spikegpt"
+    for args, message in ((["--only", "bench"], f"--only bench: {parts}"),
                           (["--only"], "--only needs a part"),
                           (["--train-steps", "0"], "--train-steps needs a positive integer"),
                           (["--fast"], "unknown argument --fast")):
@@ -42,10 +44,15 @@ def test_bad_arguments_are_usage_errors_before_anything_runs():
 
 def test_dry_run_prints_the_parts_asked_for():
     commands = [line[2:] for line in suite("--dry-run").stdout.splitlines() if line.startswith("+ ")]
-    assert len(commands) == 3
-    assert commands[0].startswith(f"{sys.executable} -m pytest -m cuda")
+    assert len(commands) == 5
+    # The tests marked cuda, and SpikeGPT's Triton tests (on the GPU there, in the interpreter here).
+    assert shlex.split(commands[0])[:4] == [sys.executable, "-m", "pytest", "-m"]
+    assert shlex.split(commands[0])[4] == "cuda or triton"
     assert "--device cuda --sizes 60m,130m,350m,1b" in commands[1]
     assert "--model llama-60m --optimizer spam --mixed-precision bf16 --max-steps 200" in commands[2]
+    assert "spikegpt_triton_kernels.py --device cuda" in commands[3]
+    assert "spikegpt_throughput.py --device cuda --reference" in commands[4]
+    assert all("--output benchmarks/results/spikegpt_" in command for command in commands[3:])
     only = suite("--dry-run", "--only", "train", "--train-steps", "7").stdout.splitlines()
     assert len(only) == 1 and "--max-steps 7" in only[0]
 
@@ -57,3 +64,18 @@ def test_dry_run_prints_the_parts_asked_for():
     timed = [name for name in bench.optimizers(False, hidden=256, heads=4) if pattern.search(name)]
     assert timed and all(name.startswith(("SPAM", "Stable-SPAM")) for name in timed)
     assert set(step[step.index("--sizes") + 1].split(",")) <= set(bench.SIZES)
+
+
+def test_the_triton_kernel_benchmark_runs_and_agrees_with_float64(capsys):
+    """The spikegpt part's kernel benchmark on a tiny shape, without a GPU on CPU in Triton's interpreter
+    (conftest.py): every row within float32 rounding of the float64 reference paths, no spike flipped."""
+    bench = benchmark_scripts.load("spikegpt_triton_kernels")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bench.main(["--device", device, "--preset", "spikegpt-tiny", "--batch-size", "2", "--tokens", "8",
+                "--rounds", "1", "--output", "-"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| spikegpt-tiny")]
+    assert [(row[1].strip(), row[2].split()[0]) for row in rows] == [
+        ("WKV", "Triton"), ("WKV", "reference"), ("LIF", "Triton"), ("LIF", "reference")]
+    assert all(float(row[3]) < 1e-5 for row in rows)
+    assert [row[4].strip() for row in rows[2:]] == ["0 of 1024"] * 2

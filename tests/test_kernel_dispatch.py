@@ -1,5 +1,5 @@
-"""One rule picks every optimizer's kernel from its foreach/fused flags, and one policy handles a C++ kernel
-that cannot be built or loaded."""
+"""One registry lists every optimizer's kernels per device, one rule picks among them from the foreach/fused
+flags, and one policy handles a kernel that cannot run (a C++ kernel that cannot be built or loaded)."""
 
 from __future__ import annotations
 
@@ -7,57 +7,79 @@ import pytest
 import torch
 from torch import nn
 
-from spam_opt import SPAM, StableSPAM
-from spam_opt.kernels import cpp_build, dispatch
-from spam_opt.kernels.dispatch import SPAM_KERNELS, STABLE_SPAM_KERNELS, select_kernel
+from spam_opt import SPAM, StableSPAM, _cpp_build
+from spam_opt.kernels import dispatch
+from spam_opt.kernels.cpp_ops import OPTIMIZER_SOURCE, optimizer_ops_unavailable_reason
+from spam_opt.kernels.dispatch import SPAM_KERNELS, STABLE_SPAM_KERNELS, Candidate, KernelTable, select_kernel
 from spam_opt.kernels.spam.compiled import spam_compiled
 from spam_opt.kernels.spam.cpp import spam_cpp
+from spam_opt.kernels.spam.foreach import spam_foreach
+from spam_opt.kernels.spam.reference import spam_reference
 from spam_opt.kernels.stable_spam.cpp import stable_spam_cpp
+from spam_opt.kernels.stable_spam.foreach import stable_spam_foreach
 
 CPU, CUDA, META = torch.device("cpu"), torch.device("cuda"), torch.device("meta")
-TABLES = [pytest.param(SPAM_KERNELS, spam_cpp, id="SPAM"),
-          pytest.param(STABLE_SPAM_KERNELS, stable_spam_cpp, id="StableSPAM")]
+TABLES = [pytest.param(SPAM_KERNELS, spam_cpp, spam_foreach, id="SPAM"),
+          pytest.param(STABLE_SPAM_KERNELS, stable_spam_cpp, stable_spam_foreach, id="StableSPAM")]
 
 
-@pytest.mark.parametrize(("table", "cpp"), TABLES)
-def test_flags_pick_the_paths_they_name_on_cpu(table, cpp):
+@pytest.mark.parametrize(("table", "cpp", "foreach"), TABLES)
+def test_flags_pick_the_paths_they_name_on_cpu(table, cpp, foreach):
     assert select_kernel(table, None, None, CPU) is cpp  # built once per machine, fast at any size
     assert select_kernel(table, None, True, CPU) is cpp
-    assert select_kernel(table, True, None, CPU) is table.foreach
-    assert select_kernel(table, True, False, CPU) is table.foreach
-    assert select_kernel(table, None, False, CPU) is table.foreach  # fused=False is honoured
+    assert select_kernel(table, True, None, CPU) is foreach
+    assert select_kernel(table, True, False, CPU) is foreach
+    assert select_kernel(table, None, False, CPU) is foreach  # fused=False is honoured
     assert select_kernel(table, False, None, CPU) is table.reference
     assert select_kernel(table, False, False, CPU) is table.reference
 
 
-@pytest.mark.parametrize(("table", "cpp"), TABLES)
-def test_other_devices_default_to_foreach_and_fused_true_says_why_it_cannot_run(table, cpp):
+@pytest.mark.parametrize(("table", "cpp", "foreach"), TABLES)
+def test_other_devices_default_to_foreach_and_fused_true_says_why_it_cannot_run(table, cpp, foreach):
     for device in (CUDA, META):
-        assert select_kernel(table, None, None, device) is table.foreach
+        assert select_kernel(table, None, None, device) is foreach
     with pytest.raises(RuntimeError, match="fused=True cannot run: .*got meta"):
         select_kernel(table, None, True, META)
 
 
 def test_spam_fused_on_cuda_is_the_compiled_step_but_never_the_default():
     """Until the compiled step has run on a GPU, CUDA's default is foreach; fused=True still asks for it."""
-    kernel, reason = SPAM_KERNELS.fused(CUDA)
-    assert kernel is spam_compiled
-    assert select_kernel(SPAM_KERNELS, None, None, CUDA) is SPAM_KERNELS.foreach
-    if reason is not None:  # this machine has no triton: fused=True says so rather than running eager
+    (compiled,) = [c for c in SPAM_KERNELS.candidates(CUDA) if c.fused]
+    assert compiled.kernel is spam_compiled and not compiled.default
+    assert select_kernel(SPAM_KERNELS, None, None, CUDA) is spam_foreach
+    if compiled.unavailable_reason(CUDA) is not None:  # no triton here: fused=True says so, not runs eager
         with pytest.raises(RuntimeError, match="fused=True cannot run: torch.compile on CUDA needs triton"):
             select_kernel(SPAM_KERNELS, None, True, CUDA)
-    with pytest.raises(RuntimeError, match="StableSPAM's fused step runs on CPU tensors only, got cuda"):
+    with pytest.raises(RuntimeError, match="StableSPAM's fused step runs on cpu tensors, got cuda"):
         select_kernel(STABLE_SPAM_KERNELS, None, True, CUDA)
+
+
+def test_a_new_kernel_is_one_entry_and_unavailable_ones_are_passed_over_with_their_reason():
+    """The automatic choice takes the first default candidate that can run, warns when a preferred one could
+    not, skips candidates that are not defaults, and ends at the reference."""
+    fast = Candidate("fast", spam_cpp, lambda device: "the fast one needs a widget", fused=True)
+    untried = Candidate("untried", spam_compiled, fused=True, default=False)
+    broken = Candidate("multi", spam_foreach, lambda device: "no multi-tensor ops")
+    table = KernelTable("Toy", {"cpu": (fast, Candidate("multi", spam_foreach))}, other=(untried, broken),
+                        reference=spam_reference)
+    dispatch.warn_fallback.cache_clear()
+    with pytest.warns(RuntimeWarning, match="Toy falls back to the slower multi step: the fast one needs a"):
+        assert select_kernel(table, None, None, CPU) is spam_foreach
+    assert select_kernel(table, None, True, META) is spam_compiled  # fused=True may pick a non-default one
+    with pytest.warns(RuntimeWarning, match="single-tensor reference step: no multi-tensor ops"):
+        assert select_kernel(table, None, None, META) is spam_reference
+    with pytest.raises(RuntimeError, match="fused=True cannot run: the fast one needs a widget"):
+        select_kernel(table, None, True, CPU)
 
 
 @pytest.mark.parametrize("make", [SPAM, StableSPAM], ids=["SPAM", "StableSPAM"])
 def test_a_failed_kernel_build_is_reported_and_automatic_selection_falls_back(make, tmp_path, monkeypatch):
     monkeypatch.setenv("SPAM_OPT_CACHE", str(tmp_path))
-    monkeypatch.setattr(cpp_build, "_compiler", lambda: "false")  # a "compiler" that always fails
-    reason = cpp_build.load_library.__wrapped__(cpp_build.OPTIMIZER_SOURCE)
+    monkeypatch.setattr(_cpp_build, "_compiler", lambda: "false")  # a "compiler" that always fails
+    reason = _cpp_build.library_unavailable_reason.__wrapped__(OPTIMIZER_SOURCE)
     assert reason.startswith("building the CPU kernel spam_cpu.cpp failed (false, exit 1)")
     assert not list(tmp_path.glob("*.so")), "a failed build must not leave a kernel behind"
-    monkeypatch.setattr(dispatch, "load_optimizer_ops", lambda: reason)
+    monkeypatch.setattr(dispatch, "optimizer_ops_unavailable_reason", lambda: reason)
     p = nn.Parameter(torch.zeros(3))
     p.grad = torch.ones(3)
     with pytest.raises(RuntimeError, match="fused=True cannot run: building the CPU kernel"):
@@ -70,14 +92,14 @@ def test_a_failed_kernel_build_is_reported_and_automatic_selection_falls_back(ma
 
 def test_an_unloadable_cached_kernel_is_reported_not_raised(tmp_path, monkeypatch):
     monkeypatch.setenv("SPAM_OPT_CACHE", str(tmp_path))
-    target = cpp_build.cached_library(cpp_build._compiler(), cpp_build.OPTIMIZER_SOURCE)
+    target = _cpp_build.cached_library(_cpp_build._compiler(), OPTIMIZER_SOURCE)
     target.write_bytes(b"not a shared library")  # say, a copy truncated by a full disk
-    reason = cpp_build.load_library.__wrapped__(cpp_build.OPTIMIZER_SOURCE)
+    reason = _cpp_build.library_unavailable_reason.__wrapped__(OPTIMIZER_SOURCE)
     assert reason.startswith("loading the CPU kernel") and "delete it to rebuild" in reason
 
 
 def test_cpp_op_errors_name_the_op_that_failed():
-    cpp_build.load_optimizer_ops()
+    assert optimizer_ops_unavailable_reason() is None
     p, g = torch.zeros(4, dtype=torch.float64), torch.zeros(4)
     m, n = torch.zeros(4), torch.zeros(())
     with pytest.raises(RuntimeError, match=r"spam_step_: params\[0\] must be a contiguous float32 CPU"):

@@ -23,7 +23,15 @@ def test_quick_memory_grid_measures_state_and_writes_the_pareto_report(tmp_path)
     report = (tmp_path / "README.md").read_text()
     assert "| spam-d0.25-8bit |" in report and "GaLore rank" in report
     assert (tmp_path / "pareto.png").stat().st_size > 1000
-    assert len(json.loads((tmp_path / "results.json").read_text())["runs"]) == 4
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["runs"]) == 4 and saved["timing"]["commit"]
+    assert "Step column: Measured at commit" in report  # with machine_load's idle / under-load line
+    # --report-only keeps the step column it holds; --retime measures it again, training nothing
+    ratios = {r["variant"]: r["step_ratio"] for r in rows}
+    argv = ["--quick", "--variants", "adamw,galore,spam-d0.25,spam-d0.25-8bit", "--out", str(tmp_path),
+            "--report-only"]
+    assert {r["variant"]: r["step_ratio"] for r in memory_grid.main(argv)} == ratios
+    assert {r["variant"]: r["step_ratio"] for r in memory_grid.main([*argv, "--retime"])} != ratios
 
 
 def test_memory_grid_bad_arguments_are_one_clear_error(capsys):

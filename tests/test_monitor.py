@@ -17,6 +17,7 @@ from torch import nn
 from spam_opt.monitor import GradientSpikeMonitor, SpikeInjector
 from spam_opt.monitor.jsonl import read_jsonl
 from spam_opt.spam import SPAM
+from spam_opt.stable_spam import StableSPAM
 
 SPIKE_STEP, SPIKED = 60, "1.weight"  # a LayerNorm weight, where the paper saw most spikes
 # 1000x at step 60 scores 1000 * 60 / (59 + 1000) = 57 > 50; at step 40 the running mean would hide it
@@ -225,6 +226,25 @@ def test_spam_clip_counts_and_momentum_resets_are_recorded(tmp_path):
     assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]
     before = [sum(c for (t, _), c in expected.items() if r["step"] - 5 <= t < r["step"]) for r in rows]
     assert [r["clipped"] for r in rows] == before
+
+
+def test_momentum_resets_are_read_from_the_optimizer_per_named_group(tmp_path):
+    model = _model()
+    weights = [p for p in model.parameters() if p.dim() >= 2]
+    others = [p for p in model.parameters() if p.dim() < 2]
+    opt = StableSPAM([{"params": weights, "name": "matrices", "reset_interval": 3},
+                      {"params": others, "name": "vectors", "reset_interval": 5}], lr=1e-3)
+    monitor = GradientSpikeMonitor(model, opt, run_dir=tmp_path, log_every=4)
+    for t in range(1, 16):
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape)
+        monitor.observe(t)
+        opt.step()
+    monitor.close()
+    resets = [(e["step"], e["param"], e["value"]) for e in _rows(tmp_path / "spikes.jsonl")
+              if e["kind"] == "momentum_reset"]
+    assert resets == [(3, "matrices", 1), (5, "vectors", 1), (6, "matrices", 2), (9, "matrices", 3),
+                      (10, "vectors", 2), (12, "matrices", 4), (15, "*", 5)]
 
 
 def test_nonfinite_gradients_are_events_and_json_stays_valid(tmp_path, caplog):

@@ -185,6 +185,45 @@ def test_an_added_param_group_joins_the_global_schedule(info):
 
 
 @pytest.mark.parametrize("info", INFOS)
+def test_spike_stats_report_each_groups_momentum_resets_at_their_steps(info):
+    """A reset is an event of the step that makes it, per group, on the group's own interval; a parameter
+    without a gradient at that step is reset at its next step with one."""
+    a, b, c = (nn.Parameter(torch.randn(4, 4)) for _ in range(3))
+    warmup = {"warmup_steps": 2} if "warmup_steps" in info.schedule else {}  # SPAM's must fit the interval
+    groups = [{"params": [p], "reset_interval": n, **warmup} for p, n in ((a, 4), (b, 6), (c, 0))]
+    options = {k: v for k, v in info.schedule.items() if k not in ("reset_interval", *warmup)}
+    opt = info.make(groups, **options)
+    seen = {}
+    for s in range(1, 13):
+        a.grad, c.grad = torch.randn(4, 4), torch.randn(4, 4)
+        b.grad = None if s == 6 else torch.randn(4, 4)
+        opt.step()
+        seen[s] = [(r.group, r.number) for r in opt.spike_stats().resets]
+        if s == 6:
+            assert opt.state[b]["reset_number"] == 0  # no gradient: its reset waits for its next step
+    expected = {4: [(0, 1)], 6: [(1, 1)], 8: [(0, 2)], 12: [(0, 3), (1, 2)]}
+    assert {s: r for s, r in seen.items() if r} == expected
+    assert opt.state[a]["reset_number"] == 3 and opt.state[b]["reset_number"] == 2
+    assert opt.state[c]["reset_number"] == 0
+
+
+@pytest.mark.parametrize("info", INFOS)
+def test_a_state_dict_saved_before_an_option_existed_loads_with_its_default(info):
+    p = nn.Parameter(torch.randn(4, 4))
+    opt = info.make([p], lr=1e-2)
+    p.grad = torch.randn(4, 4)
+    opt.step()
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:
+        del group["maximize"]
+    fresh = info.make([p], lr=1e-2)
+    fresh.load_state_dict(saved)
+    assert fresh.param_groups[0]["maximize"] is False
+    p.grad = torch.randn(4, 4)
+    fresh.step()
+
+
+@pytest.mark.parametrize("info", INFOS)
 def test_lr_scheduler_and_step_hooks(info):
     p = nn.Parameter(torch.randn(4))
     opt = info.make([p], lr=1.0)

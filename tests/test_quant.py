@@ -323,7 +323,7 @@ def test_quantized_spikegpt_generation_matches_a_full_reforward():
 @pytest.mark.distributed
 def test_two_quantized_processes_match_one_with_the_same_global_batch(tmp_path, corpus, cache_dir):
     common = ["--model", "llama-tiny", "--dataset", str(corpus), "--cache-dir", cache_dir, "--seq-len", "32",
-              "--max-steps", "4", "--warmup-steps", "2", "--log-every", "1", "--eval-every", "0",
+              "--max-steps", "4", "--lr-warmup-steps", "2", "--log-every", "1", "--eval-every", "0",
               "--save-every", "0", "--output-dir", str(tmp_path), "--no-progress-bar", "--no-dashboard",
               "--trackers", "", "--optimizer", "spam", *QUANT]
     train_on_two_cpu_processes([*common, "--batch-size", "2", "--run-name", "ddp"])

@@ -12,7 +12,8 @@ from torch import nn
 
 from spam_opt import SPAM, param_groups
 from spam_opt.kernels.draw import draw_kept
-from spam_opt.sparse import KeptEntries, kept_indices, mask_key
+from spam_opt.sparse import kept_indices, mask_key
+from spam_opt.state.kept import KeptEntries
 
 SCHEDULE = dict(reset_interval=25, warmup_steps=8, clip_delay=5, threshold=50.0)
 PATHS = [pytest.param(False, id="reference"), pytest.param(True, id="foreach")]

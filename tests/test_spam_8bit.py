@@ -18,8 +18,9 @@ from torch import nn
 
 from spam_opt import SPAM
 from spam_opt.kernels.draw import draw_kept_bits
-from spam_opt.quantized_state import QuantizedMoments, block_count, block_ids, pack_bits, unpack_bits
 from spam_opt.sparse import kept_indices, mask_key
+from spam_opt.state.kept import pack_bits, unpack_bits
+from spam_opt.state.quantized import QuantizedMoments, block_count, block_ids
 
 # Clipping then fires on the injected 1000x spikes only, not at its boundary, where 8-bit and float64 v̂ may
 # differ in the last bits and so decide differently.

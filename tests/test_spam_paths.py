@@ -12,9 +12,10 @@ from reference_spam import ReferenceSPAM
 from stepping import step_and_count
 from torch import nn
 
+from spam_opt.kernels.dispatch import Candidate
 from spam_opt.kernels.spam.compiled import spam_compiled
 from spam_opt.spam import SPAM
-from spam_opt.sparse import KeptEntries
+from spam_opt.state.kept import KeptEntries
 
 SCHEDULE = dict(reset_interval=20, warmup_steps=6, clip_delay=4, threshold=50.0)
 # 2-D, 1-D, 3-D and 0-dim parameters: every layout the fused path views as rows.
@@ -23,7 +24,9 @@ SHAPES = [(6, 5), (7,), (4, 3, 2), ()]
 
 def _use_compiled_kernel(monkeypatch):
     """Make ``fused=True`` pick the torch.compile kernel (CUDA's) for CPU tensors too."""
-    table = dataclasses.replace(SPAM.kernels, fused=lambda device: (spam_compiled, None))
+    others = [c for c in SPAM.kernels.candidates(torch.device("cpu")) if not c.fused]
+    compiled = Candidate("compiled", spam_compiled, fused=True)
+    table = dataclasses.replace(SPAM.kernels, devices={**SPAM.kernels.devices, "cpu": (compiled, *others)})
     monkeypatch.setattr(SPAM, "kernels", table)
 
 

@@ -188,7 +188,7 @@ def test_trains_through_pretrain(tmp_path, optimizer):
                               for _ in range(120)))
     run_dir = main(["--model", "spikegpt-tiny", "--optimizer", optimizer, "--dataset", str(corpus),
                     "--cache-dir", str(tmp_path / "cache"), "--seq-len", "32", "--batch-size", "4",
-                    "--max-steps", "12", "--warmup-steps", "1", "--lr", "1e-2", "--log-every", "1",
+                    "--max-steps", "12", "--lr-warmup-steps", "1", "--lr", "1e-2", "--log-every", "1",
                     "--eval-every", "0", "--save-every", "0", "--output-dir", str(tmp_path),
                     "--run-name", "run", "--no-progress-bar", "--no-dashboard", "--trackers", ""])
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

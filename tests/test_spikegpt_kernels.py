@@ -22,9 +22,9 @@ from trainers.models.spikegpt import (
     wkv_recurrent,
 )
 from trainers.models.spikegpt_kernels import (
-    kernels_take,
+    backend,
     lif_kernel,
-    reference_paths,
+    path_for,
     relu_square_kernel,
     shift_mix_kernel,
     sigmoid_gate_kernel,
@@ -35,12 +35,12 @@ from trainers.models.spiking_neuron import MultiStepLIF
 
 @pytest.fixture(autouse=True, scope="module")
 def built():
-    assert kernels_take(torch.zeros(1)), "SpikeGPT's C++ kernels did not build (see the warning)"
+    assert path_for(torch.zeros(1), "wkv") == "cpp", "SpikeGPT's C++ kernels did not build (see the warning)"
 
 
 def on(path):
-    """The context in which the model runs ``path``: "kernels" (the default) or "reference"."""
-    return reference_paths() if path == "reference" else contextlib.nullcontext()
+    """The context in which the model runs ``path``: "kernels" (the default on CPU) or "reference"."""
+    return backend("reference") if path == "reference" else contextlib.nullcontext()
 
 
 def random_state(batch, channels, dtype, seed=7):
@@ -197,18 +197,20 @@ def spiking_model(seed=0, **overrides) -> SpikeGPTForCausalLM:
     return model
 
 
-def test_model_on_kernels_matches_model_on_reference_paths(torch_threads):
-    model = spiking_model()
-    ids = torch.randint(0, 29, (3, 33), generator=torch.Generator().manual_seed(9))
-    runs = []
-    for path in ("kernels", "reference"):
-        with on(path):
-            out = model(input_ids=ids, labels=ids, use_cache=True)
+def train_step_on(model, ids, context):
+    """One forward and backward pass of ``model`` within ``context``: the output, gradients and metrics."""
+    with context:
+        out = model(input_ids=ids, labels=ids, use_cache=True)
         out.loss.backward()
-        grads = {name: p.grad for name, p in model.named_parameters()}
-        model.zero_grad(set_to_none=True)
-        runs.append((out, grads, model.spike_metrics()))
-    (out, grads, metrics), (ref_out, ref_grads, ref_metrics) = runs
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return out, grads, model.spike_metrics()
+
+
+def assert_same_training_step(run, ref_run):
+    """Two ``train_step_on`` results: the same spikes, so bit-identical logits and spike metrics; gradients
+    and the carried state within float32 rounding."""
+    (out, grads, metrics), (ref_out, ref_grads, ref_metrics) = run, ref_run
     # The stream is a sum of 0/1 spikes: the same spikes give bit-identical logits.
     assert torch.equal(out.logits, ref_out.logits)
     assert metrics.keys() == ref_metrics.keys()
@@ -224,21 +226,27 @@ def test_model_on_kernels_matches_model_on_reference_paths(torch_threads):
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_model_on_kernels_matches_model_on_reference_paths(torch_threads):
+    model = spiking_model()
+    ids = torch.randint(0, 29, (3, 33), generator=torch.Generator().manual_seed(9))
+    assert_same_training_step(*(train_step_on(model, ids, on(path)) for path in ("kernels", "reference")))
+
+
 def test_bfloat16_runs_the_reference_paths():
     model = spiking_model(seed=1).eval()
     ids = torch.randint(0, 29, (2, 9), generator=torch.Generator().manual_seed(10))
-    assert not kernels_take(torch.zeros(1, dtype=torch.bfloat16))
+    assert path_for(torch.zeros(1, dtype=torch.bfloat16), "lif") == "reference"
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(input_ids=ids).logits
     assert torch.isfinite(logits).all()
 
 
 def test_a_kernel_that_cannot_be_built_warns_once_and_the_reference_paths_run(monkeypatch):
-    monkeypatch.setattr(spikegpt_kernels, "load_library", lambda source: "no C++ compiler here")
+    monkeypatch.setattr(spikegpt_kernels, "library_unavailable_reason", lambda source: "no C++ compiler here")
     spikegpt_kernels._unavailable_reason.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match=r"SpikeGPT runs its pure-PyTorch paths .*no C\+\+ compiler"):
-            assert not kernels_take(torch.zeros(1))
+            assert path_for(torch.zeros(1), "wkv") == "reference"
         model = spiking_model(seed=2).eval()
         with torch.no_grad():
             logits = model(input_ids=torch.zeros(1, 4, dtype=torch.long)).logits

@@ -50,7 +50,9 @@ def test_detector_scores_count_flags_near_each_injection(grid):
               "steps": 500}
     assert grid.detections(result, "grad") == [True, True, False]  # 26 is within 2 steps of the burst's end
     assert grid.detections(result, "loss") == [True, False, False]
-    assert grid.false_flags_per_1000(result, "grad") == 6.0
+    # a false flag is a flag on a step with no injection: 33 only (10 and 26 fall in injection windows)
+    assert grid.false_flags(result, "grad") == 1
+    assert grid.false_flags(result | {"injections": []}, "grad") == 3  # a clean run: every flag is false
 
 
 def test_quick_grid_runs_end_to_end_and_resumes(stability, grid, tmp_path):

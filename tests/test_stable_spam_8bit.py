@@ -11,8 +11,8 @@ from stepping import grad_stream, step_and_count
 from test_spam_8bit import SHAPES, _close_but_for_ties, _maps_in_float64, _params
 from test_stable_spam import HYPER, Float64StableSPAM
 
-from spam_opt.quantized_state import block_count, block_ids
 from spam_opt.stable_spam import StableSPAM
+from spam_opt.state.quantized import block_count, block_ids
 from spam_opt.state_bytes import state_bytes
 
 PATHS = [pytest.param(dict(foreach=False), id="reference"), pytest.param(dict(foreach=True), id="foreach"),

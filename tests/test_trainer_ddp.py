@@ -35,7 +35,7 @@ def train_on_two_cpu_processes(argv: list[str]) -> None:
 def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path):
     corpus = write_letters_corpus(tmp_path / "corpus.jsonl")
     common = ["--model", "llama-tiny", "--dataset", str(corpus), "--cache-dir", str(tmp_path / "cache"),
-              "--seq-len", "32", "--max-steps", "6", "--warmup-steps", "2", "--log-every", "1",
+              "--seq-len", "32", "--max-steps", "6", "--lr-warmup-steps", "2", "--log-every", "1",
               "--eval-every", "3", "--eval-batches", "2", "--save-every", "3", "--output-dir", str(tmp_path),
               "--no-progress-bar", "--no-dashboard", "--trackers", "",
               "--optimizer", "spam", "--density", "0.5"]

@@ -27,8 +27,8 @@ from trainers.pretrain import main
 
 pytestmark = pytest.mark.distributed
 WORKER = Path(__file__).parent / "workers" / "fsdp_jobs.py"
-SPAM_SPARSE = ["--optimizer", "spam", "--density", "0.5", "--optimizer-kwargs",
-               '{"reset_interval": 4, "warmup_steps": 2, "clip_delay": 1, "threshold": 2.0}']
+SPAM_SPARSE = ["--optimizer", "spam", "--density", "0.5", "--reset-interval", "4",
+               "--reset-warmup-steps", "2", "--clip-delay", "1", "--spike-threshold", "2.0"]
 # name -> flags of the runs that the two-process launch trains with --fsdp
 RUNS = {
     "sparse": [*SPAM_SPARSE, "--spike-guard", "--grad-accum", "2", "--save-every", "2"],
@@ -64,7 +64,9 @@ def launch(processes: int, jobs: list[dict], tmp: Path) -> str:
     plan.write_text(json.dumps(jobs))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
            str(WORKER), str(plan)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    # The worker script's folder comes first on its path: the trainer must still be this checkout's.
+    path = os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true", PYTHONPATH=path)
     done = subprocess.run(cmd, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
@@ -77,7 +79,7 @@ def runs(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("fsdp")
     corpus = write_letters_corpus(tmp / "corpus.jsonl")
     common = ["--model", "llama-tiny", "--dataset", str(corpus), "--cache-dir", str(tmp / "cache"),
-              "--seq-len", "32", "--global-batch-size", "8", "--max-steps", "8", "--warmup-steps", "2",
+              "--seq-len", "32", "--global-batch-size", "8", "--max-steps", "8", "--lr-warmup-steps", "2",
               "--log-every", "1", "--eval-every", "4", "--eval-batches", "1", "--keep-checkpoints", "0",
               "--output-dir", str(tmp), "--no-progress-bar", "--no-dashboard", "--trackers", ""]
 
@@ -176,7 +178,6 @@ def test_optimizer_state_is_exact_after_resharding_and_kept_entries_follow_the_h
         expected = kept_indices(numel, mask_key(7, index, 1), 0.3).long()
         assert torch.equal(spam[name]["kept"], expected)
         assert spam[name]["exp_avg"].shape == expected.shape and spam[name]["exp_avg"].abs().sum() > 0
-    assert torch.equal(spam["0.weight"]["row_code"][:, 0], torch.arange(37, dtype=torch.float32))
     # SPAM in 8 bits: the same hash; int8/uint8 codes for the kept entries only; a float32 scale per block
     # (two blocks per row of 300 entries, one per row of 37) and float32 moments for the 1-D parameters.
     spam8 = saved["spam8"]

@@ -41,7 +41,7 @@ def run(tmp_path, corpus, cache_dir):
 
     def _run(name: str, *flags: str) -> Path:
         base = ["--model", "llama-tiny", "--dataset", str(corpus), "--cache-dir", cache_dir,
-                "--seq-len", "32", "--batch-size", "4", "--max-steps", "8", "--warmup-steps", "2",
+                "--seq-len", "32", "--batch-size", "4", "--max-steps", "8", "--lr-warmup-steps", "2",
                 "--lr", "3e-3",
                 "--log-every", "1", "--eval-every", "4", "--eval-batches", "2", "--save-every", "3",
                 "--output-dir", str(tmp_path), "--run-name", name, "--no-progress-bar", "--no-dashboard",
@@ -102,8 +102,8 @@ def interrupt_at_step(monkeypatch, step: int) -> None:
     ("adamw", ["--zclip", "--max-grad-norm", "1.0", "--bad-batch-steps", "2,7", "--inject-spike-steps", "3,6",
                "--inject-fraction", "0.05"]),
     # Resets, warmup and clipping all happen inside 8 steps; sparse momentum is redrawn at the reset.
-    ("spam", ["--density", "0.5", "--optimizer-kwargs",
-              '{"reset_interval": 4, "warmup_steps": 2, "clip_delay": 1, "threshold": 2.0}']),
+    ("spam", ["--density", "0.5", "--reset-interval", "4", "--reset-warmup-steps", "2", "--clip-delay", "1",
+              "--spike-threshold", "2.0"]),
 ])
 def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(run, tmp_path, monkeypatch, optimizer, extra):
     reference = losses(run("whole", "--optimizer", optimizer, *extra))

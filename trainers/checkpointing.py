@@ -11,6 +11,7 @@ previous one.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -18,6 +19,8 @@ import re
 import shutil
 from pathlib import Path
 from typing import Any, Protocol
+
+from spam_opt import run_files as rf
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ class AccelerateState:
 
 def checkpoints(run_dir: Path) -> list[Path]:
     """The run's checkpoint folders, newest first (temporary folders of unfinished saves excluded)."""
-    root = run_dir / "checkpoints"
+    root = run_dir / rf.CHECKPOINTS
     found = [p for p in root.iterdir() if _NAME.fullmatch(p.name)] if root.is_dir() else []
     return sorted(found, key=lambda p: int(_NAME.fullmatch(p.name).group(1)), reverse=True)
 
@@ -77,20 +80,58 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(f.fileno())
 
 
+class DiskFullError(OSError):
+    """The disk filled up while a checkpoint was written; the previous checkpoints are intact."""
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether ``err`` is, or wraps (DCP gathers each rank's failure), a "no space left on device"."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    failures = getattr(err, "failures", None)  # torch.distributed.checkpoint's CheckpointException
+    if isinstance(failures, dict):
+        return any(_disk_full(exc) for exc, _ in failures.values())
+    return any(_disk_full(e) for e in (err.__cause__, err.__context__) if e is not None and e is not err)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
 def save_checkpoint(accelerator: Any, store: CheckpointStore, run_dir: Path, step: int, keep: int) -> Path:
-    """Save the full training state as ``checkpoints/step_{step}`` atomically; delete all but ``keep``."""
-    root = run_dir / "checkpoints"
+    """Save the full training state as ``checkpoints/step_{step}`` atomically; delete all but ``keep``.
+
+    A full disk raises ``DiskFullError`` naming the folder and the space needed, after removing the partial
+    save: the checkpoints already there are untouched.
+    """
+    root = run_dir / rf.CHECKPOINTS
     tmp, final = root / f".tmp-step_{step}", root / f"step_{step}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    store.save(tmp)
-    accelerator.wait_for_everyone()
+    try:
+        store.save(tmp)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _fsync_tree(tmp)
+            files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+            manifest = {"step": step, "format": store.format, "files": files}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    except BaseException as err:
+        if not _disk_full(err):
+            raise
+        written = _folder_bytes(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = checkpoints(run_dir)
+        # A checkpoint's size hardly changes from one step to the next: the last one says what is needed.
+        needed = f"about {_folder_bytes(previous[0])} bytes (the size of {previous[0].name})" if previous \
+            else f"more than the {written} bytes written before the disk filled up"
+        free = shutil.disk_usage(root).free if root.is_dir() else 0
+        raise DiskFullError(errno.ENOSPC, f"no space left on the device of {root} while saving step {step}: "
+                            f"a checkpoint needs {needed}, {free} bytes are free; free space there or "
+                            "choose another --output-dir, then --resume auto (the earlier checkpoints are "
+                            "intact)") from err
     if accelerator.is_main_process:
-        _fsync_tree(tmp)
-        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        manifest = {"step": step, "format": store.format, "files": files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoints(run_dir)[keep:] if keep > 0 else []:

@@ -13,19 +13,27 @@ import dataclasses
 import json
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spam_opt import run_files as rf
+from spam_opt.monitor.gradient_monitor import MODES as MONITOR_MODES
+from spam_opt.spike_guard import _ACTIONS as GUARD_ACTIONS
+from trainers.optimizers import OPTIMIZERS, SHARDABLE_OPTIMIZERS
+from trainers.preemption import SIGNALS, parse_duration
+
 if TYPE_CHECKING:
     from trainers.quant import QuantConfig
 
-OPTIMIZERS = ("spam", "stable-spam", "adamw", "adamw8bit", "adafactor", "galore", "adam-mini",
-              "torchao-adamw8bit")
-FSDP_OPTIMIZERS = ("spam", "stable-spam", "adamw")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # Written by the trainer into the saved config.yaml; ignored when that file is read back.
 LAUNCH_KEY = "launch"
+# Old key -> new key: still read (config files, flags), with a warning naming the new one.
+RENAMED = {"warmup_steps": "lr_warmup_steps"}
+# SPAM's options that the config types (None: the optimizer's default) -> the optimizer's keyword.
+SPAM_OPTIONS = rf.SPAM_OPTION_KEYS
 
 
 @dataclass
@@ -62,8 +70,13 @@ class TrainConfig:
     beta2: float = 0.999
     density: float = 1.0  # sparse momentum (spam): block matrices keep this fraction of their moments
     state_bits: int = 32  # spam, stable-spam: 8 keeps 2-D+ parameters' moments in 8 bits (1/4 the memory)
-    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the optimizer as is
-    warmup_steps: int = 50  # learning-rate warmup of the cosine schedule
+    # SPAM (None: the optimizer's default, docs/spam.md); reset_interval is Stable-SPAM's too
+    spike_threshold: float | None = None  # SPAM's spike threshold theta (default 5000)
+    reset_interval: int | None = None  # steps between momentum resets (SPAM 500, Stable-SPAM 1000)
+    reset_warmup_steps: int | None = None  # SPAM's step-size warmup after each reset (default 150)
+    clip_delay: int | None = None  # SPAM: steps after a reset before spike clipping starts (default 20)
+    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)  # any other option, passed as is
+    lr_warmup_steps: int = 50  # learning-rate warmup of the cosine schedule (formerly warmup_steps)
     max_grad_norm: float = 0.0  # global-norm clipping; 0 disables
     zclip: bool = False  # ZClip's adaptive z-score clipping of the global norm (max_grad_norm > 0: its bound)
     spike_guard: bool = False
@@ -100,6 +113,12 @@ class TrainConfig:
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # accelerate trackers; [] for none
     dashboard: bool = True
     progress_bar: bool = True
+    # preemption and faults (docs/training.md, "Preemption and faults")
+    save_on_signal: list[str] = field(default_factory=lambda: list(SIGNALS))  # save, exit on these; []: off
+    requeue_exit_code: int = 0  # the exit code of a run stopped by a signal or the time limit
+    time_limit: str | None = None  # e.g. "3h50m": save and exit before this much time has passed
+    max_bad_steps: int = 20  # stop when the loss is not finite this many steps in a row; 0: never
+    skip_bad_records: bool = False  # local data: skip (and count) malformed records instead of stopping
 
     @property
     def run_dir(self) -> Path:
@@ -126,9 +145,16 @@ class TrainConfig:
         """Raise ValueError naming the option when a value is outside what the trainer accepts."""
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        _choice("guard_action", self.guard_action, ("skip", "scale"))
-        _choice("monitor_mode", self.monitor_mode, ("tensor", "element"))
-        _choice("bad_batch", self.bad_batch, ("random", "repeat", "shuffle"))
+        _choice("guard_action", self.guard_action, GUARD_ACTIONS)
+        _choice("monitor_mode", self.monitor_mode, MONITOR_MODES)
+        from trainers.injection import BAD_BATCH_KINDS  # here: injection imports this module
+
+        _choice("bad_batch", self.bad_batch, BAD_BATCH_KINDS)
+        for name in self.save_on_signal:
+            _choice("save_on_signal", name, SIGNALS)
+        if self.time_limit is not None:
+            parse_duration(self.time_limit)  # raises ValueError naming the option
+        self._validate_spam_options()
         if not 0.0 < self.inject_fraction <= 1.0:
             raise ValueError(f"invalid inject_fraction={self.inject_fraction}: must be in (0, 1]")
         if any(s < 1 for s in self.bad_batch_steps + self.inject_spike_steps):
@@ -143,7 +169,8 @@ class TrainConfig:
                      "stream_val_docs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"invalid {name}={getattr(self, name)}: must be >= 1")
-        for name in ("max_steps", "warmup_steps", "eval_every", "save_every", "keep_checkpoints"):
+        for name in ("max_steps", "lr_warmup_steps", "eval_every", "save_every", "keep_checkpoints",
+                     "max_bad_steps", "requeue_exit_code"):
             if getattr(self, name) < 0:
                 raise ValueError(f"invalid {name}={getattr(self, name)}: must be >= 0")
         if not 0.0 < self.val_fraction < 1.0:
@@ -162,14 +189,36 @@ class TrainConfig:
                              "steps on its own); use bf16")
         if self.global_batch_size is not None and self.global_batch_size < 1:
             raise ValueError(f"invalid global_batch_size={self.global_batch_size}: must be >= 1")
-        if self.fsdp and self.optimizer not in FSDP_OPTIMIZERS:
-            raise ValueError(f"fsdp supports the optimizers {', '.join(FSDP_OPTIMIZERS)}, not "
+        if self.fsdp and self.optimizer not in SHARDABLE_OPTIMIZERS:
+            raise ValueError(f"fsdp supports the optimizers {', '.join(SHARDABLE_OPTIMIZERS)}, not "
                              f"{self.optimizer!r} (its state does not shard); use one of them or drop --fsdp")
         if self.fsdp and self.mixed_precision == "fp16":
             raise ValueError("fsdp takes mixed_precision 'bf16' or 'no': its fp16 would need a sharded loss "
                              "scaler, which the trainer does not run; use bf16")
         if self.lr <= 0 or self.max_grad_norm < 0 or self.corpus_max_mb < 0:
             raise ValueError("lr must be > 0, max_grad_norm and corpus_max_mb must be >= 0")
+        if self.requeue_exit_code > 255:
+            raise ValueError(f"invalid requeue_exit_code={self.requeue_exit_code}: an exit code is 0..255")
+
+    def spam_options(self) -> dict[str, Any]:
+        """The typed SPAM options that are set, as the optimizer's keywords."""
+        values = {kw: getattr(self, name) for name, kw in SPAM_OPTIONS.items()}
+        return {kw: value for kw, value in values.items() if value is not None}
+
+    def _validate_spam_options(self) -> None:
+        typed = {name for name in SPAM_OPTIONS if getattr(self, name) is not None}
+        takes = {"spam": set(SPAM_OPTIONS), "stable-spam": {"reset_interval"}}.get(self.optimizer, set())
+        if typed - takes:
+            raise ValueError(f"{', '.join(sorted(typed - takes))}: not an option of optimizer "
+                             f"{self.optimizer!r}; drop it or use --optimizer spam")
+        twice = {name for name in typed if SPAM_OPTIONS[name] in self.optimizer_kwargs}
+        if twice:
+            name = sorted(twice)[0]
+            raise ValueError(f"{name} is set twice, as a key and as optimizer_kwargs "
+                             f"{SPAM_OPTIONS[name]!r}; keep the key {name}")
+        for name in typed:
+            if getattr(self, name) < 0:
+                raise ValueError(f"invalid {name}={getattr(self, name)}: must be >= 0")
 
 
 def _choice(name: str, value: str, accepted: tuple[str, ...]) -> None:
@@ -220,7 +269,7 @@ def _is_item(item: type, value: Any) -> bool:
 
 def from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
     """A validated TrainConfig from a mapping of field names (e.g. a parsed YAML file)."""
-    values = {k: v for k, v in values.items() if k != LAUNCH_KEY}
+    values = _renamed({k: v for k, v in values.items() if k != LAUNCH_KEY}, where)
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; "
@@ -228,6 +277,20 @@ def from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
     cfg = TrainConfig(**{k: check_value(k, v) for k, v in values.items()})
     cfg.validate()
     return cfg
+
+
+def _renamed(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` with deprecated keys under their new names (a FutureWarning each)."""
+    for old, new in RENAMED.items():
+        if old not in values:
+            continue
+        if new in values:
+            raise ValueError(f"{where} sets both {old!r} and {new!r}; {old!r} is the old name of {new!r}: "
+                             f"keep {new!r} only")
+        warnings.warn(f"{where}: {old!r} (--{old.replace('_', '-')}) is deprecated, use {new!r} "
+                      f"(--{new.replace('_', '-')})", FutureWarning, stacklevel=3)
+        values[new] = values.pop(old)
+    return values
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -283,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             parser.add_argument(flag, type=_cli_type(key), default=None, metavar=key.upper(),
                                 help=f"(default: {shown})")
+    for old, new in RENAMED.items():  # still accepted; from_dict warns and renames
+        parser.add_argument("--" + old.replace("_", "-"), dest=old, type=_cli_type(new), default=None,
+                            help=argparse.SUPPRESS)
     return parser
 
 
@@ -290,8 +356,8 @@ def load_config(argv: list[str] | None = None) -> TrainConfig:
     """Defaults, then the ``--config`` YAML file, then the flags given in ``argv``."""
     args = vars(build_parser().parse_args(argv))
     path = args.pop("config")
-    values = read_yaml(path) if path else {}
-    values.update({k: v for k, v in args.items() if v is not None})
+    values = _renamed(read_yaml(path), str(path)) if path else {}
+    values.update(_renamed({k: v for k, v in args.items() if v is not None}, "command line"))
     return from_dict(values, where=str(path) if path else "command line")
 
 

@@ -12,7 +12,10 @@ Batches are a pure function of (seed, micro-batch number): that is what makes re
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import os
 import sysconfig
 import zlib
 from dataclasses import dataclass
@@ -66,6 +69,91 @@ def _local_files(source: str) -> list[Path]:
 
 def _is_local(source: str) -> bool:
     return Path(source).suffix in BUILDERS or source.startswith((".", "/", "~")) or Path(source).exists()
+
+
+class BadRecordError(ValueError):
+    """A local data file holds a record that is not UTF-8, or (JSON) not a JSON object with a text field."""
+
+
+def _bad_record(line: bytes, builder: str, text_field: str) -> str | None:
+    """Why one line of a local file cannot be read as a record, or None."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not valid UTF-8 ({err.reason} at byte {err.start})"
+    if builder != "json" or not text.strip():
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError as err:
+        return f"not valid JSON ({err})"
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if record.get(text_field) is not None and not isinstance(record[text_field], str):
+        return f"field {text_field!r} is a {type(record[text_field]).__name__}, not a string"
+    return None
+
+
+def _is_one_json_document(path: Path) -> bool:
+    """A ``.json`` file holding one JSON value (an array of records), rather than JSON Lines."""
+    try:
+        json.loads(path.read_bytes())
+        return True
+    except ValueError:
+        return False
+
+
+def screen_records(source: str, text_field: str = "text", *, skip: bool = False,
+                   cache_dir: str | None = None) -> tuple[str, int]:
+    """Check every record of local text and JSON Lines files before ``datasets`` reads them.
+
+    A record that is not UTF-8 (or, in JSON Lines, not a JSON object whose ``text_field`` is a string) is a
+    ``BadRecordError`` naming the file and the line; with ``skip``, such lines are left out of cleaned
+    copies (written once, under the datasets cache) and counted. Returns the source to load (``source``
+    itself, or the folder of cleaned copies) and the number of records skipped. Other sources pass as is.
+    """
+    if source == "builtin" or not _is_local(source):
+        return source, 0
+    files = _local_files(source)
+    builder = BUILDERS[files[0].suffix]
+    if builder not in ("text", "json"):
+        return source, 0
+    bad: dict[Path, list[int]] = {}
+    for path in files:
+        if path.suffix == ".json" and _is_one_json_document(path):
+            continue
+        with path.open("rb") as f:
+            for number, line in enumerate(f, start=1):
+                why = _bad_record(line, builder, text_field)
+                if why is None:
+                    continue
+                if not skip:
+                    raise BadRecordError(f"{path}, line {number}: the record is {why}; fix or remove the "
+                                         "line, or pass --skip-bad-records to skip such records (counted in "
+                                         "metrics.jsonl as skipped_records)")
+                bad.setdefault(path, []).append(number)
+    if not bad:
+        return source, 0
+    return str(_cleaned_copies(files, bad, cache_dir)), sum(map(len, bad.values()))
+
+
+def _cleaned_copies(files: list[Path], bad: dict[Path, list[int]], cache_dir: str | None) -> Path:
+    """A folder of ``files`` with the ``bad`` lines left out; the same folder for the same files."""
+    import datasets
+
+    key = hashlib.sha256(json.dumps([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
+                                     for p in files]).encode()).hexdigest()[:16]
+    folder = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "spam-opt-cleaned" / key
+    for i, path in enumerate(files):
+        out = folder / f"{i:05d}-{path.name}"  # the files' order is kept
+        if out.is_file():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        skipped, partial = set(bad.get(path, ())), out.with_name(f".{out.name}.partial")
+        with path.open("rb") as src, partial.open("wb") as dst:
+            dst.writelines(line for number, line in enumerate(src, start=1) if number not in skipped)
+        os.replace(partial, out)
+    return folder
 
 
 def load_documents(source: str, text_field: str = "text", *, max_mb: float = 0.0,

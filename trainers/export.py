@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from spam_opt import run_files
 from trainers.checkpointing import checkpoint_format, verify
 from trainers.config import from_dict, read_yaml
 from trainers.models import build_model
@@ -43,8 +44,8 @@ def export(checkpoint: Path, out: Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"output folder {out} is not empty: choose a new one")
     run_dir = checkpoint.parent.parent
-    cfg = from_dict(read_yaml(run_dir / "config.yaml"), where=str(run_dir / "config.yaml"))
-    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    cfg = from_dict(read_yaml(run_dir / run_files.CONFIG), where=str(run_dir / run_files.CONFIG))
+    tokenizer = load_tokenizer(run_dir / run_files.TOKENIZER)
     model = build_model(cfg.model, len(tokenizer), cfg.seq_len, tokenizer.eos_token_id)
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():  # DCP warns that it loads in one process, which is the point here

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_monitor(cfg: TrainConfig, model: nn.Module, optimizer: Any, run_dir: Path, accelerator: Any) -> Any:
-    """The run's ``GradientSpikeMonitor``: the only writer of ``metrics.jsonl`` and ``spikes.jsonl``."""
+    """The run's ``GradientSpikeMonitor``: the only writer of its logs (``spam_opt.run_files.LOGS``)."""
     from spam_opt.monitor import GradientSpikeMonitor
 
     return GradientSpikeMonitor(model, optimizer=optimizer, run_dir=run_dir, mode=cfg.monitor_mode,

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from trainers.config import TrainConfig
+if TYPE_CHECKING:
+    from trainers.config import TrainConfig
+
+# Memory-saving optimizers of other projects through their official packages (the ``memory`` extra):
+# name -> (module, pip package).
+MEMORY_PEERS = {"galore": ("galore_torch", "galore-torch"), "adam-mini": ("adam_mini", "adam-mini"),
+                "torchao-adamw8bit": ("torchao.optim", "torchao")}
+# The names build_optimizer takes; the config's choices are these.
+OPTIMIZERS = ("spam", "stable-spam", "adamw", "adamw8bit", "adafactor", *MEMORY_PEERS)
+# Those whose state follows the parameters' sharding under FSDP2 (--fsdp).
+SHARDABLE_OPTIMIZERS = ("spam", "stable-spam", "adamw")
 
 
 def _fused_available(model: nn.Module) -> bool:
@@ -18,13 +28,14 @@ def _fused_available(model: nn.Module) -> bool:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> Optimizer:
-    """The optimizer named by ``cfg.optimizer``, with ``cfg.optimizer_kwargs`` passed through.
+    """The optimizer named by ``cfg.optimizer``, with its typed options and ``cfg.optimizer_kwargs``.
 
     Example::
 
         opt = build_optimizer(TrainConfig(optimizer="spam", density=0.25), model)
     """
-    common: dict[str, Any] = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, **cfg.optimizer_kwargs)
+    common: dict[str, Any] = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, **cfg.spam_options(),
+                                  **cfg.optimizer_kwargs)
     betas = (cfg.beta1, cfg.beta2)
     try:
         if cfg.optimizer == "spam":
@@ -60,10 +71,6 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
-# Memory-saving optimizers of other projects through their official packages (the ``memory`` extra):
-# name -> (module, pip package).
-MEMORY_PEERS = {"galore": ("galore_torch", "galore-torch"), "adam-mini": ("adam_mini", "adam-mini"),
-                "torchao-adamw8bit": ("torchao.optim", "torchao")}
 # GaLore's defaults for the small LLaMA models, as its paper set them: rank a quarter of the hidden size
 # (128 at 60M), a new projection every 200 steps, scale 0.25. Each can be set in optimizer_kwargs.
 GALORE_DEFAULTS = {"rank_fraction": 0.25, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std"}

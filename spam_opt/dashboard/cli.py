@@ -11,11 +11,10 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from spam_opt import run_files as rf
 from spam_opt.dashboard.compare import render_comparison
 from spam_opt.dashboard.render import render_dashboard
 from spam_opt.dashboard.runs import find_runs
-
-COMPARISON = "comparison.html"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,11 +23,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Render the gradient-spike report of a run directory, or a comparison of several runs, "
                     "as one self-contained HTML file (works offline).")
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
-                        help="directory holding metrics.jsonl and spikes.jsonl, or a folder of such run "
+                        help=f"directory holding {rf.METRICS} and {rf.SPIKES}, or a folder of such run "
                              "directories; several runs are compared on one page")
     parser.add_argument("-o", "--output", type=Path, default=None,
-                        help="where to write the report (default: RUN_DIR/dashboard.html for one run, "
-                             f"FOLDER/{COMPARISON} for a folder of runs, ./{COMPARISON} for several paths)")
+                        help=f"where to write the report (default: RUN_DIR/{rf.DASHBOARD} for one run, "
+                             f"FOLDER/{rf.COMPARISON} for a folder of runs, ./{rf.COMPARISON} for several "
+                             "paths)")
     parser.add_argument("--title", default=None, help="heading of a comparison (default: how many runs)")
     parser.add_argument("--watch", action="store_true",
                         help="re-render whenever the runs' logs change, until interrupted (Ctrl-C)")
@@ -48,7 +48,7 @@ def _runs(paths: list[Path]) -> tuple[list[Path], list[str]]:
     for path in paths:
         found = find_runs(path)
         if not found:
-            warnings.append(f"no run directory (a folder holding metrics.jsonl) at or under {path}")
+            warnings.append(f"no run directory (a folder holding {rf.METRICS}) at or under {path}")
         runs += [r for r in found if r not in runs]
     return runs, warnings
 
@@ -57,7 +57,7 @@ def _fingerprint(paths: list[Path]) -> tuple[object, ...]:
     """What changes when a run logs a row or a new run starts."""
     stats = []
     for run_dir in [r for p in paths for r in find_runs(p) or [p]]:
-        for name in ("metrics.jsonl", "spikes.jsonl"):
+        for name in rf.LOGS:
             try:
                 st = (run_dir / name).stat()
                 stats.append((str(run_dir), st.st_mtime_ns, st.st_size))
@@ -74,7 +74,7 @@ def _render(args: argparse.Namespace, refresh_s: float | None = None) -> Path | 
             return None
         return render_dashboard(paths[0], args.output, refresh_s=refresh_s)
     runs, warnings = _runs(paths)
-    output = args.output or (paths[0] / COMPARISON if len(paths) == 1 else Path(COMPARISON))
+    output = args.output or (paths[0] / rf.COMPARISON if len(paths) == 1 else Path(rf.COMPARISON))
     return render_comparison(runs, output, title=args.title, refresh_s=refresh_s, warnings=warnings)
 
 
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"no run directory at {args.run_dirs[0]}: give the directory the training run "
                          "writes to, or -o to write a report elsewhere")
         if not _single(args.run_dirs) and not _runs(args.run_dirs)[0]:
-            parser.error("no run directory (a folder holding metrics.jsonl) at or under "
+            parser.error(f"no run directory (a folder holding {rf.METRICS}) at or under "
                          f"{', '.join(map(str, args.run_dirs))}")
     try:
         import plotly  # noqa: F401

@@ -1,48 +1,52 @@
 """Several runs in one self-contained HTML page: ``render_comparison``.
 
-Per section (one per regime of a grid, say): a summary table sortable by any column, the runs' loss, eval
-loss, gradient norm, entries clipped and LR overlaid (one colour per run or group, legend toggles, spike
-and momentum-reset markers), and each run's spike heat map, firing rates and largest spikes, drawn when
-opened. plotly.js is included once; long curves are binned (``MAX_CURVE_POINTS``) and plotted values
-rounded, so that 20 runs of 1000 steps stay a file of a few MB.
+Per section (one per regime of a grid, say): a summary table (sortable, filterable, per run or per group,
+exported as CSV), the runs' loss, eval loss, gradient norm, entries clipped and LR in panels that zoom
+together, and each run's spike heat map, firing rates and largest spikes, drawn when opened. The panels are
+drawn in the browser (compare.js) from the curves embedded as JSON: a group's seeds as their mean and min..max
+band, EMA smoothing, step, tokens or time on the x axis. plotly.js is included once; each curve is embedded
+with at most ``MAX_EMBED_POINTS`` points and drawn with at most ``MAX_CURVE_POINTS`` of the visible range,
+each bin keeping its largest value (a spike is never averaged away), so 20 runs of 1000 steps stay a few MB.
 """
 
 from __future__ import annotations
 
 import html
 import itertools
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from spam_opt import run_files as rf
 from spam_opt.dashboard.binning import bin_max, bins
+from spam_opt.dashboard.clock import elapsed_s, tokens_seen
 from spam_opt.dashboard.render import (
     STYLE,
-    RunData,
     add_heatmap,
-    clipped_per_step,
     firing_rate_traces,
     largest_spikes_table,
     spike_points,
-    value_at,
     write_page,
 )
+from spam_opt.dashboard.run_data import RunData, clipped_per_step, value_at
 from spam_opt.dashboard.runs import ComparedRun, RunRef, load_runs, style_runs
 from spam_opt.dashboard.table import summary_table
 
 logger = logging.getLogger(__name__)
 
-MAX_CURVE_POINTS = 500  # per curve and run: longer ones keep the largest value of each bin of steps
+MAX_EMBED_POINTS = 2000  # per curve and run in the page: zooming in shows up to these
+MAX_CURVE_POINTS = 500  # per drawn curve, over the visible range: longer ones keep each bin's largest value
 DETAIL_HEATMAP_COLUMNS = 300  # the per-run heat maps are coarser than a single-run report's
 DIGITS = 5  # significant digits of plotted values (the table shows them as logged)
-CHARTS = (
-    ("loss", "Training loss (x: spikes)"),
-    ("eval_loss", "Eval loss"),
-    ("grad_norm", "Gradient norm (largest of each logged interval)"),
-    ("clipped", "Entries clipped by the optimizer (cumulative)"),
-    ("lr", "Learning rate (triangles: momentum resets)"),
+PANELS = (  # key, title, log y axis at first
+    (rf.LOSS, "Training loss (x: spikes)", False),
+    (rf.EVAL_LOSS, "Eval loss", False),
+    (rf.GRAD_NORM, "Gradient norm (largest of each logged interval)", True),
+    (rf.CLIPPED, "Entries clipped by the optimizer (cumulative)", False),
+    (rf.LR, "Learning rate (triangles: momentum resets)", False),
 )
 
 RunList = Sequence["str | Path | RunRef"]
@@ -52,22 +56,84 @@ def _round(values: list[float]) -> list[float]:
     return [float(f"{v:.{DIGITS}g}") for v in values]
 
 
-def _curves(run: RunData) -> tuple[dict[str, tuple[list[int], list[float]]], bool]:
-    """The overlaid series of ``run``, binned and rounded, and whether any had to be binned."""
+def _steps_json(steps: list[int]) -> list[int] | dict[str, int]:
+    """Evenly spaced steps (a run logging every k-th step) as start, stride and count: a few bytes."""
+    if len(steps) > 2 and all(b - a == steps[1] - steps[0] for a, b in itertools.pairwise(steps)):
+        return {"start": steps[0], "stride": steps[1] - steps[0], "count": len(steps)}
+    return steps
+
+
+def _series_json(steps: list[int], values: list[float]) -> list[Any]:
+    steps, values = bin_max(steps, values, MAX_EMBED_POINTS)
+    return [_steps_json(steps), _round(values)]
+
+
+def curves(run: RunData) -> dict[str, tuple[list[int], list[float]]]:
+    """The series of ``run`` that the panels show, by panel key, as logged (not binned)."""
     series = run.series
-    wanted = {"loss": series.get("loss"), "eval_loss": series.get("eval_loss"),
-              "grad_norm": series.get("grad_norm_max") or series.get("grad_norm"), "lr": series.get("lr")}
+    wanted = {rf.LOSS: series.get(rf.LOSS), rf.EVAL_LOSS: series.get(rf.EVAL_LOSS), rf.LR: series.get(rf.LR),
+              rf.GRAD_NORM: series.get(rf.GRAD_NORM_MAX) or series.get(rf.GRAD_NORM)}
     if clipped := clipped_per_step(run):
-        wanted["clipped"] = (clipped[0], list(itertools.accumulate(clipped[1])))
-    curves = {key: bin_max(*s, MAX_CURVE_POINTS) for key, s in wanted.items() if s}
-    binned = any(len(curves[key][0]) < len(s[0]) for key, s in wanted.items() if s)
-    return {key: (steps, _round(values)) for key, (steps, values) in curves.items()}, binned
+        wanted[rf.CLIPPED] = (clipped[0], list(itertools.accumulate(clipped[1])))
+    return {key: s for key, s in wanted.items() if s and s[0]}
 
 
 def _strongest(steps: list[int], y: list[float], text: list[str]) -> tuple[list[int], list[float], list[str]]:
     """At most ``MAX_CURVE_POINTS`` markers: per bin of steps, the one highest on the chart."""
     keep = [max(b, key=lambda i: y[i]) for b in bins(len(steps), MAX_CURVE_POINTS)]
     return [steps[i] for i in keep], _round([y[i] for i in keep]), [text[i] for i in keep]
+
+
+def _clock_json(clock: tuple[list[int], list[float]] | None) -> Any:
+    """A run's tokens or seconds per step; a fixed amount per step (tokens from the config) as that amount."""
+    if clock is None:
+        return None
+    steps, values = clock
+    if steps[0] > 0 and all(v == s * values[0] / steps[0] for s, v in zip(steps, values)):
+        return {"perStep": values[0] / steps[0]}
+    return _series_json(steps, values)
+
+
+def _config_columns(config: dict[str, Any]) -> dict[str, str]:
+    """The run's settings as the filter matches them: scalars by key, nested ones as ``section.key``."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": str(v) for k, v in value.items() if not isinstance(v, (dict, list))})
+        elif not isinstance(value, list):
+            flat[str(key)] = str(value)
+    return flat
+
+
+def run_json(run: ComparedRun) -> dict[str, Any]:
+    """What compare.js draws of ``run``: its curves (at most ``MAX_EMBED_POINTS`` each), spike markers at
+    the raw loss, momentum resets on the LR, its tokens and seconds per step, and its settings."""
+    data = run.data
+    spikes = spike_points(data)
+    lr = data.series.get(rf.LR)
+    resets = sorted({e["step"] for e in data.events
+                     if e["kind"] == rf.MOMENTUM_RESET_EVENT and isinstance(e.get("step"), int)})
+    clocks = {"tokens": tokens_seen(data, run.config), "time": elapsed_s(data, run.config)}
+    return {
+        "name": run.name, "group": run.group, "colour": run.colour, "dash": run.dash,
+        "curves": {key: _series_json(*s) for key, s in curves(data).items()},
+        "spikes": list(_strongest(*spikes)) if spikes[0] else None,
+        "resets": [resets, _round([value_at(*lr, s) for s in resets])] if lr and resets else None,
+        "clocks": {name: _clock_json(c) for name, c in clocks.items()},
+        "config": _config_columns(run.config),
+    }
+
+
+def section_json(runs: list[ComparedRun]) -> dict[str, Any]:
+    """A section's data for compare.js: its runs and the panels that some run has a curve for."""
+    encoded = [run_json(r) for r in runs]
+    panels = [{"key": key, "title": title, "log": log} for key, title, log in PANELS
+              if any(key in r["curves"] for r in encoded)]
+    return {"runs": encoded, "panels": panels, "maxPoints": MAX_CURVE_POINTS}
+
+
+def _binned(runs: list[ComparedRun]) -> bool:
+    return any(len(s[0]) > MAX_CURVE_POINTS for r in runs for s in curves(r.data).values())
 
 
 def _go() -> tuple[Any, Any]:
@@ -77,54 +143,6 @@ def _go() -> tuple[Any, Any]:
     except ImportError as exc:
         raise ImportError("the dashboard needs plotly: pip install spam-opt[dashboard]") from exc
     return go, make_subplots
-
-
-def overlay_figure(runs: list[ComparedRun]) -> tuple[Any, bool]:
-    """The runs' curves on shared step axes, one chart per kind, and whether any curve was binned; the
-    figure is None when no run has logged anything yet."""
-    go, make_subplots = _go()
-    curves = [_curves(r.data) for r in runs]
-    present = [(key, title) for key, title in CHARTS if any(key in c for c, _ in curves)]
-    if not present:
-        return None, False
-    fig = make_subplots(rows=len(present), cols=1, shared_xaxes=True, subplot_titles=[t for _, t in present],
-                        vertical_spacing=0.25 / len(present))
-    row = {key: i + 1 for i, (key, _) in enumerate(present)}
-    in_legend: set[str] = set()
-    for run, (curve, _) in zip(runs, curves):
-        name = html.escape(run.name)
-        style = dict(legendgroup=run.group, line=dict(color=run.colour, dash=run.dash, width=1.5))
-        for key, steps_values in curve.items():
-            fig.add_trace(go.Scatter(
-                x=steps_values[0], y=steps_values[1], name=run.group, showlegend=run.group not in in_legend,
-                mode="lines+markers" if key == "eval_loss" else "lines", **style,
-                hovertemplate=f"{name}<br>step %{{x}}<br>{key} %{{y:.5g}}<extra></extra>"),
-                row=row[key], col=1)
-            in_legend.add(run.group)
-        spikes = spike_points(run.data)
-        if spikes[0] and "loss" in row:
-            steps, y, text = _strongest(*spikes)
-            fig.add_trace(go.Scatter(x=steps, y=y, mode="markers", name=run.group, showlegend=False,
-                                     legendgroup=run.group, text=[f"{name}<br>{t}" for t in text],
-                                     hoverinfo="text", marker=dict(symbol="x", size=9, color=run.colour)),
-                          row=row["loss"], col=1)
-        lr = run.data.series.get("lr")
-        resets = sorted({e["step"] for e in run.data.events
-                         if e["kind"] == "momentum_reset" and isinstance(e.get("step"), int)})
-        if lr and resets:
-            fig.add_trace(go.Scatter(
-                x=resets, y=_round([value_at(*lr, s) for s in resets]), mode="markers", name=run.group,
-                showlegend=False, legendgroup=run.group, hovertemplate=f"{name}<br>momentum reset at step "
-                "%{x}<extra></extra>", marker=dict(symbol="triangle-down", size=9, color=run.colour)),
-                row=row["lr"], col=1)
-    if "grad_norm" in row:
-        fig.update_yaxes(type="log", row=row["grad_norm"], col=1)
-    fig.update_xaxes(title_text="step", row=len(present), col=1)
-    fig.update_layout(height=230 * len(present) + 120, hovermode="closest", template="plotly_white",
-                      margin=dict(l=60, r=30, t=50, b=50),
-                      legend=dict(title=dict(text="click: hide/show<br>double-click: only this"),
-                                  groupclick="togglegroup"))
-    return fig, any(binned for _, binned in curves)
 
 
 def detail_figure(run: RunData) -> Any:
@@ -162,16 +180,16 @@ def _warning_lines(warnings: Sequence[str]) -> str:
     return "".join(f'<div class="warning">⚠ {html.escape(w)}</div>' for w in warnings)
 
 
-def _script_json(figure: Any) -> str:
-    return figure.to_json().replace("</", "<\\/")  # a JSON string may not end the <script> that holds it
+def _script_json(text: str) -> str:
+    return text.replace("</", "<\\/")  # a JSON string may not end the <script> that holds it
 
 
 def _details(run: ComparedRun, index: str) -> str:
     figure = detail_figure(run.data)
     plot = ("" if figure is None else '<div class="detail-plot"></div><script type="application/json" '
-            f'class="detail-figure">{_script_json(figure)}</script>')
+            f'class="detail-figure">{_script_json(figure.to_json())}</script>')
     views = "spike heat map, " if run.data.scores else ""
-    views += "firing rates, " if any(k.startswith("firing_rate/") for k in run.data.series) else ""
+    views += "firing rates, " if any(k.startswith(rf.FIRING_RATE) for k in run.data.series) else ""
     return (f'<details class="run-detail" id="run-{index}"><summary><span class="swatch" style="background:'
             f'{run.colour}"></span>{html.escape(run.name)}: {views}largest spikes</summary>{plot}'
             f"{largest_spikes_table(run.data.events)}</details>")
@@ -184,15 +202,41 @@ def _section(title: str, number: int, runs: list[ComparedRun]) -> tuple[str, boo
     warnings = _warnings(runs)
     for w in warnings:
         logger.warning("%s%s", f"{title}: " if title else "", w)
-    figure, binned = overlay_figure(runs)
-    plot = ("<p>No run has logged a step yet.</p>" if figure is None else
-            figure.to_html(full_html=False, include_plotlyjs=False, config={"responsive": True}))
+    data = section_json(runs)
+    plot = "" if data["panels"] else "<p>No run has logged a step yet.</p>"
     details = "".join(_details(r, f"{number}-{i}") for i, r in enumerate(runs))
-    return (f"{heading}{_warning_lines(warnings)}{summary_table(runs)}{plot}"
-            f"<h3>Each run (click to open)</h3>{details}"), binned
+    tools = ('<div class="table-tools"><label><input type="checkbox" class="per-group"> one row per group '
+             '(mean ± sample standard deviation, n)</label> <button class="csv" title="the table as shown, '
+             'as a CSV file">export CSV</button></div>')
+    return (f'<section class="compare">{heading}{_warning_lines(warnings)}{tools}{summary_table(runs)}'
+            '<table class="runs per-group" hidden></table><div class="legend"></div><p class="notice"></p>'
+            f'{plot}<div class="panels"></div><script type="application/json" class="section-data">'
+            f"{_script_json(json.dumps(data, allow_nan=False, separators=(',', ':')))}</script>"
+            f"<h3>Each run (click to open)</h3>{details}</section>"), _binned(runs)
 
+
+_CONTROLS = """<div class="controls">
+<label>x axis <select id="x-axis"><option value="step">step</option>
+<option value="tokens">tokens seen</option><option value="time">wall-clock time</option></select></label>
+<label title="exponential moving average, debiased (as TensorBoard's); the raw curve stays faint behind">
+smoothing <input type="range" id="smoothing" min="0" max="0.99" step="0.01" value="0">
+<output id="smoothing-value">0.00</output></label>
+<label title="the runs of a group (the seeds of one setting) as their mean and a min..max band">
+<input type="checkbox" id="bands" checked> groups as mean and band</label>
+<label><input type="checkbox" id="seeds"> and each seed</label>
+<label title="words match a run's name or any setting; key=value matches a setting of config.yaml">filter
+<input type="search" id="filter" placeholder="spam  lr=0.001  launch.num_processes=8" size="32"></label>
+<button id="reset-zoom" title="show every step again (or double-click a panel)">reset zoom</button>
+</div>"""
 
 _COMPARE_STYLE = """.swatch{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.4em}
+.controls{position:sticky;top:0;z-index:10;background:#fafafa;border:1px solid #ddd;padding:.4em .8em;
+display:flex;flex-wrap:wrap;gap:.4em 1.4em;align-items:center}
+.table-tools{margin:.6em 0 .3em}.legend{margin:.6em 0}.notice{color:#8a6d00;min-height:0;margin:.2em 0}
+.legend-item{border:1px solid #ccc;background:white;border-radius:3px;margin:0 .3em .3em 0;cursor:pointer}
+.legend-item.off{opacity:.4;text-decoration:line-through}
+.panels{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:.4em 1em}
+.panel-head{display:flex;justify-content:flex-start;gap:1em;font-size:.85em;padding-left:60px}
 table.runs th{cursor:pointer;background:#f4f4f4;user-select:none}table.runs td:first-child{white-space:nowrap}
 table.runs th[aria-sort=ascending]::after{content:" ▲"}
 table.runs th[aria-sort=descending]::after{content:" ▼"}
@@ -224,7 +268,7 @@ def render_comparison(runs: Mapping[str, RunList] | RunList, output: str | Path,
     sections = _sections(runs)
     if not any(sections.values()) and not warnings:
         raise ValueError("no run directories to compare: pass run directories (folders holding "
-                         "metrics.jsonl), as a list or as a mapping of section titles to lists")
+                         f"{rf.METRICS}), as a list or as a mapping of section titles to lists")
     from plotly.offline import get_plotlyjs
 
     loaded = {name: load_runs(refs) for name, refs in sections.items()}
@@ -246,13 +290,15 @@ def render_comparison(runs: Mapping[str, RunList] | RunList, output: str | Path,
     note = (f" Curves longer than {MAX_CURVE_POINTS} points show the largest value of each bin of logged "
             "steps, at the bin's last step." if binned else "")
     intro = (f"<p>{count} run(s). Click a column header to sort, a legend entry to hide or show a run (or "
-             f"group), a run below to open its spike heat map and firing rates.{note}</p>")
+             "group), drag across a panel to zoom all panels of its section to those steps (double-click: "
+             "all steps), a run below to open its spike heat map and firing rates. Hovering shows every "
+             f"drawn run's value at that step.{note}</p>")
     refresh = f'<meta http-equiv="refresh" content="{refresh_s:g}">' if refresh_s else ""
     script = resources.files("spam_opt.dashboard").joinpath("compare.js").read_text(encoding="utf-8")
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{refresh}'
             f"<title>{html.escape(title)}</title><style>{STYLE}\n{_COMPARE_STYLE}</style>"
             f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
-            f"<h1>{html.escape(title)}</h1>{intro}{_warning_lines(warnings)}{nav}{''.join(parts)}"
+            f"<h1>{html.escape(title)}</h1>{intro}{_warning_lines(warnings)}{_CONTROLS}{nav}{''.join(parts)}"
             f"<script>{script}</script></body></html>")
     return write_page(Path(output), page)
 

@@ -1,7 +1,8 @@
 """One self-contained HTML report of a run: loss, gradient norms, spike heat map, clips, LR, firing rates.
 
-Reads what the monitor wrote (``metrics.jsonl``, ``spikes.jsonl``); whatever part of it is unreadable is
-left out with a warning in the report and in ``logging``, so a run killed mid-write still gets a report.
+Reads what the monitor wrote (``metrics.jsonl``, ``spikes.jsonl``; ``spam_opt.dashboard.run_data``): whatever
+part of it is unreadable is left out with a warning in the report and in ``logging``, so a run killed
+mid-write still gets a report.
 """
 
 from __future__ import annotations
@@ -10,64 +11,20 @@ import html
 import logging
 import math
 import os
-from bisect import bisect_right
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spam_opt import run_files as rf
 from spam_opt.dashboard.binning import bins
 from spam_opt.dashboard.run_config import describe_quant, read_config
-from spam_opt.monitor.events import GRADIENT_KINDS, SPIKE_KINDS
-from spam_opt.monitor.jsonl import read_jsonl
+from spam_opt.dashboard.run_data import RunData, clipped_per_step, load_run, number, value_at
+from spam_opt.run_files import GRADIENT_KINDS, SPIKE_KINDS
 
 logger = logging.getLogger(__name__)
 
 MAX_HEATMAP_COLUMNS = 1000  # wider heat maps are binned (max per bin): the report stays a few MB at most
 TOP_EVENTS = 20
-
-
-@dataclass
-class RunData:
-    """What could be read from a run directory, series keyed by metric name as (steps, values)."""
-
-    series: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
-    scores: dict[int, dict[str, float]] = field(default_factory=dict)  # logged step -> param -> score
-    events: list[dict[str, Any]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def load_run(run_dir: Path) -> RunData:
-    """Read a run directory; never raises for missing or damaged files (see ``RunData.warnings``)."""
-    run = RunData()
-    if not run_dir.is_dir():
-        run.warnings.append(f"no run directory at {run_dir}: nothing to show")
-        return run
-    rows, warnings = read_jsonl(run_dir / "metrics.jsonl")
-    run.warnings += warnings
-    points: dict[str, dict[int, float]] = defaultdict(dict)
-    for row in sorted(rows, key=lambda r: r["step"]):
-        for key, value in row.items():
-            if key == "grad_score" and isinstance(value, dict):
-                run.scores[row["step"]] = {k: v for k, v in value.items() if _number(v) is not None}
-            elif key != "step" and (v := _number(value)) is not None:
-                points[key][row["step"]] = v
-    run.series = {k: (list(p), list(p.values())) for k, p in points.items()}
-    events, warnings = read_jsonl(run_dir / "spikes.jsonl")
-    run.warnings += warnings
-    run.events = [e for e in events if isinstance(e.get("kind"), str) and isinstance(e.get("param"), str)]
-    if len(run.events) < len(events):
-        run.warnings.append(f"spikes.jsonl: skipped {len(events) - len(run.events)} event(s) without a kind "
-                            "or param")
-    if not rows and not events and not warnings:
-        run.warnings.append(f"{run_dir} holds no logged steps yet")
-    return run
 
 
 def _heatmap(scores: dict[int, dict[str, float]], max_columns: int = MAX_HEATMAP_COLUMNS,
@@ -88,25 +45,6 @@ def _heatmap(scores: dict[int, dict[str, float]], max_columns: int = MAX_HEATMAP
     return [b[-1] for b in columns], names, z
 
 
-def clipped_per_step(run: RunData) -> tuple[list[int], list[float]] | None:
-    """Entries the optimizer clipped, per step of its clip events (else per row of the ``clipped`` metric);
-    None when the optimizer reports no clips at all (it does not clip)."""
-    clips: dict[int, float] = defaultdict(float)
-    for e in run.events:
-        if e["kind"] == "clip" and isinstance(e.get("step"), int) and _number(e.get("value")) is not None:
-            clips[e["step"]] += e["value"]
-    if clips:
-        return sorted(clips), [clips[s] for s in sorted(clips)]
-    return run.series.get("clipped")
-
-
-def value_at(steps: list[int], values: list[float], step: int) -> float | None:
-    """The value logged at or just before ``step`` (the first one when ``step`` comes earlier)."""
-    if not steps:
-        return None
-    return values[max(bisect_right(steps, step) - 1, 0)]
-
-
 def build_figure(run: RunData) -> Any:
     """The plotly figure: one row per available chart, all sharing the step axis (zooming one zooms all)."""
     try:
@@ -116,23 +54,23 @@ def build_figure(run: RunData) -> Any:
         raise ImportError("the dashboard needs plotly: pip install spam-opt[dashboard]") from exc
     series = run.series
     clipped = clipped_per_step(run)
-    firing = sorted(k for k in series if k.startswith("firing_rate/"))
+    firing = sorted(k for k in series if k.startswith(rf.FIRING_RATE))
     charts = ["Loss (markers: spikes)", "Gradient norm (global)"]
     charts += ["Spike score per parameter (log10)"] if run.scores else []
     charts += ["Entries clipped by the optimizer"] if clipped else []
-    charts += ["Learning rate (dotted: momentum resets)"] if "lr" in series else []
+    charts += ["Learning rate (dotted: momentum resets)"] if rf.LR in series else []
     charts += ["Firing rate per layer"] if firing else []
     heights = [2.0 if c.startswith("Spike score") else 1.0 for c in charts]
     fig = make_subplots(rows=len(charts), cols=1, shared_xaxes=True, subplot_titles=charts,
                         vertical_spacing=0.25 / len(charts), row_heights=heights)
     row = {c.split(" ")[0]: i + 1 for i, c in enumerate(charts)}
 
-    for key, name in (("loss", "train loss"), ("eval_loss", "eval loss")):
+    for key, name in ((rf.LOSS, "train loss"), (rf.EVAL_LOSS, "eval loss")):
         if key in series:
             fig.add_trace(go.Scatter(x=series[key][0], y=series[key][1], name=name, mode="lines+markers"
-                                     if key == "eval_loss" else "lines"), row=1, col=1)
+                                     if key == rf.EVAL_LOSS else "lines"), row=1, col=1)
     _spike_markers(fig, go, run)
-    for key, name in (("grad_norm", "grad norm"), ("grad_norm_max", "grad norm (max of interval)")):
+    for key, name in ((rf.GRAD_NORM, "grad norm"), (rf.GRAD_NORM_MAX, "grad norm (max of interval)")):
         if key in series:
             fig.add_trace(go.Scatter(x=series[key][0], y=series[key][1], name=name, mode="lines"),
                           row=row["Gradient"], col=1)
@@ -142,12 +80,12 @@ def build_figure(run: RunData) -> Any:
     if clipped:
         fig.add_trace(go.Bar(x=clipped[0], y=clipped[1], name="entries clipped"), row=row["Entries"], col=1)
     if "Learning" in row:
-        fig.add_trace(go.Scatter(x=series["lr"][0], y=series["lr"][1], name="lr", mode="lines"),
+        fig.add_trace(go.Scatter(x=series[rf.LR][0], y=series[rf.LR][1], name="lr", mode="lines"),
                       row=row["Learning"], col=1)
     for trace in firing_rate_traces(go, series):
         fig.add_trace(trace, row=row["Firing"], col=1)
     for e in run.events:
-        if e["kind"] == "momentum_reset" and isinstance(e.get("step"), int):
+        if e["kind"] == rf.MOMENTUM_RESET_EVENT and isinstance(e.get("step"), int):
             fig.add_vline(x=e["step"], line=dict(dash="dot", color="gray", width=1))
     fig.update_xaxes(title_text="step", row=len(charts), col=1)
     fig.update_layout(height=260 * sum(heights) + 120, hovermode="closest", template="plotly_white",
@@ -169,9 +107,9 @@ def add_heatmap(fig: Any, go: Any, scores: dict[int, dict[str, float]], row: int
 
 def firing_rate_traces(go: Any, series: dict[str, tuple[list[int], list[float]]]) -> list[Any]:
     """One line per spiking layer (the ``firing_rate/<layer>`` series), in layer-name order."""
-    return [go.Scatter(x=series[key][0], y=series[key][1], name=key.removeprefix("firing_rate/"),
+    return [go.Scatter(x=series[key][0], y=series[key][1], name=key.removeprefix(rf.FIRING_RATE),
                        mode="lines", legendgroup="firing")
-            for key in sorted(k for k in series if k.startswith("firing_rate/"))]
+            for key in sorted(k for k in series if k.startswith(rf.FIRING_RATE))]
 
 
 def _spike_markers(fig: Any, go: Any, run: RunData) -> None:
@@ -186,9 +124,9 @@ def _spike_markers(fig: Any, go: Any, run: RunData) -> None:
 def spike_points(run: RunData) -> tuple[list[int], list[float], list[str]]:
     """Per step with gradient, loss or non-finite events: the step, the train loss logged at (or just
     before) it, and a hover text listing its five largest events."""
-    loss = run.series.get("loss", ([], []))
+    loss = run.series.get(rf.LOSS, ([], []))
     by_step: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    marked = (*SPIKE_KINDS, "nonfinite")
+    marked = (*SPIKE_KINDS, rf.NONFINITE_EVENT)
     for e in run.events:
         if e["kind"] in marked and isinstance(e.get("step"), int):
             by_step[e["step"]].append(e)
@@ -197,7 +135,7 @@ def spike_points(run: RunData) -> tuple[list[int], list[float], list[str]]:
     y = [v if (v := value_at(*loss, s)) is not None else fallback for s in steps]
     text = []
     for s in steps:
-        events = sorted(by_step[s], key=lambda e: -(_number(e.get("score")) or math.inf))
+        events = sorted(by_step[s], key=lambda e: -(number(e.get("score")) or math.inf))
         lines = [f"{e['kind']} {e['param']} score {_fmt(e.get('score'))}" for e in events[:5]]
         more = f"<br>... and {len(events) - 5} more" if len(events) > 5 else ""
         text.append(f"step {s}<br>" + "<br>".join(html.escape(line) for line in lines) + more)
@@ -205,14 +143,14 @@ def spike_points(run: RunData) -> tuple[list[int], list[float], list[str]]:
 
 
 def _fmt(value: Any) -> str:
-    v = _number(value)
+    v = number(value)
     return "n/a" if v is None else f"{v:.4g}"
 
 
 def largest_spikes_table(events: list[dict[str, Any]]) -> str:
     """HTML: a heading and the ``TOP_EVENTS`` largest gradient and loss spikes (step, where, kind, size)."""
     spikes = [e for e in events if e["kind"] in SPIKE_KINDS]
-    spikes.sort(key=lambda e: -(_number(e.get("score")) or 0.0))
+    spikes.sort(key=lambda e: -(number(e.get("score")) or 0.0))
     if not spikes:
         return "<p>No gradient or loss spikes recorded.</p>"
     cells = "".join(
@@ -245,8 +183,8 @@ def render_dashboard(run_dir: str | Path, output: str | Path | None = None, *,
     if output is None:
         if not run_dir.is_dir():
             raise FileNotFoundError(f"no run directory at {run_dir}: pass the directory the monitor writes "
-                                    "to (it holds metrics.jsonl), or an output path for an empty report")
-        output = run_dir / "dashboard.html"
+                                    f"to (it holds {rf.METRICS}), or an output path for an empty report")
+        output = run_dir / rf.DASHBOARD
     output = Path(output)
     run = load_run(run_dir)
     for warning in run.warnings:
@@ -255,9 +193,9 @@ def render_dashboard(run_dir: str | Path, output: str | Path | None = None, *,
     steps = [s for keys in run.series.values() for s in keys[0]]
     summary = (f"steps {min(steps)}–{max(steps)}, " if steps else "no steps logged, ") + \
         f"{sum(e['kind'] in GRADIENT_KINDS for e in run.events)} gradient spike event(s), " + \
-        f"{sum(e['kind'] == 'loss' for e in run.events)} loss spike(s), " + \
-        f"{sum(e['kind'] == 'momentum_reset' for e in run.events)} momentum reset(s)"
-    quant = describe_quant(read_config(run_dir)[0])  # a missing config.yaml is no news in a one-run page
+        f"{sum(e['kind'] == rf.LOSS_EVENT for e in run.events)} loss spike(s), " + \
+        f"{sum(e['kind'] == rf.MOMENTUM_RESET_EVENT for e in run.events)} momentum reset(s)"
+    quant = describe_quant(read_config(run_dir)[0])  # a missing config is no news in a one-run page
     summary += f"; low-bit training: {quant}" if quant else ""
     refresh = f'<meta http-equiv="refresh" content="{refresh_s:g}">' if refresh_s else ""
     warnings = "".join(f'<div class="warning">⚠ {html.escape(w)}</div>' for w in run.warnings)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-CONFIG = "config.yaml"
+from spam_opt import run_files as rf
+from spam_opt.run_files import CONFIG
 
 
 def read_config(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
@@ -50,6 +51,8 @@ def describe_optimizer(config: dict[str, Any]) -> str | None:
         options.append(f"clip-norm {_g(norm)}")
     if config.get("spike_guard"):
         options.append(f"guard {config.get('guard_action', 'skip')}")
+    options += [f"{keyword}={_g(config[key])}" for key, keyword in rf.SPAM_OPTION_KEYS.items()
+                if config.get(key) is not None]
     kwargs = config.get("optimizer_kwargs")
     if isinstance(kwargs, dict):
         options += [f"{k}={_g(v)}" for k, v in kwargs.items()]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from spam_opt.dashboard.render import RunData, load_run
+from spam_opt import run_files as rf
+from spam_opt.dashboard.run_config import read_config
+from spam_opt.dashboard.run_data import RunData, load_run
 from spam_opt.dashboard.summary import RunSummary, summarize
 
-METRICS = "metrics.jsonl"
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
 
@@ -34,11 +36,6 @@ class RunRef:
         object.__setattr__(self, "path", Path(self.path))  # a str is welcome too
 
 
-def is_run_dir(path: Path) -> bool:
-    """A run directory is one holding ``metrics.jsonl`` (the monitor creates it when the run starts)."""
-    return (path / METRICS).is_file()
-
-
 def _natural(path: Path) -> list[object]:
     # seed2 before seed10
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.as_posix())]
@@ -47,11 +44,11 @@ def _natural(path: Path) -> list[object]:
 def find_runs(folder: Path) -> list[Path]:
     """``folder`` if it is a run directory, else every run directory under it (hidden folders skipped),
     in natural order; [] when there is none or ``folder`` does not exist."""
-    if is_run_dir(folder):
+    if rf.is_run_dir(folder):
         return [folder]
     if not folder.is_dir():
         return []
-    found = {p.parent for p in folder.rglob(METRICS)
+    found = {p.parent for p in folder.rglob(rf.METRICS)
              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
     return sorted(found, key=_natural)
 
@@ -74,12 +71,12 @@ def unique_names(paths: list[Path]) -> list[str]:
 
 @dataclass
 class ComparedRun:
-    """A run as the page shows it: where, under which name and colour, and what its logs hold.
+    """A run as the page shows it: where, under which name and colour, what its logs hold and its settings.
 
     Example::
 
         runs = load_runs([RunRef("runs/adamw"), RunRef("runs/spam")])
-        figure, binned = overlay_figure(runs)
+        data = section_json(runs)  # what the page draws
     """
 
     ref: RunRef
@@ -89,6 +86,7 @@ class ComparedRun:
     summary: RunSummary
     colour: str = ""
     dash: str = "solid"
+    config: dict[str, Any] = field(default_factory=dict)  # config.yaml, {} when unreadable
 
 
 def load_runs(refs: list[RunRef]) -> list[ComparedRun]:
@@ -97,8 +95,10 @@ def load_runs(refs: list[RunRef]) -> list[ComparedRun]:
     runs = []
     for ref, name in zip(refs, names):
         data = load_run(ref.path)
+        config, warnings = read_config(ref.path)
         label = ref.name or name
-        runs.append(ComparedRun(ref, label, ref.group or label, data, summarize(ref.path, data)))
+        summary = summarize(ref.path, data, config, warnings)
+        runs.append(ComparedRun(ref, label, ref.group or label, data, summary, config=config))
     groups = list(dict.fromkeys(r.group for r in runs))
     runs.sort(key=lambda r: groups.index(r.group))
     style_runs(runs, groups)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from spam_opt.dashboard.render import RunData, clipped_per_step
-from spam_opt.dashboard.run_config import describe_optimizer, describe_quant, read_config
-from spam_opt.monitor.events import GRADIENT_KINDS
-
-SPIKES = "spikes.jsonl"
+from spam_opt import run_files as rf
+from spam_opt.dashboard.run_config import describe_optimizer, describe_quant
+from spam_opt.dashboard.run_data import RunData, clipped_per_step
 
 
 @dataclass
@@ -40,15 +39,15 @@ def _last(run: RunData, key: str) -> float | None:
     return values[-1] if values else None
 
 
-def summarize(run_dir: Path, run: RunData) -> RunSummary:
-    """The table row of the run in ``run_dir`` whose logs were read into ``run``."""
-    config, warnings = read_config(run_dir)
+def summarize(run_dir: Path, run: RunData, config: dict[str, Any], warnings: list[str]) -> RunSummary:
+    """The table row of the run in ``run_dir`` whose logs were read into ``run`` and whose settings are
+    ``config`` (``warnings``: about reading them)."""
     steps = [s for keys in run.series.values() for s in keys[0]]
-    evals = run.series.get("eval_loss", ([], []))[1]
+    evals = run.series.get(rf.EVAL_LOSS, ([], []))[1]
     clipped = clipped_per_step(run)
-    tokens = run.series.get("tokens_per_s", ([], []))[1]
-    skipped, state = _last(run, "guard_skipped"), _last(run, "optimizer_state_bytes")
-    events_read = (run_dir / SPIKES).is_file()  # else its counts are unknown, not 0
+    tokens = run.series.get(rf.TOKENS_PER_S, ([], []))[1]
+    skipped, state = _last(run, rf.GUARD_SKIPPED), _last(run, rf.OPTIMIZER_STATE_BYTES)
+    events_read = (run_dir / rf.SPIKES).is_file()  # else its counts are unknown, not 0
     count = lambda n: n if events_read else None
     summary = RunSummary(
         model=str(config["model"]) if "model" in config else None,
@@ -58,14 +57,14 @@ def summarize(run_dir: Path, run: RunData) -> RunSummary:
         max_steps=config.get("max_steps") if isinstance(config.get("max_steps"), int) else None,
         final_eval_loss=evals[-1] if evals else None,
         best_eval_loss=min(evals) if evals else None,
-        loss_spikes=count(sum(e["kind"] == "loss" for e in run.events)),
-        grad_spike_steps=count(len({e.get("step") for e in run.events if e["kind"] in GRADIENT_KINDS})),
+        loss_spikes=count(sum(e["kind"] == rf.LOSS_EVENT for e in run.events)),
+        grad_spike_steps=count(len({e.get("step") for e in run.events if e["kind"] in rf.GRADIENT_KINDS})),
         guard_skipped=None if skipped is None else int(skipped),
         clipped=None if clipped is None else int(sum(clipped[1])),
-        momentum_resets=count(sum(e["kind"] == "momentum_reset" for e in run.events)),
+        momentum_resets=count(sum(e["kind"] == rf.MOMENTUM_RESET_EVENT for e in run.events)),
         tokens_per_s=statistics.median(tokens) if tokens else None,
         state_bytes=None if state is None else int(state),
-        warnings=warnings,
+        warnings=list(warnings),
     )
     if summary.last_step is not None and summary.max_steps and summary.last_step < summary.max_steps:
         summary.warnings.append(f"the logs stop at step {summary.last_step} of {summary.max_steps}: "

@@ -69,9 +69,9 @@ def summary_table(runs: list[ComparedRun]) -> str:
     head += '<th title="runs shown in one colour">group</th>' if grouped else ""
     head += "".join(f'<th title="{html.escape(tip)}">{html.escape(h)}</th>' for h, tip, _ in columns)
     body = []
-    for r in runs:
+    for i, r in enumerate(runs):
         swatch = f'<span class="swatch" style="background:{r.colour}"></span>'
         cells = [_cell(r.name, r.name, swatch)] + ([_cell(r.group, r.group)] if grouped else [])
         cells += [_cell(*cell(r)) for _, _, cell in columns]
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return f'<table class="runs"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+        body.append(f'<tr data-run="{i}">{"".join(cells)}</tr>')
+    return f'<table class="runs per-run"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'

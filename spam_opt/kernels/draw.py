@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from spam_opt.kernels.cpp_build import load_optimizer_ops
-from spam_opt.quantized_state import pack_bits
-from spam_opt.sparse import KeptEntries, keep_threshold, kept_indices
+from spam_opt.kernels.cpp_ops import optimizer_ops_unavailable_reason
+from spam_opt.sparse import keep_threshold, kept_indices
+from spam_opt.state.kept import KeptEntries, pack_bits
 
 
 def draw_kept(numel: int, key: int, density: float, *, offset: int = 0,
@@ -24,7 +24,7 @@ def draw_kept(numel: int, key: int, density: float, *, offset: int = 0,
 
         kept = draw_kept(1 << 20, mask_key(seed=0, param_index=3, reset_number=0), density=0.25)
     """
-    if torch.device(device).type == "cpu" and load_optimizer_ops() is None:
+    if torch.device(device).type == "cpu" and optimizer_ops_unavailable_reason() is None:
         low, starts = torch.ops.spam_opt.kept_entries(numel, key, keep_threshold(density), offset)
         return KeptEntries(low, starts)
     return KeptEntries.from_indices(kept_indices(numel, key, density, offset=offset, device=device), numel)
@@ -32,13 +32,13 @@ def draw_kept(numel: int, key: int, density: float, *, offset: int = 0,
 
 def draw_kept_bits(numel: int, key: int, density: float, *, offset: int = 0,
                    device: torch.device | str = "cpu") -> Tensor:
-    """The same draw as ``draw_kept``, as the bitmap of the 8-bit layout (``spam_opt.quantized_state``).
+    """The same draw as ``draw_kept``, as the bitmap of the 8-bit layout (``spam_opt.state.kept``).
 
     Example::
 
         bits = draw_kept_bits(1 << 20, mask_key(seed=0, param_index=3, reset_number=0), density=0.25)
     """
-    if torch.device(device).type == "cpu" and load_optimizer_ops() is None:
+    if torch.device(device).type == "cpu" and optimizer_ops_unavailable_reason() is None:
         return torch.ops.spam_opt.kept_bits(numel, key, keep_threshold(density), offset)
     mask = torch.zeros(numel, dtype=torch.bool, device=device)
     mask[kept_indices(numel, key, density, offset=offset, device=device).long()] = True

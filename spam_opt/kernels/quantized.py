@@ -13,12 +13,12 @@ from typing import Any
 from torch import Tensor
 
 from spam_opt.kernels.result import Kernel, KernelResult
-from spam_opt.quantized_state import QuantizedMoments, block_ids
-from spam_opt.sparse import KeptEntries
+from spam_opt.state.kept import KeptEntries
+from spam_opt.state.quantized import QuantizedMoments, block_ids
 
 
 class QuantizedTensorState(ABC):
-    """A parameter's state with 8-bit moments (``state_bits=8``, ``spam_opt.quantized_state``), as a kernel
+    """A parameter's state with 8-bit moments (``state_bits=8``, ``spam_opt.state.quantized``), as a kernel
     is given it: an optimizer's own subclass knows what else its float32 kernels need."""
 
     moments: QuantizedMoments

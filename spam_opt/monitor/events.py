@@ -12,8 +12,8 @@ kind                param                       score                           
 ``momentum_reset``  ``"*"`` or group names      null                               reset number
 ==================  ==========================  =================================  ========================
 
-``clip`` events come from the optimizer's ``spike_stats()``; ``momentum_reset`` from its param groups'
-``reset_interval``. Running means follow the paper's Gradient Spike Score: the mean over all steps so far,
+``clip`` and ``momentum_reset`` events come from the optimizer's ``spike_stats()`` (its ``clipped`` counts
+and its ``resets``). Running means follow the paper's Gradient Spike Score: the mean over all steps so far,
 the current one included.
 """
 
@@ -22,8 +22,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-GRADIENT_KINDS = ("grad_norm", "grad_max", "element_gss")
-SPIKE_KINDS = (*GRADIENT_KINDS, "loss")  # what the metrics' "spikes" count and the dashboard marks as spikes
+from spam_opt.run_files import GRADIENT_KINDS, SPIKE_KINDS
+
+__all__ = ["GRADIENT_KINDS", "SPIKE_KINDS", "SpikeEvent"]  # the kinds are named in spam_opt.run_files
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from spam_opt import run_files
 from spam_opt._distributed import ShardGroups, all_reduce_per_tensor, shard_groups
 from spam_opt._validation import check_int, check_number
 from spam_opt.monitor.events import SPIKE_KINDS, SpikeEvent
@@ -73,7 +74,7 @@ class GradientSpikeMonitor:
     too, so the two agree step for step when given the same window. The monitor's default window is 20 losses,
     the guard's 128: the long window misses a bad batch early in a run, when it still holds the fast initial
     fall of the loss (docs/algorithm.md gives the measurement). With an optimizer that has ``spike_stats()``
-    (SPAM, Stable-SPAM), its clip counts and momentum resets are recorded too.
+    (SPAM, Stable-SPAM), its clip counts and the momentum resets it reports are recorded too.
 
     The main process writes ``run_dir/spikes.jsonl`` (one row per event, see ``spam_opt.monitor.events``) and
     ``run_dir/metrics.jsonl``: per logging step ``step``, ``loss``, ``grad_norm`` (of that step),
@@ -138,7 +139,7 @@ class GradientSpikeMonitor:
         self.run_dir = Path(run_dir) if run_dir is not None and self.is_main else None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            for name in ("metrics.jsonl", "spikes.jsonl"):  # an empty file says "nothing yet", not "no run"
+            for name in run_files.LOGS:  # an empty file says "nothing yet", not "no run"
                 (self.run_dir / name).touch()
         self._index_of = {id(p): i for i, p in enumerate(self.params)}
         self._numel = [p.numel() for p in self.params]
@@ -154,13 +155,12 @@ class GradientSpikeMonitor:
         self._optimizer_indices: dict[tuple[int, ...], tuple[list[int], list[ShardGroups]]] = {}
         self._hook = None
         self.optimizer = _innermost_optimizer(optimizer) if optimizer is not None else None
-        if self.optimizer is not None and hasattr(self.optimizer, "register_step_post_hook"):
-            watches_resets = any(g.get("reset_interval", 0) for g in self.optimizer.param_groups)
-            if hasattr(self.optimizer, "spike_stats") or watches_resets:
+        if self.optimizer is not None and hasattr(self.optimizer, "spike_stats"):
+            if hasattr(self.optimizer, "register_step_post_hook"):
                 self._hook = self.optimizer.register_step_post_hook(self._after_optimizer_step)
-        elif self.optimizer is not None and hasattr(self.optimizer, "spike_stats"):
-            logger.warning("%s has spike_stats() but no step hooks: its clip counts will not be recorded",
-                           type(self.optimizer).__name__)
+            else:
+                logger.warning("%s has spike_stats() but no step hooks: its clip counts will not be recorded",
+                               type(self.optimizer).__name__)
 
     # -- per step -------------------------------------------------------------------------------------
 
@@ -197,8 +197,10 @@ class GradientSpikeMonitor:
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._optimizer_steps += 1
         step = self._last_step if self._last_step is not None else self._optimizer_steps
-        stats = optimizer.spike_stats() if hasattr(optimizer, "spike_stats") else None
-        if stats is not None and len(stats.params):
+        stats = optimizer.spike_stats()
+        if stats is None:
+            return
+        if len(stats.params):
             key = tuple(id(p) for p in stats.params)
             if key not in self._optimizer_indices:
                 self._optimizer_indices[key] = ([self._index_of.get(id(p), -1) for p in stats.params],
@@ -207,15 +209,12 @@ class GradientSpikeMonitor:
             # An optimizer counts the clips of its own shards: the full tensor's count is their sum.
             clipped = all_reduce_per_tensor(stats.clipped, groups, "sum") if any(groups) else stats.clipped
             self._clips.append((step, clipped, indices))
-        s = getattr(optimizer, "global_step", self._optimizer_steps)
-        groups = optimizer.param_groups
-        reset = [i for i, g in enumerate(groups)
-                 if g.get("reset_interval", 0) > 0 and s % g["reset_interval"] == 0]
-        if reset:
-            names = ",".join(groups[i].get("name", f"group{i}") for i in reset)
-            where = "*" if len(reset) == len(groups) else names
-            number = s // groups[reset[0]]["reset_interval"]
-            self._events.append(SpikeEvent(step, where, "momentum_reset", None, number))
+        resets = getattr(stats, "resets", ())  # the groups whose momentum the optimizer reset at this step
+        if resets:
+            param_groups = optimizer.param_groups
+            names = ",".join(param_groups[r.group].get("name", f"group{r.group}") for r in resets)
+            where = "*" if len(resets) == len(param_groups) else names
+            self._events.append(SpikeEvent(step, where, "momentum_reset", None, resets[0].number))
 
     # -- at logging steps -----------------------------------------------------------------------------
 
@@ -306,8 +305,8 @@ class GradientSpikeMonitor:
     def _write(self, row: dict[str, Any] | None, events: list[SpikeEvent]) -> None:
         if self.run_dir is not None:
             if row is not None:
-                append_jsonl(self.run_dir / "metrics.jsonl", [row])
-            append_jsonl(self.run_dir / "spikes.jsonl", [e.to_json() for e in events])
+                append_jsonl(self.run_dir / run_files.METRICS, [row])
+            append_jsonl(self.run_dir / run_files.SPIKES, [e.to_json() for e in events])
         if row is not None and self.accelerator is not None:
             numeric = {k: v for k, v in row.items()
                        if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
@@ -323,7 +322,7 @@ class GradientSpikeMonitor:
             return
         row = {"step": step} | {k: float(v) for k, v in checked.items()}
         if self.run_dir is not None:
-            append_jsonl(self.run_dir / "metrics.jsonl", [row])
+            append_jsonl(self.run_dir / run_files.METRICS, [row])
         if self.accelerator is not None:
             self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
 

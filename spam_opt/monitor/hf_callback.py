@@ -10,9 +10,10 @@ try:
 except ImportError as exc:
     raise ImportError("SpikeMonitorCallback needs transformers: pip install spam-opt[train]") from exc
 
+from spam_opt import run_files as rf
 from spam_opt.monitor.gradient_monitor import GradientSpikeMonitor
 
-_TRAINER_KEYS = {"learning_rate": "lr"}  # the Trainer's log names -> the monitor's
+_TRAINER_KEYS = {"learning_rate": rf.LR}  # the Trainer's log names -> the monitor's
 _OPTIONS = {"mode", "gss_threshold", "log_every", "loss_threshold", "loss_window", "loss_min_history"}
 _DROPPED = {"grad_norm"}  # the monitor logs its own, measured after clipping, at the step it belongs to
 

@@ -31,7 +31,7 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
     Example::
 
-        rows, warnings = read_jsonl(run_dir / "metrics.jsonl")
+        rows, warnings = read_jsonl(run_dir / run_files.METRICS)
     """
     if not path.is_file():
         return [], [f"{path.name} is missing from {path.parent}: nothing to show from it"]

@@ -116,9 +116,9 @@ def _cpp_takes(grads: list[Tensor]) -> bool:
     """Whether the C++ op scores these gradients: contiguous float32 on CPU, and the op builds here."""
     if not all(g.device.type == "cpu" and g.dtype == torch.float32 and g.is_contiguous() for g in grads):
         return False
-    from spam_opt.kernels.cpp_build import load_library
+    from spam_opt._cpp_build import library_unavailable_reason
 
-    return load_library(_GSS_SOURCE) is None
+    return library_unavailable_reason(_GSS_SOURCE) is None
 
 
 class RunningScores:

@@ -13,9 +13,6 @@ Jobs (a JSON list, run in order by every process):
 * ``{"load_state": DIR, "then_save": DIR2}``: load ``DIR/ckpt`` into fresh optimizers on this number of
   processes and write what every rank now holds to ``DIR/loaded_<world>.pt``; save it again to ``DIR2/ckpt``,
   and let rank 0 alone load that into an unsharded model (one process, no FSDP): ``DIR2/loaded_1.pt``.
-
-A SPAM state key of the per-row layout (``row_code``: one row per parameter row) rides along, to check that
-rule too.
 """
 
 from __future__ import annotations
@@ -32,11 +29,9 @@ from torch import nn
 
 from spam_opt import SPAM, StableSPAM
 from spam_opt._distributed import local_tensor
-from spam_opt.checkpoint import STATE_LAYOUT, Layout, global_state_dict, load_global_state_dict
-from spam_opt.quantized_state import unpack_bits
-from spam_opt.sparse import KeptEntries
+from spam_opt.checkpoint import global_state_dict, load_global_state_dict
+from spam_opt.state.kept import kept_flat_indices
 
-STATE_LAYOUT["row_code"] = Layout.ROW
 SEED, DENSITY = 7, 0.3
 KINDS = ("spam", "stable", "spam8", "stable8")
 # 300: each row of the first 8-bit layer holds two blocks
@@ -90,12 +85,9 @@ def _raw(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, dict]:
         first_row, _ = _rows(p)
         entry = {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in state.items()
                  if k not in ("kept_low", "kept_starts", "kept_bits")}
-        offset = first_row * math.prod(p.shape[1:])
-        if "kept_low" in state:
-            entry["kept"] = KeptEntries(state["kept_low"], state["kept_starts"]).indices() + offset
-        if "kept_bits" in state:
-            numel = local_tensor(p).numel()
-            entry["kept"] = unpack_bits(state["kept_bits"], numel).nonzero().squeeze(1) + offset
+        kept = kept_flat_indices(state, local_tensor(p).numel())
+        if kept is not None:
+            entry["kept"] = kept + first_row * math.prod(p.shape[1:])
         out[name] = entry
     return out
 
@@ -108,7 +100,7 @@ def _assemble(pieces: list[dict[str, dict]]) -> dict[str, dict]:
         for key, value in first.items():
             values = [piece[name][key] for piece in pieces]
             if torch.is_tensor(value) and value.dim() > 0:
-                joined[key] = torch.cat([v.reshape(-1) if key != "row_code" else v for v in values])
+                joined[key] = torch.cat([v.reshape(-1) for v in values])
             else:
                 same = all(torch.equal(torch.as_tensor(v), torch.as_tensor(value)) for v in values)
                 assert same, f"{name}.{key} differs between ranks"
@@ -129,17 +121,7 @@ def _checkpoint(models: tuple[nn.Module, ...], opts: tuple) -> dict:
     return {kind: global_state_dict(model, opt) for kind, model, opt in zip(KINDS, models, opts)}
 
 
-def _add_row_code(model: nn.Module, opt: SPAM, fill: bool) -> None:
-    """The per-row key: one row per row of the first weight (its global row index, negated), or zeros."""
-    weight = model[0].weight
-    first_row, rows = _rows(weight)
-    code = torch.arange(first_row, first_row + rows, dtype=torch.float32)
-    opt.state[weight]["row_code"] = torch.stack([code, -code], dim=1) if fill else torch.zeros(rows, 2)
-
-
 def _load(models: tuple[nn.Module, ...], opts: tuple, folder: Path, **kwargs) -> None:
-    _checkpoint(models, opts)  # creates the state, which the per-row key joins: the template holds it then
-    _add_row_code(models[0], opts[0], fill=False)
     state = _checkpoint(models, opts)
     dcp.load(state, checkpoint_id=str(folder), **kwargs)
     for kind, model, opt in zip(KINDS, models, opts):
@@ -156,7 +138,6 @@ def save_state(folder: Path) -> None:
             model(x[:, :IN_FEATURES[kind]]).square().mean().backward()
             opt.step()
             opt.zero_grad()
-    _add_row_code(models[0], opts[0], fill=True)
     dcp.save(_checkpoint(models, opts), checkpoint_id=str(folder / "ckpt"))
     _dump(models, opts, folder / f"state_{dist.get_world_size()}.pt")
 

@@ -13,10 +13,12 @@ parallel form), generation feeds one token at a time with a carried state, O(1) 
     model.spike_metrics()                            # firing rates, synaptic ops vs dense MACs
 
 Importing this module registers ``model_type="spikegpt"`` with ``AutoConfig`` and ``AutoModelForCausalLM``.
-On CPU the sequential parts (the WKV, the neurons) and the element-wise work around them run in C++ kernels
-(``spikegpt_kernels.py``); the pure-PyTorch code here is their reference, and what runs on other devices.
-Deliberate differences from the authors' code: no CUDA kernel (on GPUs the WKV is pure PyTorch, in float32
-under autocast too) and no L2Wrap logit regulariser (the loss is plain cross-entropy).
+On CPU the sequential parts (the WKV, the neurons) and the element-wise work around them run in C++ kernels,
+on CUDA the sequential parts run in Triton kernels (``spikegpt_kernels.py`` picks the path, and
+``spikegpt_kernels.backend`` forces one); the pure-PyTorch code here is their reference. Deliberate
+differences from the authors' code: the WKV computes in float32 under autocast too (fla-core's Triton kernel
+on CUDA rather than the authors' CUDA kernel), and no L2Wrap logit regulariser (the loss is plain
+cross-entropy).
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from trainers.models.spikegpt_kernels import (
-    kernels_take,
+    path_for,
     relu_square_kernel,
     shift_mix_kernel,
     sigmoid_gate_kernel,
+    triton_kernels,
     wkv_kernel,
 )
 from trainers.models.spiking_neuron import MultiStepLIF, atan_spike
@@ -200,13 +203,14 @@ def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-# What the blocks run: the C++ kernels where they take the tensor (``spikegpt_kernels.kernels_take``: float32
-# or float64 on CPU), else the pure-PyTorch code in each function: the reference the tests compare with.
+# What the blocks run (``spikegpt_kernels.path_for`` decides): the C++ kernels on CPU, the Triton kernels for
+# the WKV on CUDA, else the pure-PyTorch code in each function: the reference the tests compare with.
 
 def wkv(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKVState) -> tuple[Tensor, WKVState]:
-    """The WKV: :func:`wkv_recurrent` for one token, :func:`wkv_parallel` for more, or the kernel."""
-    if kernels_take(k):
-        out, *sums = wkv_kernel(w, u, k, v, *state)
+    """The WKV: :func:`wkv_recurrent` for one token, :func:`wkv_parallel` for more, or a kernel."""
+    path = path_for(k, "wkv")
+    if path != "reference":
+        out, *sums = (wkv_kernel if path == "cpp" else triton_kernels().wkv_triton)(w, u, k, v, *state)
         return out, WKVState(*sums)
     return (wkv_recurrent if k.shape[1] == 1 else wkv_parallel)(w, u, k, v, state)
 
@@ -214,7 +218,7 @@ def wkv(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKVState) -> tuple[Te
 def shift_mix(x: Tensor, previous: Tensor, mixes: list[Tensor]) -> list[Tensor]:
     """``lerp(xx, x, m)`` for each ``m`` of ``mixes``, ``xx`` being each token's predecessor along dim 1
     (the first one's is ``previous``, the carried token): the inputs of a block's projections."""
-    if kernels_take(x):
+    if path_for(x, "elementwise") == "cpp":
         return shift_mix_kernel(x, previous, mixes)
     xx = torch.cat([previous[:, None], x[:, :-1]], dim=1)
     return [torch.lerp(xx, x, m) for m in mixes]
@@ -222,14 +226,14 @@ def shift_mix(x: Tensor, previous: Tensor, mixes: list[Tensor]) -> list[Tensor]:
 
 def sigmoid_gate(r: Tensor, x: Tensor) -> Tensor:
     """``sigmoid(r) * x``: the receptance gate of both mixes."""
-    if kernels_take(r) and x.dtype == r.dtype:
+    if path_for(r, "elementwise") == "cpp" and x.dtype == r.dtype:
         return sigmoid_gate_kernel(r, x)
     return torch.sigmoid(r) * x
 
 
 def relu_square(k: Tensor) -> Tensor:
     """``relu(k) ** 2``: the channel-mix's hidden activation."""
-    return relu_square_kernel(k) if kernels_take(k) else torch.square(torch.relu(k))
+    return relu_square_kernel(k) if path_for(k, "elementwise") == "cpp" else torch.square(torch.relu(k))
 
 
 class TimeMix(nn.Module):

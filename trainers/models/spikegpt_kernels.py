@@ -1,17 +1,23 @@
-"""SpikeGPT's C++ CPU kernels: the WKV recurrence, the multi-step LIF neuron, and the element-wise work
-around them, each one pass forward and one back (``csrc/spikegpt_cpu.cpp``).
+"""SpikeGPT's kernels, and the one place that picks which path the model runs: ``"cpp"``, ``"triton"`` or
+``"reference"``.
 
-The pure-PyTorch paths in ``spikegpt.py`` and ``spiking_neuron.py`` run a handful of small ops per token
-for the WKV and the neuron, and several full passes over the activations for the token shift, the
-receptance gate and the squared ReLU; these kernels walk the tokens once and fuse the rest. The model picks
-them by itself: :func:`kernels_take` says whether they run for a tensor (float32 or float64 on CPU, the
-library built, not switched off by :func:`reference_paths`, not traced by ``torch.compile``). On any other
-device or dtype (CUDA, bfloat16 under autocast) the model runs its pure-PyTorch paths, which stay the
-reference the tests compare against. The library is compiled at first use, like the optimizers' kernels
-(``spam_opt.kernels.cpp_build``, cached under ``$SPAM_OPT_CACHE`` or ``~/.cache/spam_opt``); when it
-cannot be built a warning says why, once, and the reference paths run.
+- ``"cpp"``: C++ CPU kernels (``csrc/spikegpt_cpu.cpp``) for the WKV recurrence, the multi-step LIF neuron
+  and the element-wise work around them, each one pass forward and one back; float32 and float64. Compiled at
+  first use, like the optimizers' kernels (``spam_opt._cpp_build``, cached under ``$SPAM_OPT_CACHE`` or
+  ``~/.cache/spam_opt``); when they cannot be built a warning says why, once, and the reference runs.
+- ``"triton"``: Triton kernels for the two recurrences (``spikegpt_triton.py``: the WKV in float32, the
+  neuron from any float dtype), so that a forward and backward pass on a GPU launches a number of kernels
+  that does not grow with the sequence. The element-wise work stays the PyTorch expressions: a few launches
+  per layer. On CPU tensors they run only under ``TRITON_INTERPRET=1`` (the tests).
+- ``"reference"``: the pure-PyTorch code in ``spikegpt.py`` and ``spiking_neuron.py``, which the tests
+  compare the kernels with. It loops over the tokens in Python.
 
-    with reference_paths():        # the pure-PyTorch paths, e.g. to compare against
+By default CPU tensors take the C++ kernels and CUDA tensors the Triton ones when triton and ``fla-core``
+import (``pip install "spam-opt[gpu]"``; else the reference, with one warning). A tensor the chosen path
+cannot take (a bfloat16 one on C++, a float64 WKV on Triton) runs the reference; so does everything that
+``torch.compile`` traces (the kernels have no fake implementations). :func:`backend` forces a path::
+
+    with backend("reference"):     # the pure-PyTorch paths, e.g. to compare against
         loss = model(input_ids=ids, labels=ids).loss
 """
 
@@ -22,42 +28,97 @@ import functools
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import Tensor
 
-from spam_opt.kernels.cpp_build import load_library
+from spam_opt._cpp_build import library_unavailable_reason
 
 SOURCE = Path(__file__).with_name("csrc") / "spikegpt_cpu.cpp"
-_DTYPES = (torch.float32, torch.float64)
-_switched_off = False
+BACKENDS = ("reference", "cpp", "triton")
+CPP_DTYPES = (torch.float32, torch.float64)
+# What the Triton kernels take: fla's WKV computes in float32 (the model casts to it); our neuron loads any
+# float dtype and computes in float32, which float64 would lose.
+TRITON_DTYPES = {"wkv": (torch.float32,), "lif": (torch.float32, torch.bfloat16, torch.float16)}
+_forced: str | None = None
 
 
 @functools.cache
 def _unavailable_reason() -> str | None:
-    reason = load_library(SOURCE)
+    reason = library_unavailable_reason(SOURCE)
     if reason is not None:
         warnings.warn(f"SpikeGPT runs its pure-PyTorch paths (slower on CPU): {reason}", RuntimeWarning,
                       stacklevel=4)
     return reason
 
 
-def kernels_take(x: Tensor) -> bool:
-    """Whether the kernels run for ``x``: float32/float64 on CPU, the library built, not switched off, and
-    not inside ``torch.compile`` (which traces the reference paths: the ops have no fake kernels)."""
-    return (not _switched_off and x.is_cpu and x.dtype in _DTYPES and not torch.compiler.is_compiling()
-            and _unavailable_reason() is None)
+@functools.cache
+def _triton_import_error() -> str | None:
+    """Why ``spikegpt_triton`` does not import (triton or fla-core missing or broken), or None."""
+    try:
+        triton_kernels()
+    except Exception as error:  # a missing package, or one that fails at import (a mismatched version)
+        return f"{type(error).__name__}: {error} (pip install 'spam-opt[gpu]')"
+    return None
+
+
+def triton_kernels() -> ModuleType:
+    """``spikegpt_triton``, imported on first use: triton and fla take seconds to import."""
+    from trainers.models import spikegpt_triton
+
+    return spikegpt_triton
 
 
 @contextlib.contextmanager
-def reference_paths() -> Iterator[None]:
-    """Within this block SpikeGPT runs its pure-PyTorch reference paths (in the whole process)."""
-    global _switched_off
-    previous, _switched_off = _switched_off, True
+def backend(name: str) -> Iterator[None]:
+    """Within this block SpikeGPT runs the path ``name`` (``"reference"``, ``"cpp"`` or ``"triton"``) in the
+    whole process, where it can take the tensors' dtypes; an error says why when it cannot run at all (C++
+    on a CUDA tensor, Triton on a CPU tensor without ``TRITON_INTERPRET=1``, a kernel that did not build)."""
+    global _forced
+    if name not in BACKENDS:
+        raise ValueError(f"unknown SpikeGPT backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    previous, _forced = _forced, name
     try:
         yield
     finally:
-        _switched_off = previous
+        _forced = previous
+
+
+def path_for(x: Tensor, op: str) -> str:
+    """The path that runs ``op`` (``"wkv"``, ``"lif"`` or ``"elementwise"``) on ``x``: ``"cpp"``,
+    ``"triton"`` or ``"reference"``, by the rules in this module's docstring."""
+    if _forced == "reference" or torch.compiler.is_compiling():
+        return "reference"
+    if _forced == "cpp" or (_forced is None and x.is_cpu):
+        if x.dtype not in CPP_DTYPES:
+            return "reference"
+        if not x.is_cpu:
+            raise ValueError(f"SpikeGPT's C++ kernels run CPU tensors; this one is on {x.device}: use "
+                             "backend('triton') or backend('reference')")
+        if _forced is None:
+            return "reference" if _unavailable_reason() is not None else "cpp"
+        _ops()  # forced: an error that says why it cannot run
+        return "cpp"
+    if _forced is None and not x.is_cuda:
+        return "reference"
+    if x.dtype not in TRITON_DTYPES.get(op, ()):
+        return "reference"
+    if _forced is None:
+        reason = _triton_import_error()
+        if reason is not None:
+            _warn_once(f"SpikeGPT runs its pure-PyTorch paths on {x.device.type} (launch-bound): {reason}")
+            return "reference"
+        return "triton"
+    if x.is_cpu and not triton_kernels().interpreting():
+        raise RuntimeError("backend('triton') on CPU tensors needs Triton's interpreter: set "
+                           "TRITON_INTERPRET=1 before triton is imported")
+    return "triton"
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def _ops() -> torch._ops._OpNamespace:

@@ -11,7 +11,8 @@ Backward replaces dH/dh of the Heaviside step by the derivative of the arctan su
 detached (the gradient also flows through ``s_t`` in ``v_t``), as in SpikeGPT's neuron.
 
 On CPU (float32 and float64) a C++ kernel runs the neuron, one pass over the time steps forward and one
-back (``spikegpt_kernels.py``). Elsewhere, and as the reference the tests compare it with, the time loop
+back, on CUDA a Triton kernel does (``spikegpt_kernels.py`` picks). Elsewhere, and as the reference the tests
+compare them with, the time loop
 runs inside one autograd function with a hand-written backward, so autograd records one node per neuron
 layer instead of a handful per token, and each token costs two small ops forward and one backward.
 """
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainers.models.spikegpt_kernels import kernels_take, lif_kernel
+from trainers.models.spikegpt_kernels import lif_kernel, path_for, triton_kernels
 
 
 def atan_surrogate_grad(x: Tensor, alpha: float) -> Tensor:
@@ -116,10 +117,12 @@ class MultiStepLIF(nn.Module):
             raise ValueError(f"membrane state of shape {tuple(v.shape)} does not fit an input of shape "
                              f"{tuple(x.shape)}: it must be the input's shape without the time axis (dim 1)")
         v = v.to(x.dtype)
-        if kernels_take(x):  # the C++ scan over (batch, time, neurons), no transposes
+        path = path_for(x, "lif")
+        if path != "reference":  # a kernel's scan over (batch, time, neurons), no transposes
+            kernel = lif_kernel if path == "cpp" else triton_kernels().lif_triton
             batch, steps, neurons = x.shape[0], x.shape[1], math.prod(x.shape[2:])
-            spikes, v_last = lif_kernel(x.reshape(batch, steps, neurons), v.reshape(batch, neurons), self.tau,
-                                        self.v_threshold, self.alpha)
+            spikes, v_last = kernel(x.reshape(batch, steps, neurons), v.reshape(batch, neurons), self.tau,
+                                    self.v_threshold, self.alpha)
             return spikes.view(x.shape), v_last.view(v.shape)
         # Time first makes every step a contiguous slice.
         spikes, v = _MultiStepLIF.apply(x.transpose(0, 1).contiguous(), v, self.tau,

@@ -4,10 +4,10 @@
 // entries; an entry whose gradient is NaN/Inf keeps its values, so no separate check of g is needed.
 // Stable-SPAM needs two reductions before its update (max|g| with the NaN check, then AdaClip's count and
 // the clipped norm for AdaGN); the second is skipped on steps where AdaClip scales nothing.
-// SPAM with 8-bit moments dequantizes, updates and requantizes each block in the same pass.
-// Registered as torch.ops.spam_opt.spam_step_, spam_step8_, stable_spam_step_, kept_entries and kept_bits;
-// spam_opt/kernels/cpp_build.py builds and loads this file, spam_opt/kernels/{spam,stable_spam}/cpp.py and
-// spam_opt/kernels/draw.py call its ops.
+// SPAM and Stable-SPAM with 8-bit moments dequantize, update and requantize each block in the same pass.
+// Registered as torch.ops.spam_opt.spam_step_, spam_step8_, stable_spam_step_, stable_spam_step8_,
+// kept_entries and kept_bits; spam_opt/_cpp_build.py builds and loads this file (spam_opt/kernels/cpp_ops.py
+// names it), spam_opt/kernels/{spam,stable_spam}/cpp.py and spam_opt/kernels/draw.py call its ops.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

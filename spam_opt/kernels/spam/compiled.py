@@ -24,7 +24,7 @@ from spam_opt.kernels.quantized import on_float32_moments
 from spam_opt.kernels.result import KernelResult
 from spam_opt.kernels.spam.inputs import StepScalars, TensorState
 from spam_opt.kernels.spam.reference import keep_unmoved, spam_reference
-from spam_opt.sparse import KeptEntries
+from spam_opt.state.kept import KeptEntries
 
 # Room for every (layout, dtype) mix a model has; past dynamo's default of 8 graphs a function silently
 # runs eager (correct, but slow), which a model mixing dtypes, strided and sparse parameters can reach.

@@ -3,7 +3,7 @@ group per call.
 
 torch.compile's CPU code for the step made two passes per tensor and paid Python overhead per parameter;
 the C++ op clips, updates and counts in one read of p, g, m and v. ``spam_step8_`` does the same on 8-bit
-moments, dequantizing and requantizing each block in that pass. ``spam_opt.kernels.cpp_build`` builds and
+moments, dequantizing and requantizing each block in that pass. ``spam_opt.kernels.cpp_ops`` builds and
 loads them; ``spam_opt.kernels.dispatch`` calls this only once they have loaded.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spam_opt.kernels.cpp_build import optimizer_ops_take
+from spam_opt.kernels.cpp_ops import optimizer_ops_take
 from spam_opt.kernels.result import KernelResult
 from spam_opt.kernels.spam.foreach import spam_foreach
 from spam_opt.kernels.spam.inputs import QuantizedTensorState, StepScalars, TensorState

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from spam_opt.kernels.quantized import QuantizedTensorState as QuantizedState
-from spam_opt.quantized_state import QuantizedMoments
-from spam_opt.sparse import KeptEntries
+from spam_opt.state.kept import KeptEntries
+from spam_opt.state.quantized import QuantizedMoments
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class TensorState:
 
 @dataclass
 class QuantizedTensorState(QuantizedState):
-    """One parameter's SPAM state with 8-bit moments (``state_bits=8``, ``spam_opt.quantized_state``)."""
+    """One parameter's SPAM state with 8-bit moments (``state_bits=8``, ``spam_opt.state.quantized``)."""
 
     moments: QuantizedMoments
     step: Tensor  # n, as in TensorState

@@ -3,7 +3,7 @@
 Per tensor, one or two reads of g for the per-tensor statistics (max|g| with the NaN check and the sum of
 squares; AdaClip's count and the clipped norm only on steps where AdaClip scales something), then one update
 pass. ``stable_spam_step8_`` takes 8-bit moments (SPAM's layout and maps) and dequantizes, updates and
-requantizes each block in that pass. ``spam_opt.kernels.cpp_build`` builds and loads them;
+requantizes each block in that pass. ``spam_opt.kernels.cpp_ops`` builds and loads them;
 ``spam_opt.kernels.dispatch`` calls this only once they have loaded.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spam_opt.kernels.cpp_build import optimizer_ops_take
+from spam_opt.kernels.cpp_ops import optimizer_ops_take
 from spam_opt.kernels.result import KernelResult
 from spam_opt.kernels.stable_spam.foreach import stable_spam_foreach
 from spam_opt.kernels.stable_spam.inputs import QuantizedTensorState, StepScalars, TensorState

@@ -8,8 +8,8 @@ from torch import Tensor
 
 from spam_opt._distributed import ShardGroups
 from spam_opt.kernels.quantized import QuantizedTensorState as QuantizedState
-from spam_opt.quantized_state import QuantizedMoments
-from spam_opt.sparse import KeptEntries
+from spam_opt.state.kept import KeptEntries
+from spam_opt.state.quantized import QuantizedMoments
 
 
 @dataclass(frozen=True)

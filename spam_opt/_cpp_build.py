@@ -2,9 +2,9 @@
 
 A source file is compiled with the machine's C++ compiler against torch's headers, for the SIMD level torch
 itself runs at, into a cache keyed by the source, the flags and the torch and Python versions; the library
-then registers its ops with ``torch.ops``. Beyond which tensors the optimizers' ops take, nothing here knows
-what the ops compute: their wrappers live beside the other kernels of each optimizer
-(``spam_opt.kernels.spam.cpp``, ...), and other packages load their own sources through ``load_library``.
+then registers its ops with ``torch.ops``. Nothing here knows what the ops compute: the optimizers' ops are
+loaded by ``spam_opt.kernels.cpp_ops``, the monitor's by ``spam_opt.monitor.statistics``, and other packages
+(the trainers' SpikeGPT model) load their own sources the same way, through ``library_unavailable_reason``.
 """
 
 from __future__ import annotations
@@ -19,10 +19,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch import Tensor
-
-# The optimizers' kernels: SPAM's and Stable-SPAM's steps and sparse momentum's draw.
-OPTIMIZER_SOURCE = Path(__file__).with_name("csrc") / "spam_cpu.cpp"
 
 # Vector ISA flags per torch CPU capability: a kernel is built for what torch itself dispatches to here, and
 # at::vec::Vectorized is told which of its implementations to use.
@@ -68,14 +64,13 @@ def cached_library(compiler: str, source: Path) -> Path:
 
 
 @functools.cache
-def load_library(source: Path) -> str | None:
-    """Build ``source`` (once per machine and torch version) and load it into ``torch.ops``.
-
-    Returns why it cannot run, or None when its ops are registered.
+def library_unavailable_reason(source: Path) -> str | None:
+    """Build ``source`` (once per machine and torch version) and load it into ``torch.ops``; why its ops
+    cannot run, or None once they are registered.
 
     Example::
 
-        reason = load_library(Path(__file__).with_name("csrc") / "my_ops.cpp")
+        reason = library_unavailable_reason(Path(__file__).with_name("csrc") / "my_ops.cpp")
         if reason is None:
             torch.ops.my_namespace.my_op(...)
     """
@@ -102,14 +97,3 @@ def load_library(source: Path) -> str | None:
     except (OSError, RuntimeError) as exc:
         return f"loading the CPU kernel {target} failed: {exc} (delete it to rebuild)"
     return None
-
-
-def load_optimizer_ops() -> str | None:
-    """Load the optimizers' C++ ops (``torch.ops.spam_opt.*``); the reason they cannot run, or None."""
-    return load_library(OPTIMIZER_SOURCE)
-
-
-def optimizer_ops_take(p: Tensor, g: Tensor, m: Tensor) -> bool:
-    """Whether the optimizers' C++ ops take a parameter: contiguous float32 CPU parameter, grad, moments."""
-    return (p.device.type == "cpu" and p.dtype == torch.float32 and g.dtype == torch.float32
-            and p.is_contiguous() and g.is_contiguous() and m.is_contiguous())

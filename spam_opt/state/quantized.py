@@ -1,4 +1,4 @@
-"""SPAM's 8-bit optimizer state: its blocks, its two maps, and its layout, in one place.
+"""The 8-bit optimizer state (``state_bits=8``): its blocks, its two maps, and its layout, in one place.
 
 Which parameters: ``state_bits=8`` stores the moments of every parameter of 2 or more dimensions (block
 matrices, embeddings, the output head) in 8 bits; 0-dim and 1-D parameters (norms, biases, scalars) keep
@@ -37,10 +37,9 @@ Layout (state keys, per parameter):
 
 - ``exp_avg``: int8 codes of r, ``exp_avg_sq``: uint8 codes of s, one per stored entry.
 - ``exp_avg_scale``, ``exp_avg_sq_scale``: float32, one per block of the (rank-local) parameter.
-- Sparse momentum (density < 1): ``kept_bits``, int32 words, bit ``j % 32`` of word ``j // 32`` set when
-  local entry ``j`` is kept (plus one word of padding). Codes are stored for the kept entries only, in
-  ascending flat index, so the kept entries of a block are contiguous. Every block has its scales, kept
-  entries or not.
+- Sparse momentum (density < 1): ``kept_bits``, the bitmap of ``spam_opt.state.kept``. Codes are stored for
+  the kept entries only, in ascending flat index, so the kept entries of a block are contiguous. Every block
+  has its scales, kept entries or not.
 
 Bytes per parameter: 2 + 8 / min(BLOCK, row_length) dense; at density d, 2·d + 1/8 + 8 / min(BLOCK,
 row_length) (the bitmap is 1 bit per entry whatever d). AdamW keeps 8.
@@ -52,6 +51,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from spam_opt.state.kept import bitmap_indices, count_bits
 
 STATE_BITS = (8, 32)
 BLOCK = 256
@@ -86,7 +87,7 @@ class QuantizedMoments:
     Example::
 
         q = QuantizedMoments.zeros(numel=4096, row_length=64, kept_bits=None)
-        m, v = q.dequantize(q.block_of_stored(4096), eps=1e-6)
+        m, v = q.dequantize(None, eps=1e-6)  # dense: blocks come from the rows
     """
 
     exp_avg: Tensor  # int8 codes of r = m / (sqrt(v) + eps)
@@ -94,7 +95,7 @@ class QuantizedMoments:
     exp_avg_scale: Tensor  # float32 per block: max |r|
     exp_avg_sq_scale: Tensor  # float32 per block: max s
     row_length: int
-    kept_bits: Tensor | None  # sparse momentum: which local entries are kept (see the module docstring)
+    kept_bits: Tensor | None  # sparse momentum: which local entries are kept (``spam_opt.state.kept``)
 
     @classmethod
     def zeros(cls, numel: int, row_length: int, kept_bits: Tensor | None,
@@ -108,18 +109,11 @@ class QuantizedMoments:
 
     def stored_indices(self, numel: int) -> Tensor | None:
         """The flat (rank-local) indices of the stored entries, ascending; None when every entry is stored."""
-        if self.kept_bits is None:
-            return None
-        return unpack_bits(self.kept_bits, numel).nonzero().squeeze(1)
-
-    def block_of_stored(self, numel: int) -> Tensor | None:
-        """The block of each stored entry under sparse momentum (int64); None for a dense parameter, whose
-        blocks the methods below take from its rows without a per-entry index."""
-        idx = self.stored_indices(numel)
-        return None if idx is None else block_ids(idx, self.row_length)
+        return None if self.kept_bits is None else bitmap_indices(self.kept_bits, numel)
 
     def dequantize(self, blocks: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
-        """(m̂, v̂) in float32, one per stored entry; ``blocks``: ``block_of_stored``."""
+        """(m̂, v̂) in float32, one per stored entry. ``blocks``: the block of each stored entry under sparse
+        momentum (``block_ids`` of ``stored_indices``); None for a dense parameter, whose rows give them."""
         r_step = self._per_entry(self.exp_avg_scale / _R_LEVELS, blocks)
         s_step = self._per_entry(self.exp_avg_sq_scale / _S_LEVELS, blocks)
         code_s = self.exp_avg_sq.float()
@@ -128,7 +122,7 @@ class QuantizedMoments:
 
     def quantize_(self, m: Tensor, v: Tensor, blocks: Tensor | None, eps: float,
                   gate: Tensor | None = None) -> None:
-        """Store float32 moments ``m``, ``v`` (one per stored entry; ``blocks``: ``block_of_stored``), or
+        """Store float32 moments ``m``, ``v`` (one per stored entry; ``blocks``: as in ``dequantize``), or
         leave everything as is where ``gate`` (a 0-dim bool tensor) is False."""
         s = v.sqrt()
         r = m / (s + eps)
@@ -165,26 +159,3 @@ class QuantizedMoments:
 def _inverse(scale: Tensor, levels: float) -> Tensor:
     """levels / scale, and 0 for an all-zero block (its codes are then 0)."""
     return torch.where(scale > 0, levels / scale, torch.zeros_like(scale))
-
-
-# ---- sparse momentum's kept entries as a bitmap -------------------------------------------------------
-
-def pack_bits(mask: Tensor) -> Tensor:
-    """A bool vector as int32 words (bit j % 32 of word j // 32), plus one word of padding."""
-    words = -(-mask.numel() // 32) + 1
-    padded = torch.zeros(words * 32, dtype=torch.int64, device=mask.device)
-    padded[:mask.numel()] = mask.long()
-    weights = torch.ones(32, dtype=torch.int64, device=mask.device) << torch.arange(32, device=mask.device)
-    packed = (padded.view(words, 32) * weights).sum(1)
-    return (packed - ((packed >> 31) << 32)).to(torch.int32)  # as signed 32-bit two's complement
-
-
-def unpack_bits(words: Tensor, numel: int) -> Tensor:
-    """The bool vector of ``numel`` entries that ``pack_bits`` packed into ``words``."""
-    shifts = torch.arange(32, device=words.device, dtype=torch.int32)
-    return ((words.unsqueeze(1) >> shifts) & 1).bool().reshape(-1)[:numel]
-
-
-def count_bits(words: Tensor) -> int:
-    """How many entries a bitmap keeps."""
-    return int(unpack_bits(words, words.numel() * 32).sum())

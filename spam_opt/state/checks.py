@@ -1,15 +1,16 @@
-"""The ``state_bits`` option that SPAM and StableSPAM share: its validation, and the checks that keep 8-bit
-and float32 moments apart (they never convert into each other).
-"""
+"""The checks that keep a parameter's state in the layout its group implies: ``state_bits`` values, a
+``state_bits`` that changed during a run, and a loaded state dict (8-bit and float32 moments never convert
+into each other)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from spam_opt.quantized_state import STATE_BITS, QuantizedMoments, quantizes
+from spam_opt.state.kept import BITMAP_KEY
+from spam_opt.state.layout import MOMENT_KEYS, SCALE_KEYS
+from spam_opt.state.quantized import STATE_BITS, quantizes
 
 
 def check_state_bits(value: Any, where: str) -> None:
@@ -20,25 +21,12 @@ def check_state_bits(value: Any, where: str) -> None:
 
 def check_unchanged(state: dict[str, Any], eight: bool, index: int, group: dict[str, Any]) -> None:
     """Refuse a param group whose ``state_bits`` changed after its parameter's moments were made."""
-    if "exp_avg" in state and ("exp_avg_scale" in state) != eight:
+    if MOMENT_KEYS[0] in state and (SCALE_KEYS[0] in state) != eight:
         raise ValueError(
             f"parameter {index} holds {32 if eight else 8}-bit moments but its param group now has "
             f"state_bits={group['state_bits']}; state_bits cannot change during a run (set it when "
             "building the optimizer)"
         )
-
-
-def store_moments(state: dict[str, Any], local: Tensor, kept_bits: Tensor | None) -> None:
-    """Zero 8-bit moments for a (rank-local) parameter, kept in ``state`` under their layout's keys."""
-    q = QuantizedMoments.zeros(local.numel(), local.shape[-1], kept_bits, device=local.device)
-    state.update(exp_avg=q.exp_avg, exp_avg_sq=q.exp_avg_sq, exp_avg_scale=q.exp_avg_scale,
-                 exp_avg_sq_scale=q.exp_avg_sq_scale)
-
-
-def stored_moments(state: dict[str, Any], local: Tensor) -> QuantizedMoments:
-    """The 8-bit moments that ``store_moments`` (or a loaded state dict) put in ``state``."""
-    return QuantizedMoments(state["exp_avg"], state["exp_avg_sq"], state["exp_avg_scale"],
-                            state["exp_avg_sq_scale"], local.shape[-1], state.get("kept_bits"))
 
 
 def loadable_groups(state_dict: Any, param_groups: list[dict[str, Any]], name: str) -> Any:
@@ -64,16 +52,16 @@ def _check_layouts(state: Any, saved_groups: list[dict[str, Any]], groups: list[
     for saved, group in zip(saved_groups, groups):
         for key, p in zip(saved.get("params", []), group["params"]):
             entry = state.get(key)
-            if not isinstance(entry, dict) or not {"exp_avg", "exp_avg_sq"} <= entry.keys():
+            if not isinstance(entry, dict) or not set(MOMENT_KEYS) <= entry.keys():
                 continue  # the base class names the missing keys
             if quantizes(p, saved["state_bits"]):
-                missing = [k for k in ("exp_avg_scale", "exp_avg_sq_scale") if k not in entry]
-                if saved.get("density", 1.0) < 1.0 and "kept_bits" not in entry:
-                    missing.append("kept_bits")
+                missing = [k for k in SCALE_KEYS if k not in entry]
+                if saved.get("density", 1.0) < 1.0 and BITMAP_KEY not in entry:
+                    missing.append(BITMAP_KEY)
                 codes = (entry["exp_avg"].dtype, entry["exp_avg_sq"].dtype)
                 if missing or codes != (torch.int8, torch.uint8):
                     raise ValueError(f"corrupt {name} state for parameter {key}: state_bits=8 needs int8 and "
                                      f"uint8 codes with their scales, missing {missing}")
-            elif "exp_avg_scale" in entry:
+            elif SCALE_KEYS[0] in entry:
                 raise ValueError(f"corrupt {name} state for parameter {key}: 8-bit moments in a group with "
                                  f"state_bits={saved['state_bits']}")
