@@ -28,9 +28,11 @@ def check_unchanged(state: dict[str, Any], eight: bool, index: int, group: dict[
         )
 
 
-def store_moments(state: dict[str, Any], local: Tensor, kept_bits: Tensor | None) -> None:
-    """Zero 8-bit moments for a (rank-local) parameter, kept in ``state`` under their layout's keys."""
-    q = QuantizedMoments.zeros(local.numel(), local.shape[-1], kept_bits, device=local.device)
+def store_moments(state: dict[str, Any], local: Tensor, kept_bits: Tensor | None,
+                  stored: int | None = None) -> None:
+    """Zero 8-bit moments for a (rank-local) parameter, kept in ``state`` under their layout's keys;
+    ``stored``: the number of kept entries, when known on the host."""
+    q = QuantizedMoments.zeros(local.numel(), local.shape[-1], kept_bits, device=local.device, stored=stored)
     state.update(exp_avg=q.exp_avg, exp_avg_sq=q.exp_avg_sq, exp_avg_scale=q.exp_avg_scale,
                  exp_avg_sq_scale=q.exp_avg_sq_scale)
 

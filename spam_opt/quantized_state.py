@@ -98,8 +98,11 @@ class QuantizedMoments:
 
     @classmethod
     def zeros(cls, numel: int, row_length: int, kept_bits: Tensor | None,
-              device: torch.device | str = "cpu") -> QuantizedMoments:
-        stored = numel if kept_bits is None else int(count_bits(kept_bits))
+              device: torch.device | str = "cpu", stored: int | None = None) -> QuantizedMoments:
+        """``stored``: how many entries ``kept_bits`` keeps, when the caller knows it (counting them reads
+        the bitmap on the host: a device sync)."""
+        if stored is None:
+            stored = numel if kept_bits is None else int(count_bits(kept_bits))
         blocks = block_count(numel, row_length)
         return cls(torch.zeros(stored, dtype=torch.int8, device=device),
                    torch.zeros(stored, dtype=torch.uint8, device=device),
@@ -110,7 +113,8 @@ class QuantizedMoments:
         """The flat (rank-local) indices of the stored entries, ascending; None when every entry is stored."""
         if self.kept_bits is None:
             return None
-        return unpack_bits(self.kept_bits, numel).nonzero().squeeze(1)
+        # The count is the codes' length: nonzero_static needs no device sync to size its output.
+        return torch.nonzero_static(unpack_bits(self.kept_bits, numel), size=self.exp_avg.numel()).squeeze(1)
 
     def block_of_stored(self, numel: int) -> Tensor | None:
         """The block of each stored entry under sparse momentum (int64); None for a dense parameter, whose

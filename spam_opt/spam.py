@@ -20,7 +20,7 @@ from spam_opt._optimizer import SpikeAwareOptimizer
 from spam_opt._state_bits import check_state_bits, check_unchanged, store_moments, stored_moments
 from spam_opt._validation import check_betas, check_int, check_kernel_flags, check_number
 from spam_opt.kernels.dispatch import SPAM_KERNELS
-from spam_opt.kernels.draw import draw_kept, draw_kept_bits
+from spam_opt.kernels.draw import draw_kept, kept_bitmap
 from spam_opt.kernels.spam.inputs import QuantizedTensorState, StepScalars, TensorState
 from spam_opt.quantized_state import quantizes
 from spam_opt.sparse import KeptEntries, mask_key
@@ -130,16 +130,15 @@ class SPAM(SpikeAwareOptimizer):
             sparse = group["density"] < 1.0 and p.dim() >= 2
             if sparse or eight:
                 numel, offset = flat_span(p)  # also refuses shards that are not whole rows
+            if sparse:  # drawn on the host: its size is known without a device read (kernels/draw.py)
+                kept = draw_kept(numel, mask_key(group["seed"], index, plan.reset_number), group["density"],
+                                 offset=offset, device=local.device)
             if eight:
                 bits = None
                 if sparse:
-                    bits = draw_kept_bits(numel, mask_key(group["seed"], index, plan.reset_number),
-                                          group["density"], offset=offset, device=local.device)
-                    state["kept_bits"] = bits
-                store_moments(state, local, bits)
+                    bits = state["kept_bits"] = kept_bitmap(kept, numel)
+                store_moments(state, local, bits, stored=kept.numel() if sparse else None)
             elif sparse:
-                kept = draw_kept(numel, mask_key(group["seed"], index, plan.reset_number), group["density"],
-                                 offset=offset, device=local.device)
                 state["kept_low"], state["kept_starts"] = kept.low, kept.starts
                 shape: tuple[int, ...] = (kept.numel(),)
                 state["exp_avg"] = torch.zeros(shape, dtype=torch.float32, device=local.device)

@@ -99,7 +99,8 @@ class KeptEntries:
     def from_indices(cls, indices: Tensor, numel: int) -> KeptEntries:
         indices = indices.long()
         blocks = (numel >> BLOCK_BITS) + 1
-        counts = torch.bincount(indices >> BLOCK_BITS, minlength=blocks)
+        # index_add rather than bincount, which reads the largest index on the host (a device sync).
+        counts = indices.new_zeros(blocks).index_add_(0, indices >> BLOCK_BITS, torch.ones_like(indices))
         starts = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         # int16 wraps values of 2**15 and above to negative ones; indices() masks them back.
         low = (indices & ((1 << BLOCK_BITS) - 1)).to(torch.int16)
