@@ -26,9 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
+from spam_opt.kernels.compiled_lists import compiled_unavailable_reason
 from spam_opt.kernels.cpp_build import load_optimizer_ops
 from spam_opt.kernels.result import Kernel
-from spam_opt.kernels.spam.compiled import compiled_unavailable_reason, spam_compiled
+from spam_opt.kernels.spam.compiled import spam_compiled
 from spam_opt.kernels.spam.cpp import spam_cpp
 from spam_opt.kernels.spam.foreach import spam_foreach
 from spam_opt.kernels.spam.reference import spam_reference
