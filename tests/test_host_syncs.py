@@ -114,3 +114,33 @@ def test_a_step_path_with_a_host_read_is_caught(monkeypatch):
 
     monkeypatch.setattr("spam_opt.spam.StepScalars", Reading)
     assert count_per_step("SPAM", dict(foreach=True))[0] == {"aten._local_scalar_dense.default": 1}
+
+
+@pytest.mark.parametrize("optimizer", ["SPAM 8-bit sparse", "StableSPAM 8-bit"])
+def test_compiled_step_makes_no_host_sync(optimizer, monkeypatch):
+    """The eager code around the compiled graphs (indices, scalars, reset flags) reads nothing either. The
+    graphs themselves cannot: they are compiled with ``fullgraph=True``, so a read inside one would fail the
+    compile rather than break the graph. Dynamo does not trace under a dispatch mode, so the graphs run
+    outside the counter. The two variants with the most eager work around their graphs: SPAM's (kept and
+    stored indices) and Stable-SPAM's (reset flags) compiled modules."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    from spam_opt.kernels import compiled_lists
+    from spam_opt.kernels.spam import compiled as spam_module
+    from spam_opt.kernels.stable_spam import compiled as stable_module
+
+    def outside_the_counter(fn):
+        graph = compiled_lists.compiled(fn)
+
+        def call(*args):
+            with _disable_current_modes():
+                return graph(*args)
+        return call
+
+    for cls, module, kernel in ((SPAM, spam_module, spam_module.spam_compiled),
+                                (StableSPAM, stable_module, stable_module.stable_spam_compiled)):
+        monkeypatch.setattr(module, "compiled", outside_the_counter)
+        monkeypatch.setattr(cls, "kernels", dataclasses.replace(cls.kernels, fused=lambda device, k=kernel:
+                                                                (k, None)))
+    per_step = count_per_step(optimizer, dict(fused=True))
+    assert per_step == [{}] * STEPS, per_step

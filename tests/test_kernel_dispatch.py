@@ -12,6 +12,7 @@ from spam_opt.kernels import cpp_build, dispatch
 from spam_opt.kernels.dispatch import SPAM_KERNELS, STABLE_SPAM_KERNELS, select_kernel
 from spam_opt.kernels.spam.compiled import spam_compiled
 from spam_opt.kernels.spam.cpp import spam_cpp
+from spam_opt.kernels.stable_spam.compiled import stable_spam_compiled
 from spam_opt.kernels.stable_spam.cpp import stable_spam_cpp
 
 CPU, CUDA, META = torch.device("cpu"), torch.device("cuda"), torch.device("meta")
@@ -38,16 +39,16 @@ def test_other_devices_default_to_foreach_and_fused_true_says_why_it_cannot_run(
         select_kernel(table, None, True, META)
 
 
-def test_spam_fused_on_cuda_is_the_compiled_step_but_never_the_default():
+@pytest.mark.parametrize("table, compiled", [(SPAM_KERNELS, spam_compiled),
+                                              (STABLE_SPAM_KERNELS, stable_spam_compiled)])
+def test_fused_on_cuda_is_the_compiled_step_but_never_the_default(table, compiled):
     """Until the compiled step has run on a GPU, CUDA's default is foreach; fused=True still asks for it."""
-    kernel, reason = SPAM_KERNELS.fused(CUDA)
-    assert kernel is spam_compiled
-    assert select_kernel(SPAM_KERNELS, None, None, CUDA) is SPAM_KERNELS.foreach
+    kernel, reason = table.fused(CUDA)
+    assert kernel is compiled
+    assert select_kernel(table, None, None, CUDA) is table.foreach
     if reason is not None:  # this machine has no triton: fused=True says so rather than running eager
         with pytest.raises(RuntimeError, match="fused=True cannot run: torch.compile on CUDA needs triton"):
-            select_kernel(SPAM_KERNELS, None, True, CUDA)
-    with pytest.raises(RuntimeError, match="StableSPAM's fused step runs on CPU tensors only, got cuda"):
-        select_kernel(STABLE_SPAM_KERNELS, None, True, CUDA)
+            select_kernel(table, None, True, CUDA)
 
 
 @pytest.mark.parametrize("make", [SPAM, StableSPAM], ids=["SPAM", "StableSPAM"])

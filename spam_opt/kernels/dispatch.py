@@ -13,8 +13,9 @@ None           None (the default)  CPU: the fused (C++) kernel, or foreach with 
 None           False               foreach
 =============  ==================  ==================================================================
 
-The fused kernel of a device: C++ on CPU for both optimizers; for SPAM on CUDA the ``torch.compile``d step,
-which, like torch's own new kernels, is not picked by default until it has been run on a GPU.
+The fused kernel of a device: C++ on CPU for both optimizers; on CUDA the ``torch.compile``d steps (every
+layout, 8-bit moments included), which, like torch's own new kernels, are not picked by default until they
+have been run on a GPU.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from spam_opt.kernels.spam.compiled import spam_compiled
 from spam_opt.kernels.spam.cpp import spam_cpp
 from spam_opt.kernels.spam.foreach import spam_foreach
 from spam_opt.kernels.spam.reference import spam_reference
+from spam_opt.kernels.stable_spam.compiled import stable_spam_compiled
 from spam_opt.kernels.stable_spam.cpp import stable_spam_cpp
 from spam_opt.kernels.stable_spam.foreach import stable_spam_foreach
 from spam_opt.kernels.stable_spam.reference import stable_spam_reference
@@ -62,7 +64,9 @@ def _spam_fused(device: torch.device) -> tuple[Kernel | None, str | None]:
 def _stable_spam_fused(device: torch.device) -> tuple[Kernel | None, str | None]:
     if device.type == "cpu":
         return stable_spam_cpp, load_optimizer_ops()
-    return None, f"StableSPAM's fused step runs on CPU tensors only, got {device.type}"
+    if device.type == "cuda":
+        return stable_spam_compiled, compiled_unavailable_reason(device)
+    return None, f"StableSPAM's fused step runs on CPU and CUDA tensors, got {device.type}"
 
 
 SPAM_KERNELS = KernelTable("SPAM", spam_reference, spam_foreach, _spam_fused)
