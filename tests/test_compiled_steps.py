@@ -70,3 +70,17 @@ def test_graphs_are_shared_per_kind_and_chunk_not_per_parameter(monkeypatch):
             p.grad = torch.randn(p.shape, generator=gen)
         opt.step()
     assert counters["stats"]["unique_graphs"] - before == 2
+
+
+@pytest.mark.parametrize("name, layers, dense, sparse", [("llama-130m", 12, 2, 3), ("llama-1b", 24, 2, 4)])
+def test_graphs_a_llama_model_needs(name, layers, dense, sparse):
+    """docs/spam.md's count: float32 dense moments make one kind of every tensor (flat views); sparse momentum
+    or 8-bit state makes the matrices a second kind."""
+    from trainers.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(name, vocab_size=32000, seq_len=256)
+    params = list(model.parameters())
+    assert sum(p.dim() == 2 for p in params) == 7 * layers + 2 and len(params) == 9 * layers + 3
+    assert compiled_lists.graphs_needed([(p.dtype, False) for p in params]) == dense
+    assert compiled_lists.graphs_needed([(p.dtype, p.dim() >= 2) for p in params]) == sparse

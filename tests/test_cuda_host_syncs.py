@@ -14,10 +14,7 @@ import contextlib
 
 import pytest
 import torch
-from test_host_syncs import OPTIMIZERS, STEPS, _grads, _Model, _optimizer
-
-from spam_opt import SpikeGuard
-from spam_opt.monitor import GradientSpikeMonitor
+from test_host_syncs import OPTIMIZERS, run_steps
 
 pytestmark = pytest.mark.cuda
 DEVICE = torch.device("cuda")
@@ -34,35 +31,11 @@ def _syncs_raise():
         torch.cuda.set_sync_debug_mode(previous)
 
 
-def _run(optimizer: str, flags: dict, wrapper: str, checked: bool) -> None:
-    model = _Model().to(DEVICE)
-    params = list(model.parameters())
-    opt = _optimizer(optimizer, params, flags)
-    guard = SpikeGuard(opt, sigma=3.0, window=8, min_history=3) if wrapper == "guard" else None
-    monitor = (GradientSpikeMonitor(model, optimizer=opt, mode="element", log_every=100)
-               if wrapper == "monitor" else None)
-    for t in range(1, STEPS + 1):
-        grads = [g.to(DEVICE) for g in _grads(t)]
-        loss = torch.tensor(2.0 + (t == 7) * 50.0, device=DEVICE)
-        for p, g in zip(params, grads):
-            p.grad = g
-        with _syncs_raise() if checked else contextlib.nullcontext():
-            if monitor is not None:
-                monitor.observe(t, loss=loss)
-            if guard is not None:
-                guard.step(loss=loss)
-            else:
-                opt.step()
-    torch.cuda.synchronize()
-    assert opt.global_step == STEPS and all(bool(torch.isfinite(p).all()) for p in params)
-    if monitor is not None:
-        monitor.close()
-
-
 @pytest.mark.parametrize("wrapper", ["", "guard", "monitor"])
 @pytest.mark.parametrize("flags", FLAGS)
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_step_path_makes_no_host_sync_on_cuda(optimizer, flags, wrapper):
     if "fused" in flags:
-        _run(optimizer, flags, wrapper, checked=False)  # compiles the graphs
-    _run(optimizer, flags, wrapper, checked=True)
+        run_steps(optimizer, flags, wrapper, DEVICE)  # compiles the graphs
+    run_steps(optimizer, flags, wrapper, DEVICE, around=_syncs_raise)
+    torch.cuda.synchronize()

@@ -9,7 +9,10 @@ GPU under ``torch.cuda.set_sync_debug_mode("error")`` (tests/test_cuda.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -53,9 +56,11 @@ def _optimizer(name: str, params, flags: dict):
 OPTIMIZERS = ["SPAM", "SPAM sparse", "SPAM 8-bit", "SPAM 8-bit sparse", "StableSPAM", "StableSPAM 8-bit"]
 
 
-def count_per_step(optimizer: str, flags: dict, wrapper: str = "") -> list[dict[str, int]]:
-    """Host syncs of each of 10 steps of ``optimizer`` run with ``flags`` (through ``wrapper``)."""
-    model = _Model()
+def run_steps(optimizer: str, flags: dict, wrapper: str = "", device: torch.device | str = "cpu",
+              around: Callable[[], Any] = contextlib.nullcontext) -> list[Any]:
+    """10 steps of ``optimizer`` run with ``flags`` (through ``wrapper``), each inside ``around()``; returns
+    what each ``around()`` gave."""
+    model = _Model().to(device)
     params = list(model.parameters())
     opt = _optimizer(optimizer, params, flags)
     guard = SpikeGuard(opt, sigma=3.0, window=8, min_history=3) if wrapper == "guard" else None
@@ -64,20 +69,26 @@ def count_per_step(optimizer: str, flags: dict, wrapper: str = "") -> list[dict[
     per_step = []
     for t in range(1, STEPS + 1):
         for p, g in zip(params, _grads(t)):
-            p.grad = g
-        loss = torch.tensor(2.0 + (t == 7) * 50.0)
-        with counting_host_syncs() as counter:
+            p.grad = g.to(device)
+        loss = torch.tensor(2.0 + (t == 7) * 50.0, device=device)
+        with around() as seen:
             if monitor is not None:
                 monitor.observe(t, loss=loss)
             if guard is not None:
                 guard.step(loss=loss)
             else:
                 opt.step()
-        per_step.append(dict(counter.reads + counter.host_data))
+        per_step.append(seen)
     if monitor is not None:
-        monitor._hook.remove()  # no flush: this measures the steps between logging steps
-    assert opt.global_step == STEPS and all(torch.isfinite(p).all() for p in params)
+        monitor._hook.remove()  # no flush: this checks the steps between logging steps
+    assert opt.global_step == STEPS and all(bool(torch.isfinite(p).all()) for p in params)
     return per_step
+
+
+def count_per_step(optimizer: str, flags: dict, wrapper: str = "") -> list[dict[str, int]]:
+    """Host syncs of each of 10 steps of ``optimizer`` run with ``flags`` (through ``wrapper``)."""
+    counters = run_steps(optimizer, flags, wrapper, around=counting_host_syncs)
+    return [dict(c.reads + c.host_data) for c in counters]
 
 
 @pytest.mark.parametrize("wrapper", ["", "guard", "monitor"])

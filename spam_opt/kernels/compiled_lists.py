@@ -20,10 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from spam_opt.kernels.quantized import QuantizedTensorState
+from spam_opt.kernels.result import Kernel, KernelResult, partition
 
 # Tensors per graph: larger chunks mean fewer launches per step but longer compiles and bigger graphs.
 CHUNK = 32
@@ -61,9 +66,70 @@ def chunks(kinds: Sequence[Hashable]) -> list[list[int]]:
     return [pos[s:s + CHUNK] for pos in by_kind.values() for s in range(0, len(pos), CHUNK)]
 
 
+def graphs_needed(kinds: Sequence[Hashable]) -> int:
+    """How many graphs a group of tensors of these kinds compiles: one per (kind, chunk length)."""
+    return len({(kinds[chunk[0]], len(chunk)) for chunk in chunks(kinds)})
+
+
 def contiguous(*tensors: Tensor) -> bool:
     """Whether the compiled steps take these tensors (they address entries through flat views)."""
     return all(t.is_contiguous() for t in tensors)
+
+
+# The 8-bit codes and scales of one parameter, in QuantizedMoments' field order.
+Codes = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+@dataclass
+class FlatGroup:
+    """A group's parameters and moments as the compiled steps take them: flat views (8-bit parameters as
+    rows of their last dimension, which the 8-bit layout's blocks follow), float32 moments or 8-bit codes."""
+
+    params: list[Tensor]
+    exp_avgs: list[Tensor | None]
+    exp_avg_sqs: list[Tensor | None]
+    codes: list[Codes | None]
+
+    @classmethod
+    def of(cls, params: list[Tensor], states: list[Any]) -> FlatGroup:
+        group = cls([], [], [], [])
+        for p, st in zip(params, states):
+            if isinstance(st, QuantizedTensorState):
+                q = st.moments
+                group.params.append(p.view(-1, q.row_length))
+                group.exp_avgs.append(None)
+                group.exp_avg_sqs.append(None)
+                group.codes.append((q.exp_avg, q.exp_avg_sq, q.exp_avg_scale, q.exp_avg_sq_scale))
+            else:
+                group.params.append(p.view(-1))
+                group.exp_avgs.append(st.exp_avg.view(-1))
+                group.exp_avg_sqs.append(st.exp_avg_sq.view(-1))
+                group.codes.append(None)
+        return group
+
+
+def with_fallback(takes: Iterable[bool], step: Kernel, fallback: Kernel, params: list[Tensor],
+                  grads: list[Tensor], states: list[Any], gate: Tensor | None, h: Any) -> KernelResult:
+    """``step`` on the tensors it takes, ``fallback`` (foreach) on the others."""
+    parts: list[tuple[list[int], KernelResult]] = []
+    for positions, kernel in zip(partition(takes), (step, fallback)):
+        if positions:
+            parts.append((positions, kernel([params[i] for i in positions], [grads[i] for i in positions],
+                                            [states[i] for i in positions], gate, h)))
+    return KernelResult.merge(len(params), parts)
+
+
+def run_chunks(kinds: Sequence[Hashable], call: Callable[[list[int]], tuple[list[Tensor], list[Tensor]]],
+               gate: Tensor) -> KernelResult:
+    """``call(chunk)`` (a compiled graph's (clipped, nonfinite)) for every chunk of like tensors."""
+    clipped: list[Tensor] = [gate] * len(kinds)
+    nonfinite: list[Tensor] = [gate] * len(kinds)
+    with compile_settings():
+        for chunk in chunks(kinds):
+            c, f = call(chunk)
+            for i, ci, fi in zip(chunk, c, f):
+                clipped[i], nonfinite[i] = ci, fi
+    return KernelResult(clipped, nonfinite)
 
 
 @functools.cache

@@ -19,14 +19,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spam_opt.kernels.compiled_lists import chunks, compile_settings, compiled, contiguous, device_scalars
-from spam_opt.kernels.result import KernelResult, partition
+from spam_opt.kernels.compiled_lists import (
+    Codes,
+    FlatGroup,
+    compiled,
+    contiguous,
+    device_scalars,
+    run_chunks,
+    with_fallback,
+)
+from spam_opt.kernels.result import KernelResult
 from spam_opt.kernels.spam.foreach import spam_foreach
 from spam_opt.kernels.spam.inputs import QuantizedTensorState, StepScalars
 from spam_opt.quantized_state import QuantizedMoments, block_ids
-
-# The 8-bit codes and scales of one parameter, in QuantizedMoments' field order.
-Codes = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def _spam_lists(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor | None], vs: list[Tensor | None],
@@ -89,15 +94,8 @@ def _kind(p: Tensor, g: Tensor, st: Any) -> tuple:
 def spam_compiled(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
                   h: StepScalars) -> KernelResult:
     """The group in a few compiled graphs (see the module docstring); no host synchronisation."""
-    fast, slow = partition(contiguous(p, g) for p, g in zip(params, grads))
-    parts: list[tuple[list[int], KernelResult]] = []
-    if fast:
-        parts.append((fast, _compiled_step([params[i] for i in fast], [grads[i] for i in fast],
-                                           [states[i] for i in fast], gate, h)))
-    if slow:
-        parts.append((slow, spam_foreach([params[i] for i in slow], [grads[i] for i in slow],
-                                         [states[i] for i in slow], gate, h)))
-    return KernelResult.merge(len(params), parts)
+    return with_fallback((contiguous(p, g) for p, g in zip(params, grads)), _compiled_step, spam_foreach,
+                         params, grads, states, gate, h)
 
 
 def _compiled_step(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
@@ -108,29 +106,12 @@ def _compiled_step(params: list[Tensor], grads: list[Tensor], states: list[Any],
     scalars = device_scalars([h.lr * h.warmup_scale, 1 - h.lr * h.weight_decay,
                               math.inf if h.clip_threshold is None else h.clip_threshold,
                               -1.0 if h.maximize else 1.0], device)
-    ps, ms, vs, codes, idxs = [], [], [], [], []
-    for p, st in zip(params, states):
-        if isinstance(st, QuantizedTensorState):
-            q = st.moments
-            ps.append(p.view(-1, q.row_length))
-            ms.append(None)
-            vs.append(None)
-            codes.append((q.exp_avg, q.exp_avg_sq, q.exp_avg_scale, q.exp_avg_sq_scale))
-            idxs.append(q.stored_indices(p.numel()))
-        else:
-            ps.append(p.view(-1))
-            ms.append(st.exp_avg.view(-1))
-            vs.append(st.exp_avg_sq.view(-1))
-            codes.append(None)
-            idxs.append(None if st.kept is None else st.kept.indices())
-    clipped: list[Tensor] = [gate] * len(params)
-    nonfinite: list[Tensor] = [gate] * len(params)
+    flat = FlatGroup.of(params, states)
+    idxs = [st.moments.stored_indices(p.numel()) if isinstance(st, QuantizedTensorState)
+            else None if st.kept is None else st.kept.indices() for p, st in zip(params, states)]
     step = compiled(_spam_lists)
-    with compile_settings():
-        for chunk in chunks([_kind(p, g, st) for p, g, st in zip(params, grads, states)]):
-            c, f = step(*([lst[i] for i in chunk] for lst in (ps, grads, ms, vs, codes, idxs)),
-                        [states[i].step for i in chunk], gate, *scalars, h.beta1, h.beta2, h.eps)
-            for i, ci, fi in zip(chunk, c, f):
-                clipped[i], nonfinite[i] = ci, fi
-    return KernelResult(clipped, nonfinite)
-
+    lists = (flat.params, grads, flat.exp_avgs, flat.exp_avg_sqs, flat.codes, idxs)
+    return run_chunks([_kind(p, g, st) for p, g, st in zip(params, grads, states)],
+                      lambda chunk: step(*([lst[i] for i in chunk] for lst in lists),
+                                         [states[i].step for i in chunk], gate, *scalars, h.beta1, h.beta2,
+                                         h.eps), gate)

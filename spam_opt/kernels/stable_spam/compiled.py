@@ -19,13 +19,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spam_opt.kernels.compiled_lists import chunks, compile_settings, compiled, contiguous, device_scalars
-from spam_opt.kernels.result import KernelResult, partition
+from spam_opt.kernels.compiled_lists import (
+    Codes,
+    FlatGroup,
+    compiled,
+    contiguous,
+    device_scalars,
+    run_chunks,
+    with_fallback,
+)
+from spam_opt.kernels.result import KernelResult
 from spam_opt.kernels.stable_spam.foreach import stable_spam_foreach
 from spam_opt.kernels.stable_spam.inputs import QuantizedTensorState, StepScalars
 from spam_opt.quantized_state import QuantizedMoments
 
-Codes = tuple[Tensor, Tensor, Tensor, Tensor]
 _SCALARS = ("step", "max_ema", "norm_ema", "norm_sq_ema")
 
 
@@ -86,20 +93,20 @@ def _stable_spam_lists(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor | Non
 def stable_spam_compiled(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
                          h: StepScalars) -> KernelResult:
     """The group in a few compiled graphs (see the module docstring); no host synchronisation."""
-    fast, slow = partition(not st.shard_groups and p.numel() > 0 and contiguous(p, g)
-                           for p, g, st in zip(params, grads, states))
-    parts: list[tuple[list[int], KernelResult]] = []
-    if fast:
-        parts.append((fast, _compiled_step([params[i] for i in fast], [grads[i] for i in fast],
-                                           [states[i] for i in fast], gate, h)))
-    if slow:
-        parts.append((slow, stable_spam_foreach([params[i] for i in slow], [grads[i] for i in slow],
-                                                [states[i] for i in slow], gate, h)))
-    return KernelResult.merge(len(params), parts)
+    takes = (not st.shard_groups and p.numel() > 0 and contiguous(p, g)
+             for p, g, st in zip(params, grads, states))
+    return with_fallback(takes, _compiled_step, stable_spam_foreach, params, grads, states, gate, h)
 
 
 def _kind(p: Tensor, g: Tensor, st: Any) -> tuple:
     return p.dtype, g.dtype, isinstance(st, QuantizedTensorState), p.numel() <= 1
+
+
+def _reset_flags(resets: list[bool], device: torch.device) -> Tensor:
+    """The reset flags (host bools of the schedule) on the device, made by fills: no copy from the host."""
+    if all(r == resets[0] for r in resets):
+        return torch.full((len(resets),), resets[0], dtype=torch.bool, device=device)
+    return torch.stack([torch.full((), r, dtype=torch.bool, device=device) for r in resets])
 
 
 def _compiled_step(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
@@ -107,33 +114,11 @@ def _compiled_step(params: list[Tensor], grads: list[Tensor], states: list[Any],
     device = params[0].device
     gate = torch.ones((), dtype=torch.bool, device=device) if gate is None else gate.to(device)
     values = device_scalars([h.lr, h.beta1, h.gamma1, 1 - h.lr * h.weight_decay], device)
-    ps, ms, vs, codes = [], [], [], []
-    for p, st in zip(params, states):
-        if isinstance(st, QuantizedTensorState):
-            q = st.moments
-            ps.append(p.view(-1, q.row_length))
-            ms.append(None)
-            vs.append(None)
-            codes.append((q.exp_avg, q.exp_avg_sq, q.exp_avg_scale, q.exp_avg_sq_scale))
-        else:
-            ps.append(p.view(-1))
-            ms.append(st.exp_avg.view(-1))
-            vs.append(st.exp_avg_sq.view(-1))
-            codes.append(None)
-    clipped: list[Tensor] = [gate] * len(params)
-    nonfinite: list[Tensor] = [gate] * len(params)
+    flat = FlatGroup.of(params, states)
     step = compiled(_stable_spam_lists)
-    with compile_settings():
-        for chunk in chunks([_kind(p, g, st) for p, g, st in zip(params, grads, states)]):
-            # The reset flags are host bools of the schedule, placed on the device by fills (no copy).
-            resets = [states[i].reset for i in chunk]
-            if all(r == resets[0] for r in resets):
-                flags = torch.full((len(chunk),), resets[0], dtype=torch.bool, device=device)
-            else:
-                flags = torch.stack([torch.full((), r, dtype=torch.bool, device=device) for r in resets])
-            c, f = step(*([lst[i] for i in chunk] for lst in (ps, grads, ms, vs, codes)),
-                        [[getattr(states[i], k) for k in _SCALARS] for i in chunk], flags, gate, *values,
-                        h.beta2, h.gamma2, h.theta, h.eps)
-            for i, ci, fi in zip(chunk, c, f):
-                clipped[i], nonfinite[i] = ci, fi
-    return KernelResult(clipped, nonfinite)
+    lists = (flat.params, grads, flat.exp_avgs, flat.exp_avg_sqs, flat.codes)
+    return run_chunks([_kind(p, g, st) for p, g, st in zip(params, grads, states)],
+                      lambda chunk: step(*([lst[i] for i in chunk] for lst in lists),
+                                         [[getattr(states[i], k) for k in _SCALARS] for i in chunk],
+                                         _reset_flags([states[i].reset for i in chunk], device), gate,
+                                         *values, h.beta2, h.gamma2, h.theta, h.eps), gate)
