@@ -28,7 +28,7 @@ from spam_opt._distributed import ShardGroups, all_reduce, local_tensor, shard_g
 from spam_opt._validation import check_int, check_number
 from spam_opt.outliers import MIN_HISTORY, RollingOutliers
 
-_ACTIONS = ("skip", "scale")
+ACTIONS = ("skip", "scale")
 
 
 def global_grad_norm(grads: list[Tensor]) -> Tensor:
@@ -89,7 +89,7 @@ class SpikeGuard:
         check_int("min_history", min_history, low=2)
         if min_history > window:
             raise ValueError(f"invalid min_history={min_history}: accepted range is [2, window={window}]")
-        if action not in _ACTIONS:
+        if action not in ACTIONS:
             raise ValueError(f"invalid action={action!r}: accepted values are 'skip', 'scale'")
         self.optimizer = optimizer
         self.sigma, self.window, self.min_history, self.action = float(sigma), window, min_history, action

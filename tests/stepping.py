@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
+
+from spam_opt.kernels.dispatch import Candidate
 
 
 def step_and_count(opt: torch.optim.Optimizer, params: list[torch.Tensor],
@@ -32,3 +37,10 @@ def grad_stream(shapes: list[tuple[int, ...]], steps: int, *, spikes: tuple[tupl
                 grads[i].view(-1)[j:j + 3] = value
         stream.append(grads)
     return stream
+
+
+def fused_on_cpu(table: Any, kernel: Any) -> Any:
+    """``table`` (a ``spam_opt.kernels.dispatch.KernelTable``) with ``kernel`` as CPU's fused path: the tests
+    run CUDA's compiled steps on CPU tensors (through Inductor's C++) with ``fused=True``."""
+    compiled = Candidate("compiled", kernel, fused=True)
+    return dataclasses.replace(table, devices={**table.devices, "cpu": (compiled,)})

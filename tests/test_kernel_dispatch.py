@@ -15,6 +15,7 @@ from spam_opt.kernels.spam.compiled import spam_compiled
 from spam_opt.kernels.spam.cpp import spam_cpp
 from spam_opt.kernels.spam.foreach import spam_foreach
 from spam_opt.kernels.spam.reference import spam_reference
+from spam_opt.kernels.stable_spam.compiled import stable_spam_compiled
 from spam_opt.kernels.stable_spam.cpp import stable_spam_cpp
 from spam_opt.kernels.stable_spam.foreach import stable_spam_foreach
 
@@ -42,16 +43,17 @@ def test_other_devices_default_to_foreach_and_fused_true_says_why_it_cannot_run(
         select_kernel(table, None, True, META)
 
 
-def test_spam_fused_on_cuda_is_the_compiled_step_but_never_the_default():
+@pytest.mark.parametrize("table, kernel, foreach",
+                         [(SPAM_KERNELS, spam_compiled, spam_foreach),
+                          (STABLE_SPAM_KERNELS, stable_spam_compiled, stable_spam_foreach)])
+def test_fused_on_cuda_is_the_compiled_step_but_never_the_default(table, kernel, foreach):
     """Until the compiled step has run on a GPU, CUDA's default is foreach; fused=True still asks for it."""
-    (compiled,) = [c for c in SPAM_KERNELS.candidates(CUDA) if c.fused]
-    assert compiled.kernel is spam_compiled and not compiled.default
-    assert select_kernel(SPAM_KERNELS, None, None, CUDA) is spam_foreach
+    (compiled,) = [c for c in table.candidates(CUDA) if c.fused]
+    assert compiled.kernel is kernel and not compiled.default
+    assert select_kernel(table, None, None, CUDA) is foreach
     if compiled.unavailable_reason(CUDA) is not None:  # no triton here: fused=True says so, not runs eager
         with pytest.raises(RuntimeError, match="fused=True cannot run: torch.compile on CUDA needs triton"):
-            select_kernel(SPAM_KERNELS, None, True, CUDA)
-    with pytest.raises(RuntimeError, match="StableSPAM's fused step runs on cpu tensors, got cuda"):
-        select_kernel(STABLE_SPAM_KERNELS, None, True, CUDA)
+            select_kernel(table, None, True, CUDA)
 
 
 def test_a_new_kernel_is_one_entry_and_unavailable_ones_are_passed_over_with_their_reason():

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from spam_opt import run_files as rf
 from spam_opt.monitor.gradient_monitor import MODES as MONITOR_MODES
-from spam_opt.spike_guard import _ACTIONS as GUARD_ACTIONS
+from spam_opt.spike_guard import ACTIONS as GUARD_ACTIONS
 from trainers.optimizers import OPTIMIZERS, SHARDABLE_OPTIMIZERS
 from trainers.preemption import SIGNALS, parse_duration
 

@@ -24,6 +24,10 @@ None           None (the default)  the first default candidate that can run (CPU
                                    a warning saying why C++ cannot run; CUDA and others: foreach)
 None           False               foreach
 =============  ==================  ==================================================================
+
+The fused kernel of a device: C++ on CPU for both optimizers; on CUDA the ``torch.compile``d steps (every
+layout, 8-bit moments included), which, like torch's own new kernels, are not picked by default until they
+have been run on a GPU.
 """
 
 from __future__ import annotations
@@ -35,12 +39,14 @@ from dataclasses import dataclass
 
 import torch
 
+from spam_opt.kernels.compiled_lists import compiled_unavailable_reason
 from spam_opt.kernels.cpp_ops import optimizer_ops_unavailable_reason
 from spam_opt.kernels.result import Kernel
-from spam_opt.kernels.spam.compiled import compiled_unavailable_reason, spam_compiled
+from spam_opt.kernels.spam.compiled import spam_compiled
 from spam_opt.kernels.spam.cpp import spam_cpp
 from spam_opt.kernels.spam.foreach import spam_foreach
 from spam_opt.kernels.spam.reference import spam_reference
+from spam_opt.kernels.stable_spam.compiled import stable_spam_compiled
 from spam_opt.kernels.stable_spam.cpp import stable_spam_cpp
 from spam_opt.kernels.stable_spam.foreach import stable_spam_foreach
 from spam_opt.kernels.stable_spam.reference import stable_spam_reference
@@ -99,7 +105,9 @@ SPAM_KERNELS = KernelTable(
 _STABLE_SPAM_FOREACH = Candidate("foreach", stable_spam_foreach)
 STABLE_SPAM_KERNELS = KernelTable(
     "StableSPAM",
-    {"cpu": (Candidate("C++", stable_spam_cpp, _cpp_unavailable_reason, fused=True), _STABLE_SPAM_FOREACH)},
+    {"cpu": (Candidate("C++", stable_spam_cpp, _cpp_unavailable_reason, fused=True), _STABLE_SPAM_FOREACH),
+     "cuda": (Candidate("compiled", stable_spam_compiled, compiled_unavailable_reason, fused=True,
+                        default=False), _STABLE_SPAM_FOREACH)},
     other=(_STABLE_SPAM_FOREACH,), reference=stable_spam_reference,
 )
 

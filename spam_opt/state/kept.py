@@ -54,7 +54,8 @@ class KeptEntries:
     def from_indices(cls, indices: Tensor, numel: int) -> KeptEntries:
         indices = indices.long()
         blocks = (numel >> BLOCK_BITS) + 1
-        counts = torch.bincount(indices >> BLOCK_BITS, minlength=blocks)
+        # index_add rather than bincount, which reads the largest index on the host (a device sync).
+        counts = indices.new_zeros(blocks).index_add_(0, indices >> BLOCK_BITS, torch.ones_like(indices))
         starts = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         # int16 wraps values of 2**15 and above to negative ones; indices() masks them back.
         low = (indices & ((1 << BLOCK_BITS) - 1)).to(torch.int16)
@@ -93,9 +94,11 @@ def count_bits(words: Tensor) -> int:
     return int(unpack_bits(words, words.numel() * 32).sum())
 
 
-def bitmap_indices(words: Tensor, numel: int) -> Tensor:
-    """The flat indices (int64, ascending) that a bitmap of ``numel`` entries keeps."""
-    return unpack_bits(words, numel).nonzero().squeeze(1)
+def bitmap_indices(words: Tensor, numel: int, count: int | None = None) -> Tensor:
+    """The flat indices (int64, ascending) that a bitmap of ``numel`` entries keeps. ``count``: how many it
+    keeps, when known on the host (then no device read sizes the output: ``nonzero`` reads it back)."""
+    mask = unpack_bits(words, numel)
+    return (mask.nonzero() if count is None else torch.nonzero_static(mask, size=count)).squeeze(1)
 
 
 def kept_flat_indices(state: Mapping[str, Any], numel: int) -> Tensor | None:

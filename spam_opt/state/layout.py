@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from spam_opt._distributed import flat_span, local_tensor
-from spam_opt.kernels.draw import draw_kept, draw_kept_bits
+from spam_opt.kernels.draw import draw_kept, kept_bitmap
 from spam_opt.state.kept import BITMAP_KEY, INDEX_KEYS, KeptEntries
 from spam_opt.state.quantized import QuantizedMoments
 
@@ -49,15 +49,16 @@ class KeptDraw:
     density: float
 
 
-def draw_kept_state(p: Tensor, draw: KeptDraw, bitmap: bool) -> dict[str, Tensor]:
+def draw_kept_state(p: Tensor, draw: KeptDraw, bitmap: bool) -> tuple[dict[str, Tensor], int]:
     """The kept entries of this rank's shard of ``p`` as state keys: the bitmap of the 8-bit layout, or the
-    index of the float32 one. Refuses a shard that is not a run of whole rows."""
+    index of the float32 one, and how many entries are kept. Refuses a shard that is not a run of whole
+    rows."""
     numel, offset = flat_span(p)
-    device = local_tensor(p).device
+    # Drawn on the host (spam_opt.kernels.draw): the count, which sizes the moments, needs no device read.
+    kept = draw_kept(numel, draw.key, draw.density, offset=offset, device=local_tensor(p).device)
     if bitmap:
-        return {BITMAP_KEY: draw_kept_bits(numel, draw.key, draw.density, offset=offset, device=device)}
-    kept = draw_kept(numel, draw.key, draw.density, offset=offset, device=device)
-    return dict(zip(INDEX_KEYS, (kept.low, kept.starts)))
+        return {BITMAP_KEY: kept_bitmap(kept, numel)}, kept.numel()
+    return dict(zip(INDEX_KEYS, (kept.low, kept.starts))), kept.numel()
 
 
 def new_moments(state: dict[str, Any], p: Tensor, eight: bool, draw: KeptDraw | None) -> None:
@@ -71,19 +72,18 @@ def new_moments(state: dict[str, Any], p: Tensor, eight: bool, draw: KeptDraw | 
         state.pop(key, None)
     if eight:
         flat_span(p)  # the 8-bit blocks need whole rows on every rank, as sparse momentum does
-    kept = None if draw is None else draw_kept_state(p, draw, bitmap=eight)
-    if kept is not None:
-        state.update(kept)
+    kept, stored = ({}, None) if draw is None else draw_kept_state(p, draw, bitmap=eight)
+    state.update(kept)
     if eight:
-        q = QuantizedMoments.zeros(local.numel(), local.shape[-1], state.get(BITMAP_KEY), device=local.device)
+        q = QuantizedMoments.zeros(local.numel(), local.shape[-1], state.get(BITMAP_KEY), device=local.device,
+                                   stored=stored)
         state.update(zip((*MOMENT_KEYS, *SCALE_KEYS),
                          (q.exp_avg, q.exp_avg_sq, q.exp_avg_scale, q.exp_avg_sq_scale)))
         return
-    if kept is None:
+    if draw is None:
         for key in MOMENT_KEYS:
             state[key] = torch.zeros_like(local, dtype=torch.float32, memory_format=torch.preserve_format)
         return
-    stored = state[INDEX_KEYS[0]].numel()
     for key in MOMENT_KEYS:
         state[key] = torch.zeros(stored, dtype=torch.float32, device=local.device)
 

@@ -99,8 +99,11 @@ class QuantizedMoments:
 
     @classmethod
     def zeros(cls, numel: int, row_length: int, kept_bits: Tensor | None,
-              device: torch.device | str = "cpu") -> QuantizedMoments:
-        stored = numel if kept_bits is None else int(count_bits(kept_bits))
+              device: torch.device | str = "cpu", stored: int | None = None) -> QuantizedMoments:
+        """``stored``: how many entries ``kept_bits`` keeps, when the caller knows it (counting them reads
+        the bitmap on the host: a device sync)."""
+        if stored is None:
+            stored = numel if kept_bits is None else int(count_bits(kept_bits))
         blocks = block_count(numel, row_length)
         return cls(torch.zeros(stored, dtype=torch.int8, device=device),
                    torch.zeros(stored, dtype=torch.uint8, device=device),
@@ -109,7 +112,8 @@ class QuantizedMoments:
 
     def stored_indices(self, numel: int) -> Tensor | None:
         """The flat (rank-local) indices of the stored entries, ascending; None when every entry is stored."""
-        return None if self.kept_bits is None else bitmap_indices(self.kept_bits, numel)
+        # The count is the codes' length: sized by it, the indices need no device read.
+        return None if self.kept_bits is None else bitmap_indices(self.kept_bits, numel, self.exp_avg.numel())
 
     def dequantize(self, blocks: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
         """(m̂, v̂) in float32, one per stored entry. ``blocks``: the block of each stored entry under sparse

@@ -332,7 +332,7 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
   return {out.clipped, out.nonfinite};
 }
 
-// ---- SPAM with 8-bit moments (spam_opt/quantized_state.py: the blocks, the maps and the layout) ----------
+// ---- SPAM with 8-bit moments (spam_opt/state/quantized.py: the blocks, the maps and the layout) ----------
 //
 // Per block of up to kQBlock entries of one row, three loops over L1-resident buffers, each vectorised by the
 // compiler (the 4th-root map's extra sqrt in (3) costs nothing measurable: the loop waits on memory): (1) dequantize m̂ and v̂ from the codes, and find whether any entry needs the exact path (a spike,
@@ -341,7 +341,7 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
 // and division) and their block maxima; (3) requantize r and s against the new maxima. Most blocks take the
 // plain update in (2); the exact one, with the clip, its selects and its counts, costs about 40% more.
 
-constexpr int64_t kQBlock = 256;  // quantized_state.BLOCK
+constexpr int64_t kQBlock = 256;  // spam_opt.state.quantized.BLOCK
 // Codes of r are linear in r (127 steps a side); codes of s are linear in sqrt(s) (255 steps, 255^2 = 65025).
 constexpr float kRLevels = 127.f, kSLevels = 65025.f;
 
@@ -957,7 +957,7 @@ std::tuple<at::Tensor, at::Tensor> kept_entries(int64_t numel, int64_t key, int6
 }
 
 // The kept entries of `numel` consecutive entries from flat index `offset` as a bitmap: bit j % 32 of word
-// j / 32 for entry j, plus one word of padding (the 8-bit layout, spam_opt/quantized_state.py).
+// j / 32 for entry j, plus one word of padding (the 8-bit layout, spam_opt/state/kept.py).
 at::Tensor kept_bits(int64_t numel, int64_t key, int64_t threshold, int64_t offset) {
   TORCH_CHECK(numel >= 0 && offset >= 0 && key >= 0 && key < (int64_t(1) << 32) && threshold >= 0 &&
                   threshold <= (int64_t(1) << 32),

@@ -1,150 +1,117 @@
-"""The compiled SPAM kernel: one ``torch.compile``d graph per parameter instead of a dozen eager ops.
+"""The compiled SPAM kernel: one ``torch.compile``d graph per chunk of like tensors, every layout included.
 
-For a dense parameter the graph reads p, g, m, v and writes p, m, v, with the clip count and the
-NaN/Inf report as reductions of the same pass. Nothing is read on the host. Shapes are dynamic, so one
-graph serves every dense parameter of a dtype (all are viewed as rows of their last dimension), and the
-sparse-momentum state can change size at every reset without recompiling. Everything that changes from
-step to step (learning rate times warmup, bias correction, decay, clip threshold, gate) is passed as a
-0-dim tensor, so nothing recompiles as training goes on.
+``spam_opt.kernels.compiled_lists`` says how graphs are shared. Inside a graph each parameter's step is the
+rule of ``spam_reference`` decided on device: read p, g and the moments (8-bit moments dequantized in the
+same graph, and requantized after), clip, update, count; nothing is read on the host. Sparse momentum's
+kept flat indices and the 8-bit layout's stored indices are computed before the graph (``nonzero_static``
+sized by the state: no sync) and passed in.
 
-It is CUDA's ``fused=True`` path (through Triton); until it has run on a GPU the default on CUDA is the
-foreach kernel. The tests run it on CPU against the reference.
+It is CUDA's ``fused=True`` path (Inductor emits Triton there); until it has run on a GPU the default on
+CUDA stays the foreach kernel. The tests run the same graphs on CPU (Inductor's C++) against the float64
+references. Tensors it does not take (non-contiguous ones) go through the foreach kernel.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from spam_opt.kernels.quantized import on_float32_moments
+from spam_opt.kernels.compiled_lists import (
+    Codes,
+    FlatGroup,
+    compiled,
+    contiguous,
+    device_scalars,
+    run_chunks,
+    with_fallback,
+)
 from spam_opt.kernels.result import KernelResult
-from spam_opt.kernels.spam.inputs import StepScalars, TensorState
-from spam_opt.kernels.spam.reference import keep_unmoved, spam_reference
-from spam_opt.state.kept import KeptEntries
-
-# Room for every (layout, dtype) mix a model has; past dynamo's default of 8 graphs a function silently
-# runs eager (correct, but slow), which a model mixing dtypes, strided and sparse parameters can reach.
-_RECOMPILE_LIMIT = 64
+from spam_opt.kernels.spam.foreach import spam_foreach
+from spam_opt.kernels.spam.inputs import QuantizedTensorState, StepScalars
+from spam_opt.state.quantized import QuantizedMoments, block_ids
 
 
-def _clip(g: Tensor, v: Tensor, clip: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The clipped gradient, the spike mask, and which entries are finite (the ones that move)."""
-    finite = torch.isfinite(g)
-    # clip is +inf when clipping is off at this step: the threshold is then inf (or NaN where v == 0) and
-    # no entry compares above it.
-    threshold = clip * v
-    spike = finite & (v > 0) & (g * g > threshold)
-    return torch.where(spike, g.sign() * threshold.sqrt(), g), spike, finite
+def _spam_lists(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor | None], vs: list[Tensor | None],
+                codes: list[Codes | None], idxs: list[Tensor | None], ns: list[Tensor], gate: Tensor,
+                lr_w: Tensor, decay: Tensor, clip: Tensor, sign: Tensor, beta1: float, beta2: float,
+                eps: float) -> tuple[list[Tensor], list[Tensor]]:
+    """One chunk's step. ``ps``: flat parameters (8-bit ones as rows); ``ms``/``vs`` float32 moments or
+    ``codes`` 8-bit ones; ``idxs`` kept flat indices (None: dense)."""
+    n1 = torch.stack(ns) + 1  # the count of this step's bias corrections
+    step_sizes = lr_w * (1 - torch.pow(beta2, n1)).sqrt() / (1 - torch.pow(beta1, n1))
+    clipped, nonfinite = [], []
+    for i, (p, grad, idx, q) in enumerate(zip(ps, gs, idxs, codes)):
+        flat = p.view(-1)
+        blocks = None
+        if q is None:
+            m, v = ms[i], vs[i]
+        else:
+            moments = QuantizedMoments(*q, row_length=p.shape[-1], kept_bits=None)
+            blocks = None if idx is None else block_ids(idx, p.shape[-1])
+            m, v = moments.dequantize(blocks, eps)
+        g = grad.reshape(-1).float() * sign
+        if idx is not None:
+            g = g.index_select(0, idx)
+        finite = torch.isfinite(g)
+        moves = finite & gate
+        # clip is +inf when clipping is off at this step: no entry compares above inf (or NaN where v == 0).
+        threshold = clip * v
+        spike = finite & (v > 0) & (g * g > threshold)
+        g = torch.where(spike, g.sign() * threshold.sqrt(), g)
+        m_new = torch.where(moves, m * beta1 + g * (1 - beta1), m)
+        v_new = torch.where(moves, v * beta2 + g * g * (1 - beta2), v)
+        update = step_sizes[i] * (m_new / (v_new.sqrt() + eps))
+        p32 = flat.float()
+        if idx is None:
+            p_new = torch.where(moves, (p32 - update) * decay, p32)
+        else:
+            # Adam moves the kept entries only; the decoupled decay then shrinks every entry. A kept entry
+            # with a NaN/Inf gradient keeps its value; the others never read their gradient.
+            kept = p32.index_select(0, idx)
+            kept = torch.where(moves, (kept - update) * decay, kept)
+            p_new = (p32 * torch.where(gate, decay, 1.0)).index_copy(0, idx, kept)
+        flat.copy_(p_new)
+        if q is None:
+            m.copy_(m_new)
+            v.copy_(v_new)
+        else:
+            moments.quantize_(m_new, v_new, blocks, eps, gate)
+        ns[i].copy_(ns[i] + gate)
+        clipped.append(torch.where(gate, spike.sum(), 0))
+        nonfinite.append(gate & ~finite.all())
+    return clipped, nonfinite
 
 
-def _dense_step(p: Tensor, g: Tensor, m: Tensor, v: Tensor, n: Tensor, step_size: Tensor, gate: Tensor,
-                decay: Tensor, clip: Tensor, sign: Tensor, beta1: float, beta2: float,
-                eps: float) -> tuple[Tensor, Tensor]:
-    g, spike, finite = _clip(g.float() * sign, v, clip)
-    m_new = m * beta1 + g * (1 - beta1)
-    v_new = v * beta2 + g * g * (1 - beta2)
-    p32 = p.float()
-    p_new = (p32 - step_size * (m_new / (v_new.sqrt() + eps))) * decay
-    moves = finite & gate
-    m.copy_(torch.where(moves, m_new, m))
-    v.copy_(torch.where(moves, v_new, v))
-    p.copy_(torch.where(moves, p_new, p32))
-    n.copy_(n + gate)
-    return torch.where(gate, spike.sum(), 0), gate & ~finite.all()
-
-
-def _sparse_step(p: Tensor, g: Tensor, m: Tensor, v: Tensor, n: Tensor, kept: Tensor, step_size: Tensor,
-                 gate: Tensor, decay: Tensor, clip: Tensor, sign: Tensor, beta1: float, beta2: float,
-                 eps: float) -> tuple[Tensor, Tensor]:
-    g, spike, finite = _clip(g.float().reshape(-1).index_select(0, kept) * sign, v, clip)
-    m_new = m * beta1 + g * (1 - beta1)
-    v_new = v * beta2 + g * g * (1 - beta2)
-    flat = p.view(-1)
-    p32 = flat.float()
-    # Adam moves the kept entries only; the decoupled decay then shrinks every entry. A kept entry with a
-    # NaN/Inf gradient keeps its value; the others never read their gradient.
-    p_new = p32.index_add(0, kept, -(step_size * (m_new / (v_new.sqrt() + eps)))) * decay
-    p_new = keep_unmoved(p_new, p32, finite, kept)
-    m.copy_(torch.where(finite & gate, m_new, m))
-    v.copy_(torch.where(finite & gate, v_new, v))
-    flat.copy_(torch.where(gate, p_new, p32))
-    n.copy_(n + gate)
-    return torch.where(gate, spike.sum(), 0), gate & ~finite.all()
-
-
-@functools.cache
-def _compiled() -> tuple:
-    return (torch.compile(_dense_step, dynamic=True, fullgraph=True),
-            torch.compile(_sparse_step, dynamic=True, fullgraph=True))
-
-
-@functools.cache
-def compiled_unavailable_reason(device: torch.device) -> str | None:
-    """Why the compiled kernel cannot run on ``device``, or None when it can (CPU has the C++ kernel)."""
-    if device.type != "cuda":
-        return f"the compiled SPAM step runs on CUDA tensors, got {device.type}"
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return "torch.compile on CUDA needs triton (pip install triton)"
-    return None
-
-
-def _as_rows(*tensors: Tensor) -> tuple[Tensor, ...]:
-    """Contiguous tensors as 2-D views (rows of the last dimension), so that one graph serves every rank."""
-    if not all(t.is_contiguous() for t in tensors):
-        return tensors
-    shape = (-1, tensors[0].shape[-1])
-    return tuple(t.view(shape) for t in tensors)
-
-
-def _handles(p: Tensor, kept: KeptEntries | None) -> bool:
-    # A sparse entry is addressed by its flat index in the full tensor, which needs a flat view of p.
-    # A 0-dim parameter would cost a graph of its own (sizes 0 and 1 are specialised) for one entry.
-    return p.dim() > 0 and (kept is None or p.is_contiguous())
+def _kind(p: Tensor, g: Tensor, st: Any) -> tuple:
+    eight = isinstance(st, QuantizedTensorState)
+    sparse = st.moments.kept_bits is not None if eight else st.kept is not None
+    return p.dtype, g.dtype, eight, sparse, p.numel() <= 1
 
 
 def spam_compiled(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
                   h: StepScalars) -> KernelResult:
-    """One compiled graph per parameter; no host synchronisation (see the module docstring). 8-bit moments
-    are dequantized and requantized around the graph, one parameter at a time, in eager torch."""
-    return on_float32_moments(_compiled_step, params, grads, states, gate, h)
+    """The group in a few compiled graphs (see the module docstring); no host synchronisation."""
+    return with_fallback((contiguous(p, g) for p, g in zip(params, grads)), _compiled_step, spam_foreach,
+                         params, grads, states, gate, h)
 
 
-def _compiled_step(params: list[Tensor], grads: list[Tensor], states: list[TensorState], gate: Tensor | None,
+def _compiled_step(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
                    h: StepScalars) -> KernelResult:
     device = params[0].device
-    # maximize is a sign, not a branch: one graph serves both.
-    lr_w, decay, clip, sign = torch.tensor(
-        [h.lr * h.warmup_scale, 1 - h.lr * h.weight_decay,
-         math.inf if h.clip_threshold is None else h.clip_threshold, -1.0 if h.maximize else 1.0],
-        dtype=torch.float32, device=device,
-    ).unbind()
     gate = torch.ones((), dtype=torch.bool, device=device) if gate is None else gate.to(device)
-    # Bias corrections of every parameter in a few small vector ops. The count the update uses is n + 1;
-    # when a parameter ends up skipped its step size is simply unused.
-    n1 = torch.stack([st.step for st in states]) + 1
-    step_sizes = (lr_w * (1 - torch.pow(h.beta2, n1)).sqrt() / (1 - torch.pow(h.beta1, n1))).unbind()
-
-    dense, sparse = _compiled()
-    clipped: list[Tensor] = []
-    nonfinite: list[Tensor] = []
-    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-        for i, (p, g, st) in enumerate(zip(params, grads, states)):
-            m, v, n, entries = st.exp_avg, st.exp_avg_sq, st.step, st.kept
-            if not _handles(p, entries):
-                result = spam_reference([p], [g], [st], gate, h)
-                c, f = result.clipped[0], result.nonfinite[0]
-            elif entries is None:
-                p, g, m, v = _as_rows(p, g, m, v)
-                c, f = dense(p, g, m, v, n, step_sizes[i], gate, decay, clip, sign, h.beta1, h.beta2, h.eps)
-            else:
-                c, f = sparse(p, g, m, v, n, entries.indices(), step_sizes[i], gate, decay, clip, sign,
-                              h.beta1, h.beta2, h.eps)
-            clipped.append(c)
-            nonfinite.append(f)
-    return KernelResult(clipped, nonfinite)
+    # maximize is a sign and "no clipping" an infinite threshold: values, not branches, so one graph serves.
+    scalars = device_scalars([h.lr * h.warmup_scale, 1 - h.lr * h.weight_decay,
+                              math.inf if h.clip_threshold is None else h.clip_threshold,
+                              -1.0 if h.maximize else 1.0], device)
+    flat = FlatGroup.of(params, states)
+    idxs = [st.moments.stored_indices(p.numel()) if isinstance(st, QuantizedTensorState)
+            else None if st.kept is None else st.kept.indices() for p, st in zip(params, states)]
+    step = compiled(_spam_lists)
+    lists = (flat.params, grads, flat.exp_avgs, flat.exp_avg_sqs, flat.codes, idxs)
+    return run_chunks([_kind(p, g, st) for p, g, st in zip(params, grads, states)],
+                      lambda chunk: step(*([lst[i] for i in chunk] for lst in lists),
+                                         [states[i].step for i in chunk], gate, *scalars, h.beta1, h.beta2,
+                                         h.eps), gate)

@@ -56,12 +56,14 @@ def _foreach(params: list[Tensor], grads: list[Tensor], states: list[TensorState
     g_ = torch._foreach_mul(clipped_g, list(scale.unbind()))
 
     m_, v_ = [st.exp_avg for st in states], [st.exp_avg_sq for st in states]
-    reset_mask = torch.tensor(resets, device=amax.device)
+    # ``reset`` is a host bool of the schedule, not a tensor value: branching on it reads nothing.
     for m, v, reset in zip(m_, v_, resets):
         if reset:
             m.zero_()
             v.zero_()
-    n = torch.where(reset_mask, 0.0, n_c - 1)
+    n = n_c - 1
+    if any(resets):
+        n = torch.stack([c.new_zeros(()) if reset else c for c, reset in zip(n.unbind(), resets)])
     n_new = torch.where(ok, n + 1, n)
     torch._foreach_mul_(m_, list(torch.where(ok, h.beta1, 1.0).unbind()))
     torch._foreach_add_(m_, g_, alpha=1 - h.beta1)

@@ -3,7 +3,7 @@
 // the blocks; and the element-wise work around them (the token shift with its mixes, the receptance gate, the
 // squared ReLU), fused into one pass each way. Inputs are (batch, tokens, channels) as the linear layers
 // write them, so nothing is transposed. trainers/models/spikegpt_kernels.py builds this file (through
-// spam_opt.kernels.cpp_build) and wraps its ops in autograd functions; the pure-PyTorch paths in
+// spam_opt._cpp_build) and wraps its ops in autograd functions; the pure-PyTorch paths in
 // trainers/models/spikegpt.py and spiking_neuron.py are the reference they are tested against.
 //
 // Registered as torch.ops.spikegpt.<name>_forward and <name>_backward for wkv, lif, shift_mix, sigmoid_gate
