@@ -155,7 +155,7 @@ def _draw(optimizer: SpikeAwareOptimizer, p: Tensor, group: dict[str, Any], inde
     if draw is None:
         raise ValueError(f"the checkpoint holds kept entries for parameter {index}, which its param group "
                          "keeps dense: build the optimizer's groups as the saved run did")
-    drawn = draw_kept_state(p, draw, bitmap)
+    drawn, _ = draw_kept_state(p, draw, bitmap)
     return drawn, kept_flat_indices(drawn, local_tensor(p).numel())
 
 
