@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import statistics
 import struct
@@ -484,3 +485,13 @@ def test_readme_quotes_the_committed_page_size():
     readme = " ".join((root / "README.md").read_text().split())
     assert (f"20 runs of 1000 steps (logged every step, llama-9m) make a page of {page}, {library} of it "
             f"plotly.js (one run's own report: {single}; `benchmarks/results/dashboard_size.md`") in readme
+
+
+def test_readme_quotes_the_committed_opening_time():
+    root = Path(__file__).resolve().parents[1]
+    result = (root / "benchmarks" / "results" / "dashboard_load.md").read_text()
+    median, worst = re.search(r"median \*\*([0-9.]+) s\*\*, max ([0-9.]+) s over 5 loads", result).groups()
+    assert "| 100 | 1000 |" in result and float(median) < 5.0  # the budget: 100 runs interactive within 5 s
+    readme = " ".join((root / "README.md").read_text().split())
+    assert (f"A page of 100 runs opens in headless Chromium and becomes interactive in a median {median} s "
+            f"(max {worst} s over 5 loads") in readme
