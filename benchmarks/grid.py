@@ -52,6 +52,9 @@ class Setup:
     seeds: int = 3
     extra: dict[str, Any] = field(default_factory=dict)  # trainer options for every run (e.g. quantization)
     eval_batches: int = WHOLE_SPLIT  # validation batches of the final evaluation (smoke tests take a few)
+    # Documents held out of training to choose lrs on (the sweep then ranks by their loss, not validation's);
+    # 0: the older grids' way, lrs chosen on the validation split the tables report.
+    tune_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ def trainer_argv(setup: Setup, variant: dict[str, Any], regime: Regime, seed: in
         "dashboard": False, "progress_bar": False,
         **setup.extra, **variant, **regime.options(setup, steps),
     }
+    if setup.tune_fraction:
+        values["tune_fraction"] = setup.tune_fraction
     kwargs = scaled_schedule(values, setup.reset_fraction, steps) | dict(values.pop("optimizer_kwargs", {}))
     if kwargs:
         values["optimizer_kwargs"] = json.dumps(kwargs)
@@ -196,6 +201,7 @@ def run_one(setup: Setup, name: str, variant: dict[str, Any], regime_name: str, 
         "optimizer": name, "regime": regime_name, "seed": seed, "lr": lr, "steps": steps,
         "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
         "final_eval_ppl": evals[-1]["eval_ppl"] if evals else None,
+        "final_tune_loss": evals[-1].get(run_files.TUNE_LOSS) if evals else None,
         "state_bytes": optimizer_state_bytes(run_dir),
         "wall_s": wall,
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows if "tokens_per_s" in r),
@@ -212,9 +218,27 @@ def run_one(setup: Setup, name: str, variant: dict[str, Any], regime_name: str, 
     return result
 
 
+def sweep_pending(scores: dict[float, float], lrs: Sequence[float] = LR_GRID) -> list[float]:
+    """The lrs a sweep must still run, given the losses it has: the grid's missing ones; then, while the best
+    is at an end of what ran, one more past that end (x3, at most ``SWEEP_EXTEND``); ``[]`` when settled.
+
+        >>> sweep_pending({3e-4: 3.0, 1e-3: 2.9, 3e-3: 2.8, 1e-2: 2.7})
+        [0.03]
+    """
+    missing = [lr for lr in lrs if lr not in scores]
+    if missing:
+        return missing
+    chosen, ran = min(scores, key=scores.get), sorted(scores)
+    if len(scores) - len(lrs) >= SWEEP_EXTEND or chosen not in (ran[0], ran[-1]):
+        return []
+    return [float(f"{chosen * 3 if chosen == ran[-1] else chosen / 3:.3g}")]
+
+
 def sweep(setup: Setup, variants: dict[str, dict[str, Any]], names: Sequence[str], clean: Regime,
           lrs: tuple[float, ...] = LR_GRID, train: bool = True) -> dict[str, float]:
-    """Best clean-regime lr per variant (seed 0), by final validation loss; writes ``lr_sweep.md``.
+    """Best clean-regime lr per variant (seed 0), by final loss; writes ``lr_sweep.md``.
+
+    The loss is the tuning split's when the setup holds one out (``tune_fraction``), else validation's.
 
     When the best lr is at an end of the grid, the sweep goes on past that end (x3 per step, at most
     SWEEP_EXTEND steps): an optimum at the edge of the grid is not an optimum.
@@ -226,19 +250,15 @@ def sweep(setup: Setup, variants: dict[str, dict[str, Any]], names: Sequence[str
                              "give its lr with --lrs or run the grid without --report-only")
         res = run_one(setup, name, variants[name], "clean", clean, 0, lr,
                       setup.out / "sweep" / name / f"lr{lr:g}")
-        loss = res["final_eval_loss"]
+        loss = res["final_tune_loss" if setup.tune_fraction else "final_eval_loss"]
         return loss if loss is not None and math.isfinite(loss) else math.inf
 
     best: dict[str, float] = {}
     all_scores: dict[str, dict[float, float]] = {}
     for name in names:
-        scores = {lr: loss_at(name, lr) for lr in lrs}
-        for _ in range(SWEEP_EXTEND):
-            chosen, grid = min(scores, key=scores.get), sorted(scores)
-            if chosen not in (grid[0], grid[-1]):
-                break
-            lr = float(f"{chosen * 3 if chosen == grid[-1] else chosen / 3:.3g}")
-            scores[lr] = loss_at(name, lr)
+        scores: dict[float, float] = {}
+        while pending := sweep_pending(scores, lrs):
+            scores |= {lr: loss_at(name, lr) for lr in pending}
         best[name] = min(scores, key=scores.get)
         all_scores[name] = scores
     columns = sorted({lr for scores in all_scores.values() for lr in scores})
@@ -247,8 +267,10 @@ def sweep(setup: Setup, variants: dict[str, dict[str, Any]], names: Sequence[str
     for name, scores in all_scores.items():
         cells = " | ".join(f"{scores[lr]:.4f}" if lr in scores else "" for lr in columns)
         table.append(f"| {name} | {cells} | {best[name]:g} |")
-    intro = ("Final validation loss of the clean regime, seed 0. The grid is extended past an end whose lr "
-             f"wins (x3 per step, up to {SWEEP_EXTEND} steps); empty cells were not run.\n\n")
+    split = "tuning split (documents held out of training and validation)" if setup.tune_fraction \
+        else "validation split"
+    intro = (f"Final loss on the {split} of the clean regime, seed 0. The grid is extended past an end "
+             f"whose lr wins (x3 per step, up to {SWEEP_EXTEND} steps); empty cells were not run.\n\n")
     (setup.out / "lr_sweep.md").write_text(intro + "\n".join(table) + "\n")
     return best
 

@@ -51,6 +51,7 @@ GUARD_SKIPPED = "guard_skipped"  # steps the spike guard skipped so far
 OPTIMIZER_STATE_BYTES = "optimizer_state_bytes"
 EVAL_LOSS = "eval_loss"
 EVAL_PPL = "eval_ppl"
+TUNE_LOSS = "tune_loss"  # loss on the tuning split (--tune-fraction), for choosing hyperparameters
 FIRING_RATE = "firing_rate/"  # prefix: firing_rate/<layer> of spiking models
 
 # -- config.yaml: what sets the tokens of one optimizer step ----------------------------------------------

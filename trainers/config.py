@@ -54,6 +54,7 @@ class TrainConfig:
     stream_val_docs: int = 1000  # with streaming: the first documents, held out for evaluation
     corpus_max_mb: float = 2.0  # built-in corpus: deterministic subset of this many MB (0 = all ~30 MB)
     val_fraction: float = 0.05  # documents held out for evaluation
+    tune_fraction: float = 0.0  # documents held out of training for tuning (logged as tune_loss); 0: none
     tokenizer: str = "byte"  # "byte", "bpe" (trained on the corpus), or a local tokenizer directory
     bpe_vocab_size: int = 4096
     seq_len: int = 128
@@ -175,6 +176,9 @@ class TrainConfig:
                 raise ValueError(f"invalid {name}={getattr(self, name)}: must be >= 0")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"invalid val_fraction={self.val_fraction}: must be in (0, 1)")
+        if not 0.0 <= self.tune_fraction < 1.0 - self.val_fraction:
+            raise ValueError(f"invalid tune_fraction={self.tune_fraction}: must be >= 0 and leave training "
+                             f"documents beside val_fraction={self.val_fraction} (their sum < 1)")
         if not 0.0 < self.density <= 1.0:
             raise ValueError(f"invalid density={self.density}: must be in (0, 1]")
         if self.density < 1.0 and self.optimizer != "spam":

@@ -221,19 +221,35 @@ def _is_stream(ds: Any) -> bool:
 class Splits:
     train: Dataset | IterableDataset
     val: Dataset | IterableDataset
+    tune: Dataset | None = None  # held out for choosing hyperparameters, disjoint from train and val
 
 
 def build_splits(docs: Dataset | IterableDataset, tokenizer: Any, seq_len: int, val_fraction: float,
-                 text_field: str = "text", stream_val_docs: int = 1000) -> Splits:
-    """Held-out documents for validation, then tokenized and packed train and validation blocks."""
+                 text_field: str = "text", stream_val_docs: int = 1000, tune_fraction: float = 0.0) -> Splits:
+    """Held-out documents for validation, then tokenized and packed train and validation blocks.
+
+    With ``tune_fraction`` > 0 a further ``tune_fraction`` of the documents is held out of training as a
+    tuning split, for choosing hyperparameters (a learning rate) on data the reported validation loss does
+    not use. The validation documents are the same with or without it.
+    """
     if _is_stream(docs):
+        if tune_fraction:
+            raise ValueError("tune_fraction needs a dataset that is not streamed (a streamed one holds out "
+                             "only its first documents); drop --tune-fraction or --streaming")
         return Splits(tokenize_and_pack(docs.skip(stream_val_docs), tokenizer, seq_len, text_field),
                       tokenize_and_pack(docs.take(stream_val_docs), tokenizer, seq_len, text_field))
     if docs.num_rows < 2:
         raise ValueError(f"the corpus has {docs.num_rows} document(s); it needs at least 2 to hold one out")
     parts = docs.train_test_split(test_size=val_fraction, seed=SPLIT_SEED)
-    return Splits(tokenize_and_pack(parts["train"], tokenizer, seq_len, text_field),
-                  tokenize_and_pack(parts["test"], tokenizer, seq_len, text_field))
+    pack = lambda part: tokenize_and_pack(part, tokenizer, seq_len, text_field)  # noqa: E731
+    if not tune_fraction:
+        return Splits(pack(parts["train"]), pack(parts["test"]))
+    if parts["train"].num_rows < 2:
+        raise ValueError(f"the corpus has {docs.num_rows} documents, too few to hold out a tuning split too")
+    # A fraction of the whole corpus, taken from the training documents: validation does not move.
+    rest = parts["train"].train_test_split(test_size=tune_fraction / (1.0 - val_fraction),
+                                           seed=SPLIT_SEED + 1)
+    return Splits(pack(rest["train"]), pack(parts["test"]), pack(rest["test"]))
 
 
 class BlockBatches:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 MEMORY_PEERS = {"galore": ("galore_torch", "galore-torch"), "adam-mini": ("adam_mini", "adam-mini"),
                 "torchao-adamw8bit": ("torchao.optim", "torchao")}
 # The names build_optimizer takes; the config's choices are these.
-OPTIMIZERS = ("spam", "stable-spam", "adamw", "adamw8bit", "adafactor", *MEMORY_PEERS)
+OPTIMIZERS = ("spam", "stable-spam", "adamw", "muon", "adamw8bit", "adafactor", *MEMORY_PEERS)
 # Those whose state follows the parameters' sharding under FSDP2 (--fsdp).
 SHARDABLE_OPTIMIZERS = ("spam", "stable-spam", "adamw")
 
@@ -51,6 +51,11 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> Optimizer:
         if cfg.optimizer == "adamw":
             fused = common.pop("fused", _fused_available(model))
             return torch.optim.AdamW(model.parameters(), betas=betas, fused=fused, **common)
+        if cfg.optimizer == "muon":
+            from trainers.muon import MuonWithAdamW
+
+            fused = common.pop("fused", _fused_available(model))
+            return MuonWithAdamW(model, betas=betas, fused=fused, **common)
         if cfg.optimizer == "adamw8bit":
             try:
                 import bitsandbytes as bnb

@@ -219,12 +219,14 @@ def _train(cfg: TrainConfig, engine: Engine, started: float) -> Path:
         if accelerator.is_main_process:  # a trained BPE is then loaded, not retrained, by the others
             tokenizer.save_pretrained(str(run_dir / rf.TOKENIZER))
         splits = build_splits(docs, tokenizer, cfg.seq_len, cfg.val_fraction, cfg.text_field,
-                              cfg.stream_val_docs)
+                              cfg.stream_val_docs, cfg.tune_fraction)
     rank, world = accelerator.process_index, accelerator.num_processes
     batch_size = cfg.per_process_batch(world)
     train_batches = make_batches(splits.train, batch_size, cfg.seed, rank, world)
     val_batches = make_batches(splits.val, batch_size, cfg.seed, rank, world, shuffle=False,
                                name="validation")
+    tune_batches = None if splits.tune is None else make_batches(
+        splits.tune, batch_size, cfg.seed, rank, world, shuffle=False, name="tuning")
     eval_batches = min(cfg.eval_batches, len(val_batches)) if cfg.eval_every else 0
     if cfg.eval_every and eval_batches == 0:
         raise ValueError("the validation split is smaller than one global batch; raise --stream-val-docs "
@@ -295,8 +297,12 @@ def _train(cfg: TrainConfig, engine: Engine, started: float) -> Path:
                                          lr=f"{scalars['lr']:.2e}")
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 metrics = evaluate(model, val_batches, eval_batches, accelerator)
+                if tune_batches is not None:
+                    tuned = evaluate(model, tune_batches, min(cfg.eval_batches, len(tune_batches)),
+                                     accelerator)
+                    metrics[rf.TUNE_LOSS] = tuned[rf.EVAL_LOSS]
                 monitor.log_scalars(step, metrics)
-                logger.info("step %d: eval_loss %.4f, eval_ppl %.2f", step, *metrics.values())
+                logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                 restart_window = True
             stopped = stop.should_stop(step, accelerator.device) if step < cfg.max_steps else None
             if stopped or (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps)):

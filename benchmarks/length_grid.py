@@ -1,0 +1,387 @@
+"""Learning rates tuned at each run length on held-out data; SPAM's parts ablated; Muon as a peer.
+
+    python -m benchmarks.length_grid --workers 2          # train what is missing, two runs at a time
+    python -m benchmarks.length_grid --report-only        # the report from the finished runs
+
+Every (length, variant) gets its own lr: a sweep of ``grid.LR_GRID`` (seed 0, extended past a winning end),
+ranked on a tuning split (documents held out of both training and the reported validation split), then
+seeds 1 and 2 at the chosen lr (seed 0 is the sweep's run). The stages, in the order they train:
+
+1. 200 steps: AdamW, SPAM, Stable-SPAM and Muon (``torch.optim.Muon`` on the block matrices, AdamW on the
+   rest); then the bad-batch regime (stability grid's) at 200 steps with those lrs;
+2. 1000 and 2000 steps: the same four (2000 steps is the stability grid's ``long`` regime);
+3. SPAM's ablations at 1000, then 2000 steps: no momentum reset, no spike clip, no post-reset warmup, the
+   reset interval at 0.5x, 2x and 4x of the grids' (a 20th of the run), the clip threshold at 10x.
+
+A finished run is never repeated and workers claim runs, so an interrupted grid continues where it stopped
+(run the command again). Everything else is the stability grid's setup: byte-level llama-9m, batch 8 x 64
+tokens, the 2 MB built-in corpus, the whole validation split at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import grid, provenance
+from benchmarks.grid import Regime, Setup
+from benchmarks.stability import REGIMES as STABILITY_REGIMES
+
+OUT = Path("benchmarks/results/length")
+MODEL, BATCH, SEQ_LEN = "llama-9m", 8, 64
+TUNE_FRACTION = 0.05  # as much held out for tuning as for validation
+SEEDS = 3
+THRESHOLD = 5000.0  # SPAM's default clip threshold
+MAIN = {"adamw": {"optimizer": "adamw"}, "spam": {"optimizer": "spam"},
+        "stable-spam": {"optimizer": "stable-spam"}, "muon": {"optimizer": "muon"}}
+
+
+def ablations(steps: int) -> dict[str, dict[str, Any]]:
+    """SPAM with one part removed or rescaled, against the grids' schedule at ``steps``."""
+    base = grid.scaled_schedule({"optimizer": "spam"}, 1 / 20, steps)
+    interval = base["reset_interval"]
+
+    def every(factor: float) -> dict[str, Any]:  # the warmup after a reset must fit in the interval
+        new = max(4, round(factor * interval))
+        return {"reset_interval": new, "warmup_steps": min(base["warmup_steps"], new)}
+
+    kwargs = {"spam-no-reset": {"reset_interval": 0}, "spam-no-clip": {"threshold": 0.0},
+              "spam-no-warmup": {"warmup_steps": 0}, "spam-reset-0.5x": every(0.5),
+              "spam-reset-2x": every(2), "spam-reset-4x": every(4),
+              "spam-threshold-10x": {"threshold": 10 * THRESHOLD}}
+    return {name: {"optimizer": "spam", "optimizer_kwargs": k} for name, k in kwargs.items()}
+
+
+@dataclass(frozen=True)
+class Stage:
+    steps: int
+    variants: tuple[str, ...]
+    regime: str = "clean"  # "clean" (swept, then seeds) or a stability regime at the clean stage's lrs
+
+
+STAGES = (Stage(200, tuple(MAIN)), Stage(200, tuple(MAIN), "bad-batch"), Stage(1000, tuple(MAIN)),
+          Stage(2000, tuple(MAIN)), Stage(1000, tuple(ablations(1000))), Stage(2000, tuple(ablations(2000))))
+
+
+def setup_at(out: Path, steps: int) -> Setup:
+    return Setup(MODEL, steps, BATCH, SEQ_LEN, out / f"steps{steps}", seeds=SEEDS,
+                 tune_fraction=TUNE_FRACTION)
+
+
+def variant(name: str, steps: int) -> dict[str, Any]:
+    return MAIN.get(name) or ablations(steps)[name]
+
+
+@dataclass(frozen=True)
+class Job:
+    steps: int
+    name: str
+    regime: str  # "clean" or a stability regime
+    seed: int
+    lr: float
+    run_dir: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.steps}-{self.regime}-{self.name}-{self.seed}-{self.lr:g}"
+
+    @property
+    def cell(self) -> str:  # the results' regime name: one per length, so that every cell has one key
+        return f"{self.regime}-{self.steps}"
+
+
+def _finished(job: Job) -> dict[str, Any] | None:
+    path = job.run_dir / "result.json"
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    return done if done["lr"] == job.lr else None
+
+
+def sweep_jobs(out: Path, steps: int, name: str) -> list[Job]:
+    """The sweep runs of ``name`` at ``steps`` that exist or are due (their lrs as far as known)."""
+    folder = setup_at(out, steps).out / "sweep" / name
+    jobs: list[Job] = []
+    scores: dict[float, float] = {}
+    while True:
+        pending = grid.sweep_pending(scores)
+        if not pending:
+            return jobs
+        new = [Job(steps, name, "clean", 0, lr, folder / f"lr{lr:g}") for lr in pending]
+        jobs += new
+        done = {j.lr: _finished(j) for j in new}
+        if any(d is None for d in done.values()):
+            return jobs  # the sweep cannot go on until these have run
+        scores |= {lr: _loss(d, "final_tune_loss") for lr, d in done.items()}
+
+
+def _loss(result: dict[str, Any] | None, key: str = "final_eval_loss") -> float:
+    value = None if result is None else result.get(key)
+    return value if value is not None and math.isfinite(value) else math.inf
+
+
+def chosen_lr(out: Path, steps: int, name: str) -> float | None:
+    """The lr the sweep chose (lowest tuning loss), or None while it runs."""
+    jobs = sweep_jobs(out, steps, name)
+    results = {j.lr: _finished(j) for j in jobs}
+    if any(r is None for r in results.values()) or grid.sweep_pending(
+            {lr: _loss(r, "final_tune_loss") for lr, r in results.items()}):
+        return None
+    return min(results, key=lambda lr: _loss(results[lr], "final_tune_loss"))
+
+
+def plan(out: Path, stages: tuple[Stage, ...] = STAGES) -> tuple[list[Job], int]:
+    """(the jobs that can run now and have not finished, how many more wait on a sweep), in stage order."""
+    runnable, waiting = [], 0
+    for stage in stages:
+        for name in stage.variants:
+            if stage.regime == "clean":
+                runnable += [j for j in sweep_jobs(out, stage.steps, name) if _finished(j) is None]
+            lr = chosen_lr(out, stage.steps, name)
+            seeds = range(1, SEEDS) if stage.regime == "clean" else range(SEEDS)
+            if lr is None:
+                waiting += len(seeds)
+                continue
+            folder = setup_at(out, stage.steps).out / "runs" / stage.regime / name
+            runnable += [j for j in (Job(stage.steps, name, stage.regime, s, lr, folder / f"seed{s}")
+                                     for s in seeds) if _finished(j) is None]
+    return runnable, waiting
+
+
+def run(out: Path, job: Job) -> dict[str, Any]:
+    regime = Regime() if job.regime == "clean" else STABILITY_REGIMES[job.regime]
+    return grid.run_one(setup_at(out, job.steps), job.name, variant(job.name, job.steps), job.cell, regime,
+                        job.seed, job.lr, job.run_dir)
+
+
+# -- workers: each claims a run by creating its claim folder, so that two never train the same run -------
+
+
+def _claim(out: Path, job: Job) -> Path | None:
+    claim = out / "claims" / job.key
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        claim.mkdir()
+    except FileExistsError:
+        pid = (claim / "pid").read_text() if (claim / "pid").is_file() else ""
+        if pid.isdigit() and Path(f"/proc/{pid}").exists():
+            return None
+        (claim / "pid").unlink(missing_ok=True)  # left by a worker that was stopped: take it over
+    (claim / "pid").write_text(str(os.getpid()))
+    return claim
+
+
+def work(out: Path, stages: tuple[Stage, ...]) -> None:
+    """Train runnable jobs until none is left (waiting for other workers' sweeps where needed)."""
+    while True:
+        runnable, waiting = plan(out, stages)
+        claimed = None
+        for job in runnable:
+            claimed = _claim(out, job)
+            if claimed is not None:
+                break
+        if claimed is None:
+            if not runnable and not waiting:
+                return
+            time.sleep(10)  # the other workers hold every runnable job, or a sweep this needs
+            continue
+        try:
+            result = run(out, job)
+            print(f"{job.cell:14s} {job.name:18s} seed {job.seed} lr {job.lr:g}: val "
+                  f"{result['final_eval_loss']:.4f} tune {result['final_tune_loss']:.4f}", flush=True)
+        finally:
+            (claimed / "pid").unlink(missing_ok=True)
+            claimed.rmdir()
+
+
+# -- report --------------------------------------------------------------------------------------------
+
+
+def collect(out: Path, stages: tuple[Stage, ...] = STAGES) -> tuple[list[dict], list[dict], list[str]]:
+    """(seed runs at the chosen lrs, every sweep run, the cells not yet trained), from the run folders."""
+    runs, sweeps, missing = [], [], []
+    for stage in stages:
+        for name in stage.variants:
+            if stage.regime == "clean":
+                for job in sweep_jobs(out, stage.steps, name):
+                    done = _finished(job)
+                    if done is not None:
+                        sweeps.append(done)
+            lr = chosen_lr(out, stage.steps, name)
+            for seed in range(SEEDS):
+                folder = setup_at(out, stage.steps).out
+                job = (Job(stage.steps, name, "clean", 0, lr, folder / "sweep" / name / f"lr{lr:g}")
+                       if stage.regime == "clean" and seed == 0 and lr is not None else
+                       Job(stage.steps, name, stage.regime, seed, lr or 0.0,
+                           folder / "runs" / stage.regime / name / f"seed{seed}"))
+                done = _finished(job) if lr is not None else None
+                if done is None:
+                    missing.append(f"{stage.regime} / {stage.steps} steps / {name} / seed {seed}"
+                                   + ("" if lr is not None else " (its lr sweep has not finished)"))
+                else:
+                    runs.append(done)
+    return runs, sweeps, missing
+
+
+def _runs(results: list[dict], cell: str, name: str) -> list[dict]:
+    return [r for r in results if r["regime"] == cell and r["optimizer"] == name]
+
+
+def _sweep_table(sweeps: list[dict], steps: int) -> list[str]:
+    rows = {}
+    for r in sweeps:
+        if r["steps"] == steps:
+            rows.setdefault(r["optimizer"], {})[r["lr"]] = r["final_tune_loss"]
+    if not rows:
+        return []
+    lrs = sorted({lr for scores in rows.values() for lr in scores})
+    lines = [f"Tuning-split loss of the lr sweep (seed 0), {steps} steps; the chosen lr in bold:", "",
+             "| variant | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
+    for name, scores in rows.items():
+        best = min(scores, key=lambda lr: _loss({"x": scores[lr]}, "x"))
+        settled = not grid.sweep_pending(scores)
+        cells = ["" if lr not in scores else f"**{scores[lr]:.4f}**" if lr == best and settled
+                 else f"{scores[lr]:.4f}" for lr in lrs]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _length_table(results: list[dict], steps: int, names: list[str]) -> list[str]:
+    cell = f"clean-{steps}"
+    names = [n for n in names if _runs(results, cell, n)]
+    if not names:
+        return []
+    lines = [f"| variant | lr | val loss ({steps} steps) | − adamw's, paired | − spam's, paired | wall s |",
+             "|---|---|---|---|---|---|"]
+    for name in names:
+        runs = _runs(results, cell, name)
+        diffs = ["" if name == ref else grid.paired_difference(runs, _runs(results, cell, ref))
+                 for ref in ("adamw", "spam")]
+        losses = grid.mean_spread([r["final_eval_loss"] for r in runs])
+        lines.append(f"| {name} | {runs[0]['lr']:g} | {losses} | {diffs[0]} | {diffs[1]} | "
+                     f"{statistics.fmean(r['wall_s'] for r in runs):.0f} |")
+    return lines + [""]
+
+
+def _bad_batch_table(results: list[dict]) -> list[str]:
+    lines = ["| variant | lr | clean val loss | bad-batch val loss | bad-batch − clean, paired |",
+             "|---|---|---|---|---|"]
+    for name in MAIN:
+        bad, clean = _runs(results, "bad-batch-200", name), _runs(results, "clean-200", name)
+        if bad:
+            losses = [grid.mean_spread([r["final_eval_loss"] for r in runs]) for runs in (clean, bad)]
+            lines.append(f"| {name} | {bad[0]['lr']:g} | {losses[0]} | {losses[1]} | "
+                         f"{grid.paired_difference(bad, clean)} |")
+    return lines + [""] if len(lines) > 2 else []
+
+
+def plot(out: Path, results: list[dict]) -> None:
+    """Validation loss (mean and seed range) at each length: the main variants, and SPAM's ablations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, names, title in ((axes[0], list(MAIN), "each variant at its own lr"),
+                             (axes[1], ["spam", *ablations(1000)], "SPAM's ablations (each at its own lr)")):
+        for name in names:
+            points = [(s, [r["final_eval_loss"] for r in _runs(results, f"clean-{s}", name)])
+                      for s in (200, 1000, 2000)]
+            points = [(s, v) for s, v in points if v]
+            if not points:
+                continue
+            means = [statistics.fmean(v) for _, v in points]
+            err = [[m - min(v) for m, (_, v) in zip(means, points)],
+                   [max(v) - m for m, (_, v) in zip(means, points)]]
+            ax.errorbar([s for s, _ in points], means, yerr=err, marker="o", capsize=3, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("training steps")
+        ax.set_ylabel("final validation loss (mean, seed range)")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "length_curves.png", dpi=110)
+    plt.close(fig)
+
+
+def report(out: Path, command: str, stages: tuple[Stage, ...] = STAGES) -> list[dict]:
+    runs, sweeps, missing = collect(out, stages)
+    total = len(runs) + len(missing)
+    lines = [f"# Learning rates tuned per run length ({MODEL}, batch {BATCH} x {SEQ_LEN} tokens)", "",
+             f"Command: `{command}`", "", grid.provenance_note(runs + sweeps), "",
+             f"Each variant's lr is chosen at each length from a sweep (seed 0) ranked on a tuning split: "
+             f"{TUNE_FRACTION:.0%} of the documents, held out of training and disjoint from the validation "
+             "split the tables report. Seeds 1 and 2 then train at the chosen lr. SPAM's reset interval is a "
+             "20th of the run (warmup 0.3 of it, clip delay 0.04), Stable-SPAM's twice that; Muon is "
+             "torch.optim.Muon on the block matrices (lr matched to AdamW's update size) and AdamW on the "
+             f"embeddings, head and norms. {grid.SPREAD_NOTE} Paired: the difference to the named variant's "
+             "run of the same seed, mean ± sample std over the seeds both have. "
+             f"{grid.load_note(runs + sweeps)}.", "",
+             f"**{len(runs)} of {total} cells have finished.**" if missing else f"All {total} cells finished."
+             ,
+             ""]
+    for steps in (200, 1000, 2000):
+        names = [n for stage in stages if stage.steps == steps and stage.regime == "clean"
+                 for n in stage.variants]
+        table = _length_table(runs, steps, names)
+        if table or _sweep_table(sweeps, steps):
+            lines += [f"## {steps} steps", ""] + table + _sweep_table(sweeps, steps)
+    bad = _bad_batch_table(runs)
+    if bad:
+        lines += ["## Bad batches (200 steps)", "",
+                  "The stability grid's bad-batch regime (steps 60, 100 and 140 train on uniformly random "
+                  "bytes) at each variant's 200-step lr.", ""] + bad
+    if missing:
+        lines += ["## Not yet trained", "", "Rerun the command to train them; finished runs are skipped.", ""]
+        lines += [f"- {m}" for m in missing] + [""]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "README.md").write_text("\n".join(lines))
+    (out / "results.json").write_text(json.dumps({"runs": runs, "sweep": sweeps, "missing": missing}))
+    if runs:
+        plot(out, runs)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.length_grid",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--workers", type=int, default=1, help="runs trained at once, one thread each")
+    parser.add_argument("--stages", default=None,
+                        help=f"comma-separated stage numbers, 1..{len(STAGES)} (default: all, in order)")
+    parser.add_argument("--report-only", action="store_true", help="train nothing; write the report")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        picked = [int(s) for s in args.stages.split(",")] if args.stages else list(range(1, len(STAGES) + 1))
+        stages = tuple(STAGES[i - 1] for i in picked if i >= 1)
+    except (ValueError, IndexError):
+        parser.error(f"--stages takes numbers from 1 to {len(STAGES)}, e.g. 1,2,3")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.worker:
+        work(args.out, stages)
+        return []
+    if not args.report_only:
+        given = list(argv if argv is not None else sys.argv[1:])
+        env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        worker = [sys.executable, "-m", "benchmarks.length_grid", *given, "--worker"]
+        procs = [subprocess.Popen(worker, env=env) for _ in range(args.workers)]
+        if any(p.wait() != 0 for p in procs):
+            raise SystemExit("error: a worker failed (its error is above); rerun to go on where it stopped")
+    command = provenance.module_command("length_grid", argv, drop=("--report-only",))
+    return report(args.out, command, stages)
+
+
+if __name__ == "__main__":
+    main()
