@@ -60,6 +60,21 @@ def test_values_out_of_range_are_errors(values, match):
         from_dict(values)
 
 
+@pytest.mark.parametrize("values", [{"tune_fraction": -0.1}, {"tune_fraction": 0.95},
+                                    {"tune_fraction": 0.5, "val_fraction": 0.5}])
+def test_a_tuning_split_must_leave_training_documents(values):
+    with pytest.raises(ValueError, match="invalid tune_fraction="):
+        from_dict(values)
+
+
+def test_the_tuning_split_is_off_by_default_and_set_from_the_command_line():
+    assert TrainConfig().tune_fraction == 0.0
+    cfg = load_config(["--tune-fraction", "0.05", "--val-fraction", "0.05"])
+    assert (cfg.tune_fraction, cfg.val_fraction) == (0.05, 0.05)
+    with pytest.raises(ValueError, match="tune_fraction"):
+        load_config(["--tune-fraction", "0.5", "--val-fraction", "0.5"])
+
+
 def test_missing_config_file_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(["--config", str(tmp_path / "nope.yaml")])

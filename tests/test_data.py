@@ -82,6 +82,36 @@ def test_validation_documents_are_held_out_whole():
     assert len(val) == 20 and not train & val and train | val == set(texts)
 
 
+def _block_docs(split) -> list[str]:
+    return [bytes(b[:-1]).decode() for b in split[:]["input_ids"].tolist()]
+
+
+def test_the_tuning_split_is_held_out_of_training_and_validation_leaves_validation_as_it_was():
+    from datasets import Dataset
+
+    # One document per 16-token block again, so each split's blocks name its documents.
+    texts = [f"doc{i:04d}-xxxxxxx" for i in range(200)]
+    docs = Dataset.from_dict({"text": texts})
+    plain = build_splits(docs, byte_tokenizer(), seq_len=16, val_fraction=0.1)
+    assert plain.tune is None
+    splits = build_splits(docs, byte_tokenizer(), seq_len=16, val_fraction=0.1, tune_fraction=0.15)
+    train, val, tune = (_block_docs(s) for s in (splits.train, splits.val, splits.tune))
+    assert len(tune) == 30 and len(val) == 20 and len(train) == 150  # fractions of the whole corpus
+    assert not set(tune) & set(train) and not set(tune) & set(val) and not set(train) & set(val)
+    assert set(train) | set(val) | set(tune) == set(texts)
+    # the same validation documents, in the same order, with or without a tuning split
+    assert val == _block_docs(plain.val)
+    assert set(train) | set(tune) == set(_block_docs(plain.train))
+
+
+def test_a_tuning_split_of_a_streamed_dataset_is_a_clear_error(tmp_path, cache_dir):
+    texts = [f"{i:03d}" + "x" * 12 for i in range(30)]
+    docs = load_documents(str(write_jsonl(tmp_path / "s.jsonl", texts)), cache_dir=cache_dir, streaming=True)
+    with pytest.raises(ValueError, match="tune_fraction needs a dataset that is not streamed"):
+        build_splits(docs, byte_tokenizer(), seq_len=16, val_fraction=0.1, stream_val_docs=10,
+                     tune_fraction=0.1)
+
+
 def test_batches_are_deterministic_permutations_shared_out_between_ranks():
     from datasets import Dataset
 

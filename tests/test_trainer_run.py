@@ -104,6 +104,7 @@ def interrupt_at_step(monkeypatch, step: int) -> None:
     # Resets, warmup and clipping all happen inside 8 steps; sparse momentum is redrawn at the reset.
     ("spam", ["--density", "0.5", "--reset-interval", "4", "--reset-warmup-steps", "2", "--clip-delay", "1",
               "--spike-threshold", "2.0"]),
+    ("muon", []),  # two inner optimizers, one saved state
 ])
 def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(run, tmp_path, monkeypatch, optimizer, extra):
     reference = losses(run("whole", "--optimizer", optimizer, *extra))
@@ -137,6 +138,19 @@ def test_resume_after_a_crash_that_cut_the_last_log_line(run, tmp_path, monkeypa
     assert losses(resumed) == reference  # every line parses again, no step lost or doubled
     spikes = [json.loads(line) for line in (resumed / "spikes.jsonl").read_text().splitlines()]
     assert [e for e in spikes if e["step"] <= 3] == [e for e in kept_spikes if e["step"] <= 3]
+
+
+def test_a_tuning_split_is_evaluated_beside_validation(run):
+    rows = [json.loads(line) for line in (run("tuned", "--tune-fraction", "0.1", "--save-every", "0")
+                                          / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [4, 8]
+    assert all("tune_loss" in r and 0 < r["tune_loss"] < 10 for r in evals)
+    assert all(r["tune_loss"] != r["eval_loss"] for r in evals)  # other documents
+    assert not [r for r in rows if "tune_loss" in r and "eval_loss" not in r]  # only at evaluations
+    plain = run("untuned", "--save-every", "0") / "metrics.jsonl"
+    assert "tune_loss" not in plain.read_text()
+    assert [r["step"] for r in map(json.loads, plain.read_text().splitlines()) if "eval_loss" in r] == [4, 8]
 
 
 def test_gradient_accumulation_equals_the_larger_batch(run):
@@ -224,7 +238,7 @@ def test_a_local_config_directory_is_a_model(run, tmp_path):
     assert json.loads((run_dir / "final" / "config.json").read_text())["hidden_size"] == 16
 
 
-@pytest.mark.parametrize("name", ["spam", "stable-spam", "adamw", "adamw8bit", "adafactor"])
+@pytest.mark.parametrize("name", ["spam", "stable-spam", "adamw", "muon", "adamw8bit", "adafactor"])
 def test_every_optimizer_builds_and_steps(name):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 10))
