@@ -159,8 +159,9 @@ def plan(out: Path, stages: tuple[Stage, ...] = STAGES) -> tuple[list[Job], int]
     runnable, waiting = [], 0
     for stage in stages:
         for name in stage.variants:
-            if stage.regime == "clean":
-                runnable += [j for j in sweep_jobs(out, stage.steps, name) if _finished(j) is None]
+            # A stability regime's row trains at the clean sweep's lr: that sweep runs here too when due.
+            runnable += [j for j in sweep_jobs(out, stage.steps, name)
+                         if _finished(j) is None and j not in runnable]
             lr = chosen_lr(out, stage.steps, name)
             seeds = range(1, SEEDS if stage.seeds else 1) if stage.regime == "clean" else range(SEEDS)
             if lr is None:
@@ -379,7 +380,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     try:
         picked = [int(s) for s in args.stages.split(",")] if args.stages else list(range(1, len(STAGES) + 1))
-        stages = tuple(STAGES[i - 1] for i in picked if i >= 1)
+        if not all(1 <= i <= len(STAGES) for i in picked):  # 0 and -1 would index STAGES from its end
+            raise ValueError(picked)
+        stages = tuple(STAGES[i - 1] for i in picked)
     except (ValueError, IndexError):
         parser.error(f"--stages takes numbers from 1 to {len(STAGES)}, e.g. 1,2,3")
     if args.workers < 1:
