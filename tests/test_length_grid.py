@@ -175,6 +175,16 @@ def test_bad_stages_are_one_clear_error(lg, stages, capsys, tmp_path):
     assert not (tmp_path / "README.md").exists()
 
 
+def test_report_only_trains_nothing_and_lists_every_cell_of_the_stages_picked(lg, tmp_path):
+    lg.main(["--stages", "2,1", "--out", str(tmp_path), "--report-only"])
+    page = (tmp_path / "README.md").read_text()
+    cells = 2 * len(lg.MAIN) * lg.SEEDS  # the clean and bad-batch rows of the four main variants
+    assert f"**0 of {cells} cells have finished.**" in page
+    assert "- bad-batch / 200 steps / muon / seed 2 (its lr sweep has not finished)" in page
+    assert f"Command: `python -m benchmarks.length_grid --stages 2,1 --out {tmp_path}`" in page
+    assert not (tmp_path / "steps200").exists() and not (tmp_path / "claims").exists()
+
+
 def test_the_report_has_the_tables_and_lists_the_cells_not_yet_trained(lg, faked, tmp_path):
     trained = (lg.Stage(200, ("adamw", "spam")), lg.Stage(200, ("adamw", "spam"), "bad-batch"))
     lg.work(tmp_path, trained)
