@@ -183,17 +183,28 @@ def run(out: Path, job: Job) -> dict[str, Any]:
 
 
 def _claim(out: Path, job: Job) -> Path | None:
+    """The job's claim file, holding this process's pid, or None when a live worker holds it.
+
+    The pid is written before the claim appears (a hard link of a finished file fails when the claim
+    exists), so no worker ever sees a claim without its pid.
+    """
     claim = out / "claims" / job.key
     claim.parent.mkdir(parents=True, exist_ok=True)
+    mine = claim.parent / f".{job.key}.{os.getpid()}"
+    mine.write_text(str(os.getpid()))
     try:
-        claim.mkdir()
-    except FileExistsError:
-        pid = (claim / "pid").read_text() if (claim / "pid").is_file() else ""
-        if pid.isdigit() and Path(f"/proc/{pid}").exists():
-            return None
-        (claim / "pid").unlink(missing_ok=True)  # left by a worker that was stopped: take it over
-    (claim / "pid").write_text(str(os.getpid()))
-    return claim
+        for _ in range(2):
+            try:
+                os.link(mine, claim)
+                return claim
+            except FileExistsError:
+                pid = claim.read_text() if claim.is_file() else ""
+                if pid.isdigit() and Path(f"/proc/{pid}").exists():
+                    return None
+                claim.unlink(missing_ok=True)  # left by a worker that was stopped: take it over
+        return None
+    finally:
+        mine.unlink()
 
 
 def work(out: Path, stages: tuple[Stage, ...]) -> None:
@@ -211,12 +222,12 @@ def work(out: Path, stages: tuple[Stage, ...]) -> None:
             time.sleep(10)  # the other workers hold every runnable job, or a sweep this needs
             continue
         try:
-            result = run(out, job)
-            print(f"{job.cell:14s} {job.name:18s} seed {job.seed} lr {job.lr:g}: val "
-                  f"{result['final_eval_loss']:.4f} tune {result['final_tune_loss']:.4f}", flush=True)
+            if _finished(job) is None:  # another worker may have finished it since this plan was made
+                result = run(out, job)
+                losses = " ".join(f"{k} {result[f'final_{k}_loss']}" for k in ("eval", "tune"))
+                print(f"{job.cell:14s} {job.name:18s} seed {job.seed} lr {job.lr:g}: {losses}", flush=True)
         finally:
-            (claimed / "pid").unlink(missing_ok=True)
-            claimed.rmdir()
+            claimed.unlink(missing_ok=True)
 
 
 # -- report --------------------------------------------------------------------------------------------

@@ -142,8 +142,8 @@ def test_a_claim_held_by_a_live_worker_is_skipped_and_a_stale_one_taken_over(lg,
     stages = (lg.Stage(200, ("adamw",)),)
     first, second = lg.plan(tmp_path, stages)[0]  # the grid's two lrs
     live = tmp_path / "claims" / first.key
-    live.mkdir(parents=True)
-    (live / "pid").write_text(str(os.getppid()))  # a process that runs
+    live.parent.mkdir(parents=True)
+    live.write_text(str(os.getppid()))  # a process that runs
 
     class Waiting(Exception):
         pass
@@ -154,13 +154,13 @@ def test_a_claim_held_by_a_live_worker_is_skipped_and_a_stale_one_taken_over(lg,
     monkeypatch.setattr(lg.time, "sleep", wait)
     with pytest.raises(Waiting):
         lg.work(tmp_path, stages)
-    assert faked == [second] and (live / "pid").read_text() == str(os.getppid())
+    assert faked == [second] and live.read_text() == str(os.getppid())
     assert lg._claim(tmp_path, first) is None
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (live / "pid").write_text(str(dead.pid))  # its worker was stopped
-    assert lg._claim(tmp_path, first) == live and (live / "pid").read_text() == str(os.getpid())
-    (live / "pid").write_text(str(dead.pid))
+    live.write_text(str(dead.pid))  # its worker was stopped
+    assert lg._claim(tmp_path, first) == live and live.read_text() == str(os.getpid())
+    live.write_text(str(dead.pid))
     monkeypatch.setattr(lg.time, "sleep", lambda seconds: None)
     lg.work(tmp_path, stages)  # takes the stale claim over, then the extension and the seeds
     assert faked[1] == first and lg.plan(tmp_path, stages) == ([], 0)
