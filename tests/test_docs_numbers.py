@@ -1168,6 +1168,8 @@ ALLOWED.update({
         "2.5%": "analytic bound: half a code step of the 4th-root code at 1/100 of the largest v",
         "1.3x": "the step-time goal (issue's target), not a measurement"},
     TRAINING_DOC: {
+        "0.95": "Muon's default momentum", "0.9": "an example momentum setting",
+        "2.9": "the PyTorch release with torch.optim.Muon",
         "1.3": "model size of the llama-1b preset (1.3B)", "2.13": "torch's version",
         "1.2": "the goal (1/1.2 of LLaMA's tokens/s)",
         "1.2x": "the goal", "0.25": "GaLore's scale setting", "0.85": "gamma1 in a command-line example",
