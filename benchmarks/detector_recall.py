@@ -86,10 +86,15 @@ def _scores_text(runs: list[dict[str, Any]]) -> str:
     return f"{statistics.median(values):.1f} [{min(values):.1f}..{max(values):.1f}]"
 
 
+def _worst_jump(runs: list[dict[str, Any]]) -> str:
+    jumps = [j for r in runs for j in r["jump"] if j is not None]
+    return f"{max(jumps):.2f}" if jumps else "n/a"
+
+
 def _table(results: list[dict[str, Any]], factors: list[float]) -> list[str]:
     lines = ["| regime | factor | runs | gradient recall | loss recall | largest gradient score at the "
-             "injection, median [min..max] | gradient false flags | loss false flags |",
-             "|---|---:|---:|---|---|---|---|---|"]
+             "injection, median [min..max] | worst loss jump | gradient false flags | loss false flags |",
+             "|---|---:|---:|---|---|---|---:|---|---|"]
     for factor in factors:
         for regime in REGIMES:
             runs = [r for r in results if r["regime"] == regime_name(regime, factor)]
@@ -101,8 +106,24 @@ def _table(results: list[dict[str, Any]], factors: list[float]) -> list[str]:
                 f"| {regime} | {factor:g}x | {len(runs)} | "
                 f"{_fraction([h for r in runs for h in grid.detections(r, 'grad')])} | "
                 f"{_fraction([h for r in runs for h in grid.detections(r, 'loss')])} | "
-                f"{_scores_text(runs)} | "
+                f"{_scores_text(runs)} | {_worst_jump(runs)} | "
                 f"{sum(grad_false)} in {len(runs)} runs | {sum(loss_false)} in {len(runs)} runs |")
+    return lines
+
+
+def _step_table(results: list[dict[str, Any]], factors: list[float]) -> list[str]:
+    steps = sorted({a for r in results for a, _ in r["injections"]})
+    lines = ["| factor | " + " | ".join(f"step {s}" for s in steps) + " |", "|---" * (len(steps) + 1) + "|"]
+    for factor in factors:
+        runs = [r for r in results if r["regime"] in {regime_name(g, factor) for g in REGIMES}]
+        if not runs:
+            continue
+        cells = []
+        for step in steps:
+            hits = [hit for r in runs for (a, _), hit in zip(r["injections"], grid.detections(r, "grad"))
+                    if a == step]
+            cells.append(f"{sum(hits)} of {len(hits)}")
+        lines.append(f"| {factor:g}x | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -126,17 +147,24 @@ def report(setup: Setup, args: argparse.Namespace, variants: dict[str, dict[str,
         "norm and layer 1's query projection), `spike-all` the whole gradient.", "",
         "**Thresholds.** Gradient rule: a parameter's score is its gradient norm (or largest entry) over the "
         f"mean of that value over every step so far, this one included; above {gss:g} (`gss_threshold`, "
-        f"GradientSpikeMonitor's default{trainer_note}) is a spike. Against a steady history a k-times spike "
-        f"at step n scores k·n / (n − 1 + k): at most n, and for k ≤ {gss:g} never above {gss:g}, however "
-        f"late. Loss rule: a loss more than {limits['loss_threshold']:g} standard deviations above the mean "
-        f"of the previous {limits['loss_window']} losses (`loss_threshold`, `loss_window`), replayed over "
-        "each run's logged losses with today's rule (`grid.monitor_loss_events`).", "",
-        "Recall: the fraction of injections flagged (their count: 3 per run), from the injected step to 2 "
-        "steps after it (`grid.detections`). Largest gradient score: the largest score over parameters the "
-        "monitor logged at the injected step, flagged or not. False flags: flags on steps with no injection, "
-        "whatever their cause (`grid.false_flags`, the definition in docs/choosing.md), summed over the "
-        "cell's runs.", "",
-        *_table(results, list(args.factors)), ""]
+        f"GradientSpikeMonitor's default{trainer_note}) is a spike. A score at step n is at most n, so "
+        f"nothing is flagged before step {gss + 1:g}. A k-times spike on a gradient at its running mean "
+        f"scores k·n / (n − 1 + k), at most {gss:g} for any k ≤ {gss:g}, however late; a gradient already r "
+        f"times its running mean scores as a k·r spike would, which is how spikes of {gss:g}x or less can be "
+        f"flagged. Loss rule: a loss more than {limits['loss_threshold']:g} standard deviations above the "
+        f"mean of the previous {limits['loss_window']} losses (`loss_threshold`, `loss_window`), replayed "
+        "over each run's logged losses with today's rule (`grid.monitor_loss_events`).", "",
+        "Recall: the fraction of injections flagged (their count in brackets: "
+        f"{len(stability.SPIKE_FRACTIONS)} per run), from the injected step to 2 steps after it "
+        "(`grid.detections`). Largest gradient score: the largest score over parameters the monitor logged "
+        "at the injected step, flagged or not. Worst loss jump: the largest rise of the training loss (nats) "
+        "from the injection to 5 steps after it over the 5-step mean before it (`grid.loss_jump`), what the "
+        "loss rule had to see. False flags: flags on steps with no injection, whatever their "
+        "cause (`grid.false_flags`, the definition in docs/choosing.md), summed over the cell's runs.", "",
+        *_table(results, list(args.factors)), "",
+        "Gradient recall by injected step (both regimes and every seed): the later the step, the more "
+        "steps the running mean holds, and the higher a spike of the same size scores.", "",
+        *_step_table(results, list(args.factors)), ""]
     (setup.out / "README.md").write_text("\n".join(lines))
     (setup.out / "results.json").write_text(json.dumps({"thresholds": limits, "factors": list(args.factors),
                                                         "runs": results}))
