@@ -73,10 +73,11 @@ def _steps_of(injections: list[tuple[int, int]]) -> list[int]:
     return [t for first, last in injections for t in range(first, last + 1)]
 
 
-def _spikes(length: int = 1, pattern: dict[str, str] | None = None, fraction: float = 1.0) -> Any:
+def _spikes(length: int = 1, pattern: dict[str, str] | None = None, fraction: float = 1.0,
+            factor: float = FACTOR) -> Any:
     def options(setup: Setup, steps: int) -> dict[str, Any]:
         values: dict[str, Any] = {"inject_spike_steps": _steps_of(_injected(length)(setup, steps)),
-                                  "inject_factor": FACTOR}
+                                  "inject_factor": factor}
         if pattern is not None:
             values["inject_pattern"] = pattern[_family(setup)]
         if fraction < 1:
@@ -86,13 +87,23 @@ def _spikes(length: int = 1, pattern: dict[str, str] | None = None, fraction: fl
     return options
 
 
+def gradient_spike_regimes(factor: float = FACTOR) -> dict[str, Regime]:
+    """The regimes that inject gradient spikes, at ``factor`` times the gradient (``detector_recall.py``
+    measures the monitor at smaller factors than this grid's)."""
+    return {
+        "spike-tensors": Regime(_spikes(pattern=SPIKE_TENSORS, factor=factor), _injected(1),
+                                injection_kind="gradient"),
+        "spike-all": Regime(_spikes(factor=factor), _injected(1), injection_kind="gradient"),
+        "spike-burst": Regime(_spikes(BURST_STEPS, factor=factor), _injected(BURST_STEPS),
+                              injection_kind="gradient"),
+        "entry-spikes": Regime(_spikes(pattern=MATRICES, fraction=ENTRY_FRACTION, factor=factor),
+                               _injected(1), injection_kind="gradient"),
+    }
+
+
 REGIMES: dict[str, Regime] = {
     "clean": Regime(),
-    "spike-tensors": Regime(_spikes(pattern=SPIKE_TENSORS), _injected(1), injection_kind="gradient"),
-    "spike-all": Regime(_spikes(), _injected(1), injection_kind="gradient"),
-    "spike-burst": Regime(_spikes(BURST_STEPS), _injected(BURST_STEPS), injection_kind="gradient"),
-    "entry-spikes": Regime(_spikes(pattern=MATRICES, fraction=ENTRY_FRACTION), _injected(1),
-                           injection_kind="gradient"),
+    **gradient_spike_regimes(),
     "bad-batch": Regime(lambda setup, steps: {"bad_batch_steps": spike_steps(steps), "bad_batch": "random"},
                         _injected(1), injection_kind="data"),
     "high-lr": Regime(lr_factor=HIGH_LR_FACTOR),

@@ -97,6 +97,22 @@ def recall(grid: str, kind: str, clipped: bool) -> tuple[int, int]:
     return sum(hits), len(hits)
 
 
+def near_threshold(kind: str, factor: float | None = None, step: int | None = None) -> tuple[int, int]:
+    """(flagged, injected) in the detector-recall grid, at one spike factor (all when None), at one injected
+    step (all when None)."""
+    hits = [any(a <= s <= b + 2 for s in r[f"{kind}_events"]) for r in runs(DR)
+            if factor is None or r["regime"].endswith(f"-x{factor:g}")
+            for a, b in r["injections"] if step is None or a == step]
+    return sum(hits), len(hits)
+
+
+def _near_threshold_claim() -> list:
+    saved = json.loads((RESULTS / DR / "results.json").read_text())
+    return [saved["thresholds"]["gss_threshold"],
+            *(n for f in (1000, 100, 30, 10) for n in near_threshold("grad", f)), *near_threshold("loss"),
+            flags(DR, "grad"), flags(DR, "loss"), sum(r["steps"] for r in runs(DR))]
+
+
 def worst_jump(grid: str, regime: str, variant: str, round1: bool = True) -> float:
     name = "results_round1.json" if round1 else "results.json"
     return max(j for r in runs(grid, name) if r["regime"] == regime and r["optimizer"] == variant
@@ -108,6 +124,7 @@ def eval_se(grid: str) -> float:
 
 
 S, SG, LB, LBS = "stability", "stability_spikegpt", "lowbit", "lowbit_spikegpt"
+DR = "detector_recall"
 CLEAN = ("clean", "adamw")
 F32 = ("natural", "fp32 adamw")
 CHOOSING = "docs/choosing.md"
@@ -212,6 +229,14 @@ CLAIMS: list[tuple[str, str, object]] = [
                "batches; {} gradient and {} loss false flags in {:,} steps, all in the 2000-step runs |",
      lambda: [*recall(S, "grad", clipped=False), *_bad_batch_recall(), flags(S, "grad"), flags(S, "loss"),
               sum(r["steps"] for r in runs(S))]),
+    # The monitor near its threshold (here and in the stability FINDINGS)
+    *[(doc, "the gradient rule (threshold {:g}) flagged {} of {} spikes at 1000x, {} of {} at 100x, {} of {} "
+            "at 30x and {} of {} at 10x, and the loss rule {} of {}; {} gradient and {} loss false flags in "
+            "{:,} steps.", _near_threshold_claim)
+      for doc in (CHOOSING, "benchmarks/results/stability/FINDINGS.md")],
+    ("benchmarks/results/stability/FINDINGS.md", "(at 100x: {} of {} flagged at step 60, {} of {} at step "
+                                                 "100, {} of {} at step 140)",
+     lambda: [n for step in (60, 100, 140) for n in near_threshold("grad", 100, step)]),
     # Whole-gradient spikes
     (CHOOSING, "AdamW + clip 1.0 ends where its clean run ends (LLaMA {:.3f} against {:.3f}; SpikeGPT, "
                "round 1, "
