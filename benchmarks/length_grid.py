@@ -283,7 +283,7 @@ def _sweep_table(sweeps: list[dict], steps: int) -> list[str]:
     lines = [f"Tuning-split loss of the lr sweep (seed 0), {steps} steps; the chosen lr in bold:", "",
              "| variant | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
     for name, scores in rows.items():
-        best = min(scores, key=lambda lr: _loss({"x": scores[lr]}, "x"))
+        best = min(scores, key=lambda lr: _loss({"final_tune_loss": scores[lr]}, "final_tune_loss"))
         settled = not grid.sweep_pending(scores, *_grid_of(name))
         cells = ["" if lr not in scores else f"**{scores[lr]:.4f}**" if lr == best and settled
                  else f"{scores[lr]:.4f}" for lr in lrs]
