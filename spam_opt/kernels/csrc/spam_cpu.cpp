@@ -365,9 +365,102 @@ inline void requantize(const float* __restrict rb, const float* __restrict sb, f
   }
 }
 
+#if defined(__AVX512F__)
+// update_block8 for a block of whole vectors of 16, written out with AVX-512: one pass that dequantizes,
+// updates and keeps r, s and their maxima, deciding per vector whether the exact path is needed (the plain
+// and the exact arithmetic agree on every lane the plain test passes, so per vector and per block give the
+// same result), then one pass that requantizes with a single rounding conversion and a truncating narrow
+// (what nearbyint and the integer casts do). Every operation is the one the scalar loops make, in order.
+void update_block8_avx512(float* __restrict p, const float* __restrict g, int8_t* __restrict mc,
+                          uint8_t* __restrict vc, float* r_scale, float* s_scale, int64_t n, const Hyper& h,
+                          Tally& tally) {
+  alignas(64) float rb[kQBlock];
+  alignas(64) float sb[kQBlock];
+  const __m512 r_step = _mm512_set1_ps(*r_scale / kRLevels), s_step = _mm512_set1_ps(*s_scale / kSLevels);
+  const __m512 beta1 = _mm512_set1_ps(h.beta1), one_minus_beta1 = _mm512_set1_ps(h.one_minus_beta1);
+  const __m512 beta2 = _mm512_set1_ps(h.beta2), one_minus_beta2 = _mm512_set1_ps(h.one_minus_beta2);
+  const __m512 eps = _mm512_set1_ps(h.eps), step = _mm512_set1_ps(h.step), decay = _mm512_set1_ps(h.decay);
+  const __m512 clip = _mm512_set1_ps(h.clip), sign = _mm512_set1_ps(h.sign), zero = _mm512_setzero_ps();
+  const __m512 inf = _mm512_set1_ps(INFINITY);
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), sign_mask = _mm512_set1_epi32(INT32_MIN);
+  __m512 r_max = zero, s_max = zero;
+  int64_t clipped = 0;
+  bool bad = false;
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m512 code_s =
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vc + i))));
+    const __m512 code_m =
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mc + i))));
+    const __m512 s_old = _mm512_mul_ps(_mm512_mul_ps(code_s, code_s), s_step);
+    const __m512 v = _mm512_mul_ps(s_old, s_old);
+    const __m512 m = _mm512_mul_ps(_mm512_mul_ps(code_m, r_step), _mm512_add_ps(s_old, eps));
+    const __m512 graw = _mm512_loadu_ps(g + i);
+    const __m512 g2raw = _mm512_mul_ps(graw, graw);
+    const __m512 cv = _mm512_mul_ps(clip, v);
+    // g^2 < clip * v rules out a spike and a NaN/Inf gradient (both compare false); so does g == 0.
+    const __mmask16 plain =
+        _mm512_cmp_ps_mask(g2raw, cv, _CMP_LT_OQ) | _mm512_cmp_ps_mask(g2raw, zero, _CMP_EQ_OQ);
+    const __m512 gi = _mm512_mul_ps(graw, sign);
+    const __m512 p_old = _mm512_loadu_ps(p + i);
+    __m512 s, r, p_new;
+    if (plain == 0xffff) [[likely]] {
+      const __m512 m_new = _mm512_add_ps(_mm512_mul_ps(m, beta1), _mm512_mul_ps(gi, one_minus_beta1));
+      // (g * sign)^2 is g^2 exactly: sign is +-1.
+      const __m512 v_new = _mm512_add_ps(_mm512_mul_ps(v, beta2), _mm512_mul_ps(g2raw, one_minus_beta2));
+      s = _mm512_sqrt_ps(v_new);
+      r = _mm512_div_ps(m_new, _mm512_add_ps(s, eps));
+      p_new = _mm512_mul_ps(_mm512_sub_ps(p_old, _mm512_mul_ps(step, r)), decay);
+    } else {
+      const __m512 g2 = _mm512_mul_ps(gi, gi);
+      const __m512 abs_g = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(gi), abs_mask));
+      const __mmask16 finite = _mm512_cmp_ps_mask(abs_g, inf, _CMP_LT_OQ);
+      const __mmask16 spike = finite & _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ) &
+                              _mm512_cmp_ps_mask(g2, _mm512_mul_ps(clip, v), _CMP_GT_OQ);
+      const __m512 bound = _mm512_castsi512_ps(
+          _mm512_or_si512(_mm512_castps_si512(_mm512_sqrt_ps(_mm512_mul_ps(clip, v))),
+                          _mm512_and_si512(_mm512_castps_si512(gi), sign_mask)));
+      const __m512 gc = _mm512_mask_blend_ps(spike, gi, bound);
+      const __m512 m_new = _mm512_mask_blend_ps(
+          finite, m, _mm512_add_ps(_mm512_mul_ps(m, beta1), _mm512_mul_ps(gc, one_minus_beta1)));
+      const __m512 v_new = _mm512_mask_blend_ps(
+          finite, v, _mm512_add_ps(_mm512_mul_ps(v, beta2), _mm512_mul_ps(_mm512_mul_ps(gc, gc), one_minus_beta2)));
+      s = _mm512_sqrt_ps(v_new);
+      r = _mm512_div_ps(m_new, _mm512_add_ps(s, eps));
+      p_new = _mm512_mask_blend_ps(finite, p_old, _mm512_mul_ps(_mm512_sub_ps(p_old, _mm512_mul_ps(step, r)), decay));
+      clipped += std::popcount(static_cast<uint32_t>(spike));
+      bad |= finite != 0xffff;
+    }
+    _mm512_storeu_ps(p + i, p_new);
+    _mm512_store_ps(rb + i, r);
+    _mm512_store_ps(sb + i, s);
+    r_max = _mm512_max_ps(r_max, _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(r), abs_mask)));
+    s_max = _mm512_max_ps(s_max, s);
+  }
+  tally.clipped += clipped;
+  tally.nonfinite |= bad;
+  const float rm = _mm512_reduce_max_ps(r_max), sm = _mm512_reduce_max_ps(s_max);
+  *r_scale = rm;
+  *s_scale = sm;
+  const __m512 r_inv = _mm512_set1_ps(inverse(rm, kRLevels)), s_inv = _mm512_set1_ps(inverse(sm, kSLevels));
+  const __m512i one = _mm512_set1_epi32(1);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m512 s = _mm512_load_ps(sb + i);
+    // Round to nearest even under the default rounding mode, as nearbyint; only 0 rounds to code 0.
+    __m512i code_s = _mm512_cvtps_epi32(_mm512_sqrt_ps(_mm512_mul_ps(s, s_inv)));
+    code_s = _mm512_mask_max_epi32(code_s, _mm512_cmp_ps_mask(s, zero, _CMP_GT_OQ), code_s, one);
+    const __m512i code_m = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(rb + i), r_inv));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(mc + i), _mm512_cvtepi32_epi8(code_m));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(vc + i), _mm512_cvtepi32_epi8(code_s));
+  }
+}
+#endif
+
 // One block of n <= kQBlock stored entries whose p and g are at p, g (contiguous, or gathered by the caller).
 void update_block8(float* __restrict p, const float* __restrict g, int8_t* __restrict mc, uint8_t* __restrict vc,
                    float* r_scale, float* s_scale, int64_t n, const Hyper& h, Tally& tally) {
+#if defined(__AVX512F__)
+  if (n % 16 == 0) return update_block8_avx512(p, g, mc, vc, r_scale, s_scale, n, h, tally);
+#endif
   alignas(64) float mb[kQBlock];  // m̂, then r
   alignas(64) float vb[kQBlock];  // v̂, then s
   const float r_step = *r_scale / kRLevels, s_step = *s_scale / kSLevels;
