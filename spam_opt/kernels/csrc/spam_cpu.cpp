@@ -370,7 +370,10 @@ inline void requantize(const float* __restrict rb, const float* __restrict sb, f
 // updates and keeps r, s and their maxima, deciding per vector whether the exact path is needed (the plain
 // and the exact arithmetic agree on every lane the plain test passes, so per vector and per block give the
 // same result), then one pass that requantizes with a single rounding conversion and a truncating narrow
-// (what nearbyint and the integer casts do). Every operation is the one the scalar loops make, in order.
+// (what nearbyint and the integer casts do). Every operation is the one the scalar loops make, in order,
+// but for the multiplications by a sign of +1 and a decay of 1 (the defaults), left out where kUnit says
+// both are 1: x * 1 is x exactly.
+template <bool kUnit>
 void update_block8_avx512(float* __restrict p, const float* __restrict g, int8_t* __restrict mc,
                           uint8_t* __restrict vc, float* r_scale, float* s_scale, int64_t n, const Hyper& h,
                           Tally& tally) {
@@ -383,6 +386,7 @@ void update_block8_avx512(float* __restrict p, const float* __restrict g, int8_t
   const __m512 clip = _mm512_set1_ps(h.clip), sign = _mm512_set1_ps(h.sign), zero = _mm512_setzero_ps();
   const __m512 inf = _mm512_set1_ps(INFINITY);
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), sign_mask = _mm512_set1_epi32(INT32_MIN);
+  auto shrink = [&](__m512 x) { return kUnit ? x : _mm512_mul_ps(x, decay); };
   __m512 r_max = zero, s_max = zero;
   int64_t clipped = 0;
   bool bad = false;
@@ -400,7 +404,7 @@ void update_block8_avx512(float* __restrict p, const float* __restrict g, int8_t
     // g^2 < clip * v rules out a spike and a NaN/Inf gradient (both compare false); so does g == 0.
     const __mmask16 plain =
         _mm512_cmp_ps_mask(g2raw, cv, _CMP_LT_OQ) | _mm512_cmp_ps_mask(g2raw, zero, _CMP_EQ_OQ);
-    const __m512 gi = _mm512_mul_ps(graw, sign);
+    const __m512 gi = kUnit ? graw : _mm512_mul_ps(graw, sign);
     const __m512 p_old = _mm512_loadu_ps(p + i);
     __m512 s, r, p_new;
     if (plain == 0xffff) [[likely]] {
@@ -409,7 +413,7 @@ void update_block8_avx512(float* __restrict p, const float* __restrict g, int8_t
       const __m512 v_new = _mm512_add_ps(_mm512_mul_ps(v, beta2), _mm512_mul_ps(g2raw, one_minus_beta2));
       s = _mm512_sqrt_ps(v_new);
       r = _mm512_div_ps(m_new, _mm512_add_ps(s, eps));
-      p_new = _mm512_mul_ps(_mm512_sub_ps(p_old, _mm512_mul_ps(step, r)), decay);
+      p_new = shrink(_mm512_sub_ps(p_old, _mm512_mul_ps(step, r)));
     } else {
       const __m512 g2 = _mm512_mul_ps(gi, gi);
       const __m512 abs_g = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(gi), abs_mask));
@@ -426,7 +430,7 @@ void update_block8_avx512(float* __restrict p, const float* __restrict g, int8_t
           finite, v, _mm512_add_ps(_mm512_mul_ps(v, beta2), _mm512_mul_ps(_mm512_mul_ps(gc, gc), one_minus_beta2)));
       s = _mm512_sqrt_ps(v_new);
       r = _mm512_div_ps(m_new, _mm512_add_ps(s, eps));
-      p_new = _mm512_mask_blend_ps(finite, p_old, _mm512_mul_ps(_mm512_sub_ps(p_old, _mm512_mul_ps(step, r)), decay));
+      p_new = _mm512_mask_blend_ps(finite, p_old, shrink(_mm512_sub_ps(p_old, _mm512_mul_ps(step, r))));
       clipped += std::popcount(static_cast<uint32_t>(spike));
       bad |= finite != 0xffff;
     }
@@ -459,7 +463,10 @@ void update_block8_avx512(float* __restrict p, const float* __restrict g, int8_t
 void update_block8(float* __restrict p, const float* __restrict g, int8_t* __restrict mc, uint8_t* __restrict vc,
                    float* r_scale, float* s_scale, int64_t n, const Hyper& h, Tally& tally) {
 #if defined(__AVX512F__)
-  if (n % 16 == 0) return update_block8_avx512(p, g, mc, vc, r_scale, s_scale, n, h, tally);
+  if (n % 16 == 0) {
+    if (h.sign == 1.f && h.decay == 1.f) return update_block8_avx512<true>(p, g, mc, vc, r_scale, s_scale, n, h, tally);
+    return update_block8_avx512<false>(p, g, mc, vc, r_scale, s_scale, n, h, tally);
+  }
 #endif
   alignas(64) float mb[kQBlock];  // m̂, then r
   alignas(64) float vb[kQBlock];  // v̂, then s
