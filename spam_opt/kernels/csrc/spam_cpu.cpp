@@ -31,6 +31,9 @@ namespace {
 constexpr int64_t kGrain = 1 << 15;
 // Entries per inner loop of a reduction: float32 partial sums over this many, then a double total.
 constexpr int64_t kBlock = 1 << 12;
+// Entries of g above the least bound AdaClip can have that Stable-SPAM's statistics keep (plus 1 in 1024 of
+// the tensor's entries) before giving up and reading g again on a step where AdaClip clips.
+constexpr int64_t kTailCap = 1 << 12;
 // Kept entries gathered per batch under sparse momentum (buffers of this size on the stack).
 constexpr int64_t kGather = 1 << 10;
 // Sparse momentum stores flat indices per block of 2**kBlockBits entries (spam_opt/sparse.py, BLOCK_BITS).
@@ -46,49 +49,126 @@ struct AbsMax {
   float amax;
   bool finite;
   double sum_sq;  // Stable-SPAM's AdaGN norm, squared, on a step where AdaClip scales nothing
+  // AdaClip's bound is at least `lower` (known before g is read): the entries above it, the only ones it can
+  // clip, are kept (their values; `tail`), and the squares of the others summed (`sum_below`), so that a step
+  // where AdaClip clips needs no second read of g. Past `cap` entries above `lower`, `tail_complete` is false.
+  double sum_below;
+  std::vector<float> tail;
+  bool tail_complete;
 };
 
-// max|g|, whether g is all finite, and the sum of g^2, in one read of g (Stable-SPAM's first reduction).
-// Four streams a quarter of the range apart: one sequential stream leaves much of the memory bandwidth
-// unused, and this read comes on top of the update pass. |x| as IEEE bits orders like an unsigned integer,
-// and NaN and Inf are exactly the bit patterns from 0x7f800000 up: an integer max reduction (which
-// vectorises, unlike a float max with NaN semantics) answers both questions.
-AbsMax abs_max(const float* g, int64_t n) {
-  using Partial = std::pair<uint32_t, double>;
-  const Partial r = at::parallel_reduce(
-      0, n, kGrain, Partial{0u, 0.0},
-      [=](int64_t begin, int64_t end, Partial ident) {
+// max|g|, whether g is all finite, the sum of g^2, and AbsMax's split at `lower`, in one read of g
+// (Stable-SPAM's statistics). Four streams a quarter of the range apart: one sequential stream leaves much of
+// the memory bandwidth unused, and this read comes on top of the update pass. |x| as IEEE bits orders like an
+// unsigned integer, and NaN and Inf are exactly the bit patterns from 0x7f800000 up: an integer max reduction
+// (which vectorises, unlike a float max with NaN semantics) answers both questions, and an integer compare
+// with lower's bits splits the entries. The tail is gathered from a chunk (in L1/L2, just read) only where the
+// chunk's count of entries above `lower` is not 0: with the bound near max|g|, rarely.
+// The entries of x[0, len) whose |x| bits exceed lower_bits, in order, written from `out` on (which has room
+// for them and 16 more); returns the end of what it wrote.
+float* gather_above(const float* x, int64_t len, uint32_t lower_bits, float* out) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), lower = _mm512_set1_epi32(static_cast<int32_t>(lower_bits));
+  for (; i + 16 <= len; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __mmask16 k = _mm512_cmpgt_epu32_mask(_mm512_and_si512(_mm512_castps_si512(v), abs_mask), lower);
+    if (k != 0) {
+      _mm512_storeu_ps(out, _mm512_maskz_compress_ps(k, v));  // into a register: the store form is slow on Zen 4
+      out += std::popcount(static_cast<uint32_t>(k));
+    }
+  }
+#endif
+  for (; i < len; ++i) {
+    *out = x[i];
+    out += (std::bit_cast<uint32_t>(x[i]) & 0x7fffffffu) > lower_bits;
+  }
+  return out;
+}
+
+AbsMax abs_max(const float* g, int64_t n, float lower, int64_t cap) {
+  constexpr uint32_t kAbs = 0x7fffffffu;
+  auto bits = [](float x) { return std::bit_cast<uint32_t>(x) & kAbs; };
+  const uint32_t low_bits = bits(lower);
+  struct Partial {
+    uint32_t top = 0;
+    double total = 0.0, below = 0.0;
+    std::vector<float> tail;
+    bool complete = true;
+  };
+  // Appends the entries above `lower` among the ranges (the caller counted them: `above`), unless that makes
+  // more than `cap`: then the tail is given up.
+  auto keep_tail = [cap, low_bits](Partial& part, std::initializer_list<const float*> ranges, int64_t len,
+                                   int64_t above) {
+    if (!part.complete) return;
+    const size_t at = part.tail.size();
+    if (static_cast<int64_t>(at) + above > cap) {
+      part.complete = false;
+      part.tail = {};
+      return;
+    }
+    part.tail.resize(at + above + 16);
+    float* out = part.tail.data() + at;
+    for (const float* x : ranges) out = gather_above(x, len, low_bits, out);
+    part.tail.resize(out - part.tail.data());
+  };
+  Partial r = at::parallel_reduce(
+      0, n, kGrain, Partial{},
+      [=](int64_t begin, int64_t end, Partial part) {
         const int64_t q = (end - begin) / 4;
         const float* __restrict a = g + begin;
         const float* __restrict b = a + q;
         const float* __restrict c = b + q;
         const float* __restrict d = c + q;
-        constexpr uint32_t kAbs = 0x7fffffffu;
-        auto bits = [](float x) { return std::bit_cast<uint32_t>(x) & kAbs; };
-        uint32_t top = ident.first;
-        double total = ident.second;
+        const uint32_t lb = low_bits;
+        uint32_t top = part.top;
         for (int64_t start = 0; start < q; start += kBlock) {
           const int64_t stop = std::min(q, start + kBlock);
-          float sum = 0.f;
-#pragma omp simd reduction(max : top) reduction(+ : sum)
+          float sum = 0.f, below = 0.f;
+          int32_t above = 0;
+#pragma omp simd reduction(max : top) reduction(+ : sum, below, above)
           for (int64_t i = start; i < stop; ++i) {
             const uint32_t ua = bits(a[i]), ub = bits(b[i]), uc = bits(c[i]), ud = bits(d[i]);
             const uint32_t x = ua > ub ? ua : ub;
             const uint32_t y = uc > ud ? uc : ud;
             const uint32_t z = x > y ? x : y;
             top = z > top ? z : top;
-            sum += (a[i] * a[i] + b[i] * b[i]) + (c[i] * c[i] + d[i] * d[i]);
+            const float sa = a[i] * a[i], sb = b[i] * b[i], sc = c[i] * c[i], sd = d[i] * d[i];
+            sum += (sa + sb) + (sc + sd);
+            below += ((ua > lb ? 0.f : sa) + (ub > lb ? 0.f : sb)) + ((uc > lb ? 0.f : sc) + (ud > lb ? 0.f : sd));
+            above += (ua > lb) + (ub > lb) + (uc > lb) + (ud > lb);
           }
-          total += sum;
+          part.total += sum;
+          part.below += below;
+          if (above > 0) keep_tail(part, {a + start, b + start, c + start, d + start}, stop - start, above);
         }
         for (int64_t i = begin + 4 * q; i < end; ++i) {
           top = std::max(top, bits(g[i]));
-          total += static_cast<double>(g[i]) * g[i];
+          const double sq = static_cast<double>(g[i]) * g[i];
+          part.total += sq;
+          if (bits(g[i]) > lb) {
+            keep_tail(part, {g + i}, 1, 1);
+          } else {
+            part.below += sq;
+          }
         }
-        return Partial{top, total};
+        part.top = top;
+        return part;
       },
-      [](Partial x, Partial y) { return Partial{std::max(x.first, y.first), x.second + y.second}; });
-  return AbsMax{std::bit_cast<float>(r.first), r.first < 0x7f800000u, r.second};
+      [cap](Partial x, Partial y) {
+        x.top = std::max(x.top, y.top);
+        x.total += y.total;
+        x.below += y.below;
+        x.complete = x.complete && y.complete && static_cast<int64_t>(x.tail.size() + y.tail.size()) <= cap;
+        if (x.complete) {
+          x.tail.insert(x.tail.end(), y.tail.begin(), y.tail.end());
+        } else {
+          x.tail = {};
+        }
+        return x;
+      });
+  return AbsMax{std::bit_cast<float>(r.top), r.top < 0x7f800000u, r.total, r.below, std::move(r.tail),
+                r.complete};
 }
 
 using Vec = at::vec::Vectorized<float>;
@@ -843,9 +923,17 @@ struct StableScalars {
 template <typename Update, typename Zero>
 void stable_tensor_step(const float* g, int64_t numel, const StableTensor& t, const StableScalars& c, bool open,
                         int64_t& clipped, bool& nonfinite, Update update, Zero zero_moments) {
-  const AbsMax am = abs_max(g, numel);
-  nonfinite = !am.finite;
   float* count = scalar(t.step);
+  const double n_c = static_cast<double>(*count) + 1.0;
+  // AdaClip's bound in float32, operation by operation as the reference path computes it: entries right
+  // at the bound then count the same on both paths. The bound is the EMA kept from earlier steps plus this
+  // step's max|g| share, so at least `lower` (rounding is monotonic): only entries above it can be clipped.
+  const float theta_f = static_cast<float>(c.theta);
+  const float kept_ema = *scalar(t.max_ema) * theta_f;
+  const float debias = 1.f - std::pow(theta_f, static_cast<float>(n_c));
+  const float lower = kept_ema / debias;
+  const AbsMax am = abs_max(g, numel, lower >= 0.f ? lower : 0.f, kTailCap + numel / 1024);
+  nonfinite = !am.finite;
   if (!am.finite || !open) {
     // A due reset belongs to the schedule and still happens on a skipped step.
     if (t.reset) {
@@ -854,15 +942,25 @@ void stable_tensor_step(const float* g, int64_t numel, const StableTensor& t, co
     }
     return;
   }
-  const double n_c = static_cast<double>(*count) + 1.0;
-  // AdaClip's bound in float32, operation by operation as the reference path computes it: entries right
-  // at the bound then count the same on both paths.
-  const float theta_f = static_cast<float>(c.theta);
-  const float max_ema = *scalar(t.max_ema) * theta_f + am.amax * static_cast<float>(1.0 - c.theta);
-  const float max_hat = max_ema / (1.f - std::pow(theta_f, static_cast<float>(n_c)));
+  const float max_ema = kept_ema + am.amax * static_cast<float>(1.0 - c.theta);
+  const float max_hat = max_ema / debias;
   const float ratio = max_hat / am.amax;  // only used where |g| > max_hat, so amax > 0 there
-  // No entry above the bound: nothing is clipped and the first read already summed the squares.
-  const ClipSum cs = am.amax > max_hat ? clip_sum(g, numel, max_hat, ratio) : ClipSum{0, am.sum_sq};
+  // No entry above the bound: nothing is clipped and the first read already summed the squares. Otherwise
+  // the clipped entries are among the tail the first read kept; a second read only if it kept too many.
+  ClipSum cs{0, am.sum_sq};
+  if (am.amax > max_hat) {
+    if (am.tail_complete) {
+      cs.sum_sq = am.sum_below;
+      for (const float x : am.tail) {
+        const bool spike = std::fabs(x) > max_hat;
+        const float y = spike ? x * ratio : x;
+        cs.clipped += spike;
+        cs.sum_sq += static_cast<double>(y * y);
+      }
+    } else {
+      cs = clip_sum(g, numel, max_hat, ratio);
+    }
+  }
   const double norm = std::sqrt(cs.sum_sq);
   const double norm_ema = *scalar(t.norm_ema) * c.gamma1 + norm * (1.0 - c.gamma1);
   const double norm_sq_ema = *scalar(t.norm_sq_ema) * c.gamma2 + norm * norm * (1.0 - c.gamma2);
