@@ -2,8 +2,9 @@
 //
 // SPAM, per parameter: one pass that clips, updates the moments and the parameter, and counts the clipped
 // entries; an entry whose gradient is NaN/Inf keeps its values, so no separate check of g is needed.
-// Stable-SPAM needs two reductions before its update (max|g| with the NaN check, then AdaClip's count and
-// the clipped norm for AdaGN); the second is skipped on steps where AdaClip scales nothing.
+// Stable-SPAM needs its statistics before its update (max|g| with the NaN check, AdaClip's count and the
+// clipped norm for AdaGN): one read of g gives them all, with the entries that AdaClip could clip kept
+// aside (a second read only where too many could be).
 // SPAM and Stable-SPAM with 8-bit moments dequantize, update and requantize each block in the same pass.
 // Registered as torch.ops.spam_opt.spam_step_, spam_step8_, stable_spam_step_, stable_spam_step8_,
 // kept_entries and kept_bits; spam_opt/_cpp_build.py builds and loads this file (spam_opt/kernels/cpp_ops.py
@@ -414,8 +415,10 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
 
 // ---- SPAM with 8-bit moments (spam_opt/state/quantized.py: the blocks, the maps and the layout) ----------
 //
-// Per block of up to kQBlock entries of one row, three loops over L1-resident buffers, each vectorised by the
-// compiler (the 4th-root map's extra sqrt in (3) costs nothing measurable: the loop waits on memory): (1) dequantize m̂ and v̂ from the codes, and find whether any entry needs the exact path (a spike,
+// With AVX-512 and a block of whole vectors, update_block8_avx512: two passes, the first deciding per vector
+// (below). Otherwise, per block of up to kQBlock entries of one row, three loops over L1-resident buffers,
+// each vectorised by the compiler: (1) dequantize m̂ and v̂ from the codes, and find whether any entry needs
+// the exact path (a spike,
 // a NaN/Inf gradient, or v̂ = 0 with g != 0, the same test as the float32 kernel's per vector); (2) update the
 // moments and p as the float32 kernel does, keeping s = sqrt(v) and r = m / (s + eps) (the update's own sqrt
 // and division) and their block maxima; (3) requantize r and s against the new maxima. Most blocks take the
