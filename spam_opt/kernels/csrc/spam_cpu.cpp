@@ -35,6 +35,8 @@ constexpr int64_t kBlock = 1 << 12;
 // Entries of g above the least bound AdaClip can have that Stable-SPAM's statistics keep (plus 1 in 1024 of
 // the tensor's entries) before giving up and reading g again on a step where AdaClip clips.
 constexpr int64_t kTailCap = 1 << 12;
+// Kept entries gathered per batch by sparse_update_indexed (buffers of this size on the stack).
+constexpr int64_t kGather = 1 << 10;  // (without AVX-512 only)
 // Sparse momentum stores flat indices per block of 2**kBlockBits entries (spam_opt/sparse.py, BLOCK_BITS).
 constexpr int64_t kBlockBits = 16;
 
@@ -262,9 +264,73 @@ Tally dense_update(float* p, const float* g, float* m, float* v, int64_t n, cons
 // compact (spam_opt/sparse.py): low[j] is index j modulo 2**16, starts[b] the number of kept entries before
 // block b of 2**16 entries. Adam moves the kept entries and the decoupled decay shrinks every entry.
 // A kept entry whose gradient is NaN/Inf keeps p, m and v; the entries left out never read their gradient.
-// Defined with the 8-bit kernels, whose gather and scatter it shares.
+// With AVX-512, sparse_update, defined with the 8-bit kernels, whose gather and scatter it shares;
+// otherwise sparse_update_indexed.
+#if defined(__AVX512F__)
 Tally sparse_update(float* p, const float* g, float* m, float* v, const int16_t* low, const int64_t* starts,
                     int64_t k, int64_t numel, const Hyper& h);
+#else
+// sparse_update without AVX-512 (where it measured faster than the bitmap's AVX2 gather): per
+// batch of kept entries: gather their p and g into small contiguous buffers, update those with the dense
+// (vectorised) loop, decay the stretch of p the batch spans (vectorised, in cache), then scatter the kept
+// entries' new values over it.
+// A kept entry whose gradient is NaN/Inf keeps p, m and v; the entries left out never read their gradient.
+Tally sparse_update_indexed(float* p, const float* g, float* m, float* v, const int16_t* low, const int64_t* starts,
+                            int64_t blocks, int64_t k, int64_t numel, const Hyper& h) {
+  const bool decay = h.decay != 1.f;
+  auto decay_range = [=](int64_t lo, int64_t hi) {
+    float* __restrict pr = p;
+    const float d = h.decay;
+#pragma omp simd
+    for (int64_t q = lo; q < hi; ++q) pr[q] *= d;
+  };
+  if (k == 0) {
+    if (decay) at::parallel_for(0, numel, kGrain, decay_range);
+    return Tally{};
+  }
+  auto flat_index = [=](int64_t j, int64_t block) {
+    return (block << kBlockBits) + static_cast<uint16_t>(low[j]);
+  };
+  return at::parallel_reduce(
+      0, k, kGrain / 4, Tally{},
+      [=](int64_t begin, int64_t end, Tally ident) {
+        const VecHyper vh(h);
+        float pk[kGather];
+        float gk[kGather];
+        int64_t ix[kGather];
+        // The block of entry `begin`: the last block with starts[block] <= begin.
+        int64_t block = std::upper_bound(starts, starts + blocks + 1, begin) - starts - 1;
+        int64_t lo = 0;
+        if (begin > 0) {
+          int64_t before = block;
+          while (starts[before] > begin - 1) --before;
+          lo = flat_index(begin - 1, before) + 1;
+        }
+        for (int64_t start = begin; start < end; start += kGather) {
+          const int64_t len = std::min(end - start, kGather);
+          // Per index block, the entries of this batch in it share one base: no per-entry block search.
+          for (int64_t j = 0; j < len;) {
+            while (start + j >= starts[block + 1]) ++block;
+            const int64_t stop = std::min(len, starts[block + 1] - start);
+            const int64_t base = block << kBlockBits;
+            const int16_t* lows = low + start;
+            for (; j < stop; ++j) {
+              ix[j] = base + static_cast<uint16_t>(lows[j]);
+              pk[j] = p[ix[j]];
+              gk[j] = g[ix[j]];
+            }
+          }
+          update_span(pk, gk, m + start, v + start, len, vh, ident);
+          const int64_t hi = start + len == k ? numel : ix[len - 1] + 1;
+          if (decay) decay_range(lo, hi);
+          for (int64_t j = 0; j < len; ++j) p[ix[j]] = pk[j];
+          lo = hi;
+        }
+        return ident;
+      },
+      std::plus<Tally>());
+}
+#endif
 
 // Advance a parameter's bias-correction count n and return the step's constants for it.
 Hyper count_step(const at::Tensor& count_tensor, double lr_w, double beta1, double beta2, double eps, double decay,
@@ -347,8 +413,13 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
                       starts->scalar_type() == at::kLong && starts->is_contiguous() &&
                       starts->numel() == blocks + 1 && exp_avgs[i].numel() == k && exp_avg_sqs[i].numel() == k,
                   "spam_step_: the kept entries and moments of params[", i, "] do not match");
+#if defined(__AVX512F__)
       tally = sparse_update(pp, gp, mp, vp, low->const_data_ptr<int16_t>(), starts->const_data_ptr<int64_t>(), k,
                             p.numel(), h);
+#else
+      tally = sparse_update_indexed(pp, gp, mp, vp, low->const_data_ptr<int16_t>(),
+                                    starts->const_data_ptr<int64_t>(), blocks, k, p.numel(), h);
+#endif
     }
     clipped_out[i] = tally.clipped;
     nonfinite_out[i] = tally.nonfinite;
@@ -663,6 +734,7 @@ void scatter_kept(const uint32_t* kept, int64_t first, int64_t len, float* p, co
 #endif
 }
 
+#if defined(__AVX512F__)
 // sparse_update (declared above), per index block of 2**16 entries (spam_opt/sparse.py): the block's kept
 // entries' low indices set the bits of a bitmap, then per stretch of kStretch entries gather_kept packs the
 // kept entries' p and g, update_span updates them with their m and v (stored in the same ascending order),
@@ -716,6 +788,7 @@ Tally sparse_update(float* p, const float* g, float* m, float* v, const int16_t*
       },
       std::plus<Tally>());
 }
+#endif
 
 struct Param8 {
   float* p;
