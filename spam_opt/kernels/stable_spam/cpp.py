@@ -1,8 +1,9 @@
 """The C++ Stable-SPAM kernels for CPU tensors (``torch.ops.spam_opt.stable_spam_step_`` and ``..._step8_``).
 
-Per tensor, one or two reads of g for the per-tensor statistics (max|g| with the NaN check and the sum of
-squares; AdaClip's count and the clipped norm only on steps where AdaClip scales something), then one update
-pass. ``stable_spam_step8_`` takes 8-bit moments (SPAM's layout and maps) and dequantizes, updates and
+Per tensor, one read of g for the per-tensor statistics (max|g| with the NaN check, the sum of squares, and
+AdaClip's count and the clipped norm from the entries above the least bound AdaClip can have, kept aside;
+a second read only on a clipping step with too many of those), then one update pass.
+``stable_spam_step8_`` takes 8-bit moments (SPAM's layout and maps) and dequantizes, updates and
 requantizes each block in that pass. ``spam_opt.kernels.cpp_ops`` builds and loads them;
 ``spam_opt.kernels.dispatch`` calls this only once they have loaded.
 """
