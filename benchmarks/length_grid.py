@@ -14,11 +14,15 @@ chosen lr (seed 0 is the sweep's run). The stages, in the order they train:
 3. SPAM's ablations at 1000 steps, their sweeps first, then their seeds: no momentum reset, no spike clip, no
    post-reset warmup, the reset interval at 0.5x, 2x and 4x of the grids' (a 20th of the run), the clip
    threshold at 10x;
-4. 2000 steps: Stable-SPAM and Muon, then SPAM's ablations.
+4. 2000 steps: Stable-SPAM and Muon, then SPAM's ablations;
+5. the headlines of the low-bit and memory grids at 1000 steps, tuned the same way: AdamW, SPAM and
+   Stable-SPAM with INT4 block linears (``LOWBIT``, against the fp32 rows above); on the spiking model
+   (``SPIKEGPT``), AdamW in fp32 and SPAM and Stable-SPAM in INT4; and the memory grid's Pareto pair
+   (``MEMORY``), SPAM at density 0.25 with 8-bit state and bitsandbytes' AdamW8bit.
 
 A finished run is never repeated and workers claim runs, so an interrupted grid continues where it stopped
 (run the command again). Everything else is the stability grid's setup: byte-level llama-9m, batch 8 x 64
-tokens, the 2 MB built-in corpus, the whole validation split at the end.
+tokens (spikegpt-1m for ``SPIKEGPT``), the 2 MB built-in corpus, the whole validation split at the end.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import grid, provenance
+from benchmarks import grid, memory_grid, provenance
 from benchmarks.grid import Regime, Setup
 from benchmarks.stability import REGIMES as STABILITY_REGIMES
 
@@ -49,6 +53,14 @@ THRESHOLD = 5000.0  # SPAM's default clip threshold
 ABLATION_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 MAIN = {"adamw": {"optimizer": "adamw"}, "spam": {"optimizer": "spam"},
         "stable-spam": {"optimizer": "stable-spam"}, "muon": {"optimizer": "muon"}}
+# The low-bit grids' quantization: weights and activations of the block linears, groups of 32.
+INT4 = {"quant": "int4", "quant_group_size": 32, "quant_activations": True}
+LOWBIT = {f"int4-{name}": MAIN[name] | INT4 for name in ("adamw", "spam", "stable-spam")}
+SPIKEGPT = {"spikegpt-adamw": MAIN["adamw"], "spikegpt-int4-spam": MAIN["spam"] | INT4,
+            "spikegpt-int4-stable-spam": MAIN["stable-spam"] | INT4}
+MEMORY = {name: memory_grid.VARIANTS[name] for name in ("spam-d0.25-8bit", "adamw8bit-bnb")}
+HEADLINES = LOWBIT | SPIKEGPT | MEMORY
+MODELS = dict.fromkeys(SPIKEGPT, "spikegpt-1m")  # every other variant trains MODEL
 
 
 def ablations(steps: int) -> dict[str, dict[str, Any]]:
@@ -79,7 +91,8 @@ class Stage:
 STAGES = (Stage(200, tuple(MAIN)), Stage(200, tuple(MAIN), "bad-batch"), Stage(1000, tuple(MAIN)),
           Stage(2000, ("adamw", "spam")), Stage(1000, tuple(ablations(1000)), seeds=False),
           Stage(1000, tuple(ablations(1000))), Stage(2000, ("stable-spam", "muon")),
-          Stage(2000, tuple(ablations(2000))))
+          Stage(2000, tuple(ablations(2000))), Stage(1000, tuple(LOWBIT)), Stage(1000, tuple(SPIKEGPT)),
+          Stage(1000, tuple(MEMORY)))
 
 
 def _cells(stages: tuple[Stage, ...]) -> list[Stage]:
@@ -91,13 +104,13 @@ def _cells(stages: tuple[Stage, ...]) -> list[Stage]:
     return list(seen.values())
 
 
-def setup_at(out: Path, steps: int) -> Setup:
-    return Setup(MODEL, steps, BATCH, SEQ_LEN, out / f"steps{steps}", seeds=SEEDS,
+def setup_at(out: Path, steps: int, name: str) -> Setup:
+    return Setup(MODELS.get(name, MODEL), steps, BATCH, SEQ_LEN, out / f"steps{steps}", seeds=SEEDS,
                  tune_fraction=TUNE_FRACTION)
 
 
 def variant(name: str, steps: int) -> dict[str, Any]:
-    return MAIN.get(name) or ablations(steps)[name]
+    return MAIN.get(name) or HEADLINES.get(name) or ablations(steps)[name]
 
 
 @dataclass(frozen=True)
@@ -128,12 +141,12 @@ def _finished(job: Job) -> dict[str, Any] | None:
 
 def _grid_of(name: str) -> tuple[tuple[float, ...], ...]:
     """``sweep_pending``'s lr grid argument for ``name``: none (the default grid) for the main variants."""
-    return () if name in MAIN else (ABLATION_LRS,)
+    return () if name in MAIN or name in HEADLINES else (ABLATION_LRS,)
 
 
 def sweep_jobs(out: Path, steps: int, name: str) -> list[Job]:
     """The sweep runs of ``name`` at ``steps`` that exist or are due (their lrs as far as known)."""
-    folder = setup_at(out, steps).out / "sweep" / name
+    folder = setup_at(out, steps, name).out / "sweep" / name
     jobs: list[Job] = []
     scores: dict[float, float] = {}
     while True:
@@ -176,7 +189,7 @@ def plan(out: Path, stages: tuple[Stage, ...] = STAGES) -> tuple[list[Job], int]
             if lr is None:
                 waiting += len(seeds)
                 continue
-            folder = setup_at(out, stage.steps).out / "runs" / stage.regime / name
+            folder = setup_at(out, stage.steps, name).out / "runs" / stage.regime / name
             runnable += [j for j in (Job(stage.steps, name, stage.regime, s, lr, folder / f"seed{s}")
                                      for s in seeds) if _finished(j) is None]
     return runnable, waiting
@@ -184,8 +197,8 @@ def plan(out: Path, stages: tuple[Stage, ...] = STAGES) -> tuple[list[Job], int]
 
 def run(out: Path, job: Job) -> dict[str, Any]:
     regime = Regime() if job.regime == "clean" else STABILITY_REGIMES[job.regime]
-    return grid.run_one(setup_at(out, job.steps), job.name, variant(job.name, job.steps), job.cell, regime,
-                        job.seed, job.lr, job.run_dir)
+    return grid.run_one(setup_at(out, job.steps, job.name), job.name, variant(job.name, job.steps), job.cell,
+                        regime, job.seed, job.lr, job.run_dir)
 
 
 # -- workers: each claims a run by creating its claim folder, so that two never train the same run -------
@@ -254,7 +267,7 @@ def collect(out: Path, stages: tuple[Stage, ...] = STAGES) -> tuple[list[dict], 
                         sweeps.append(done)
             lr = chosen_lr(out, stage.steps, name)
             for seed in range(SEEDS):
-                folder = setup_at(out, stage.steps).out
+                folder = setup_at(out, stage.steps, name).out
                 job = (Job(stage.steps, name, "clean", 0, lr, folder / "sweep" / name / f"lr{lr:g}")
                        if stage.regime == "clean" and seed == 0 and lr is not None else
                        Job(stage.steps, name, stage.regime, seed, lr or 0.0,
@@ -272,10 +285,10 @@ def _runs(results: list[dict], cell: str, name: str) -> list[dict]:
     return [r for r in results if r["regime"] == cell and r["optimizer"] == name]
 
 
-def _sweep_table(sweeps: list[dict], steps: int) -> list[str]:
+def _sweep_table(sweeps: list[dict], steps: int, names: list[str]) -> list[str]:
     rows = {}
     for r in sweeps:
-        if r["steps"] == steps:
+        if r["steps"] == steps and r["optimizer"] in names:
             rows.setdefault(r["optimizer"], {})[r["lr"]] = r["final_tune_loss"]
     if not rows:
         return []
@@ -291,21 +304,38 @@ def _sweep_table(sweeps: list[dict], steps: int) -> list[str]:
     return lines + [""]
 
 
-def _length_table(results: list[dict], steps: int, names: list[str]) -> list[str]:
+def _length_table(results: list[dict], steps: int, names: list[str],
+                  refs: tuple[str, ...] = ("adamw", "spam")) -> list[str]:
     cell = f"clean-{steps}"
     names = [n for n in names if _runs(results, cell, n)]
     if not names:
         return []
-    lines = [f"| variant | lr | val loss ({steps} steps) | − adamw's, paired | − spam's, paired | wall s |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| variant | lr | val loss ({steps} steps) | "
+             + "".join(f"− {ref}'s, paired | " for ref in refs) + "wall s |", "|---" * (len(refs) + 4) + "|"]
     for name in names:
         runs = _runs(results, cell, name)
         diffs = ["" if name == ref else grid.paired_difference(runs, _runs(results, cell, ref))
-                 for ref in ("adamw", "spam")]
+                 for ref in refs]
         losses = grid.mean_spread([r["final_eval_loss"] for r in runs])
-        lines.append(f"| {name} | {runs[0]['lr']:g} | {losses} | {diffs[0]} | {diffs[1]} | "
-                     f"{statistics.fmean(r['wall_s'] for r in runs):.0f} |")
+        lines.append(f"| {name} | {runs[0]['lr']:g} | {losses} | " + "".join(f"{d} | " for d in diffs)
+                     + f"{statistics.fmean(r['wall_s'] for r in runs):.0f} |")
     return lines + [""]
+
+
+# The headline reruns: (title, variants, the rows each is paired against, what the section is).
+HEADLINE_SECTIONS = (
+    ("INT4 training (LLaMA), 1000 steps", LOWBIT, ("adamw", "int4-adamw"),
+     "The low-bit grid's natural regime (`benchmarks/results/lowbit/`), each variant at its own lr: the "
+     "block linears' weights and activations fake-quantized to INT4 in groups of 32; paired against fp32 "
+     "AdamW (the 1000-step table above) and INT4 AdamW."),
+    ("INT4 training (SpikeGPT), 1000 steps", SPIKEGPT, ("spikegpt-adamw",),
+     "The SpikeGPT low-bit grid's natural regime (`benchmarks/results/lowbit_spikegpt/`) on spikegpt-1m, "
+     "each variant at its own lr: AdamW in fp32, SPAM and Stable-SPAM with INT4 block linears."),
+    ("Memory-matched, 1000 steps", MEMORY, ("adamw", "adamw8bit-bnb"),
+     "The memory grid's two Pareto rows (`benchmarks/results/memory/`), each at its own lr: SPAM at density "
+     "0.25 with 8-bit state (0.10x AdamW's state there) and bitsandbytes' AdamW8bit (0.26x); paired against "
+     "fp32 AdamW (the 1000-step table above) and AdamW8bit."),
+)
 
 
 def _bad_batch_table(results: list[dict]) -> list[str]:
@@ -367,11 +397,16 @@ def report(out: Path, command: str, stages: tuple[Stage, ...] = STAGES) -> list[
              ,
              ""]
     for steps in (200, 1000, 2000):
-        names = [n for stage in stages if stage.steps == steps and stage.regime == "clean"
-                 for n in stage.variants]
-        table = _length_table(runs, steps, names)
-        if table or _sweep_table(sweeps, steps):
-            lines += [f"## {steps} steps", ""] + table + _sweep_table(sweeps, steps)
+        names = list(dict.fromkeys(n for stage in stages if stage.steps == steps and stage.regime == "clean"
+                                   for n in stage.variants if n not in HEADLINES))
+        table, sweep_table = _length_table(runs, steps, names), _sweep_table(sweeps, steps, names)
+        if table or sweep_table:
+            lines += [f"## {steps} steps", ""] + table + sweep_table
+    for title, group, refs, about in HEADLINE_SECTIONS:
+        names = list(group)
+        table, sweep_table = _length_table(runs, 1000, names, refs), _sweep_table(sweeps, 1000, names)
+        if table or sweep_table:
+            lines += [f"## {title}", "", about, ""] + table + sweep_table
     bad = _bad_batch_table(runs)
     if bad:
         lines += ["## Bad batches (200 steps)", "",

@@ -65,8 +65,8 @@ def fake_loss(name: str, lr: float, best: float, seed: int) -> float:
 # Each variant's best lr on the tuning split; validation prefers other lrs, so a choice made on validation
 # would show. adamw: the grid's low end wins, and the extension below it loses (chosen 1e-3); spam: the top
 # end wins, and so does the extension past it (chosen 0.03, the limit).
-TUNE_BEST = {"adamw": 1e-3, "spam": 0.05}
-VAL_BEST = {"adamw": 1e-2, "spam": 1e-3}
+TUNE_BEST = {"adamw": 1e-3, "spam": 0.05, "int4-adamw": 1e-2}
+VAL_BEST = {"adamw": 1e-2, "spam": 1e-3, "int4-adamw": 1e-2}
 
 
 @pytest.fixture
@@ -167,7 +167,7 @@ def test_a_claim_held_by_a_live_worker_is_skipped_and_a_stale_one_taken_over(lg,
     assert not any((tmp_path / "claims").iterdir())  # every claim released
 
 
-@pytest.mark.parametrize("stages", ["0", "9", "1,x", "-1"])
+@pytest.mark.parametrize("stages", ["0", "99", "1,x", "-1"])
 def test_bad_stages_are_one_clear_error(lg, stages, capsys, tmp_path):
     with pytest.raises(SystemExit):
         lg.main(["--stages", stages, "--out", str(tmp_path), "--report-only"])
@@ -203,6 +203,31 @@ def test_the_report_has_the_tables_and_lists_the_cells_not_yet_trained(lg, faked
     assert len(saved["runs"]) == cells and len(saved["missing"]) == lg.SEEDS
 
 
+
+def test_a_headline_rerun_has_its_own_table_paired_against_its_references(lg, faked, tmp_path):
+    # spam twice at 1000 steps (a sweep-only stage, then its seeds), as the ablations train: one row
+    stages = (lg.Stage(1000, ("adamw", "spam"), seeds=False), lg.Stage(1000, ("adamw", "spam")),
+              lg.Stage(1000, ("int4-adamw",)))
+    lg.work(tmp_path, stages)
+    lg.report(tmp_path, "python -m benchmarks.length_grid", stages)
+    page = (tmp_path / "README.md").read_text()
+    main_table, headline = page.split("## INT4 training (LLaMA), 1000 steps")
+    assert main_table.count("| spam | 0.03 |") == 1 and "| int4-adamw |" not in main_table
+    # validation prefers 1e-2, int4-adamw's lr, to adamw's 1e-3 by 1 in fake_loss: -1.000 on every seed
+    assert "| int4-adamw | 0.01 |" in headline
+    assert f"-1.000 ± 0.000 ({lg.SEEDS} seeds)" in headline
+    assert "− adamw's, paired | − int4-adamw's, paired |" in headline
+
+
+def test_the_headline_variants_train_the_grids_models_and_quantization(lg, tmp_path):
+    assert lg.setup_at(tmp_path, 1000, "spikegpt-int4-spam").model == "spikegpt-1m"
+    assert lg.setup_at(tmp_path, 1000, "int4-spam").model == lg.setup_at(tmp_path, 1000, "spam").model
+    for name in (*lg.LOWBIT, "spikegpt-int4-spam", "spikegpt-int4-stable-spam"):
+        assert lg.variant(name, 1000)["quant"] == "int4"
+    assert "quant" not in lg.variant("spikegpt-adamw", 1000)
+    assert lg.variant("spam-d0.25-8bit", 1000) == {"optimizer": "spam", "density": 0.25, "state_bits": 8}
+
+
 # -- the length grid end to end, with real (tiny) runs ---------------------------------------------------
 
 
@@ -215,7 +240,7 @@ def smoke(lg, grid, tmp_path_factory, one_torch_thread):
         patch.setattr(grid, "SWEEP_EXTEND", 0)
         patch.setattr(lg, "MODEL", "llama-tiny")
         patch.setattr(lg, "SEEDS", 2)
-        patch.setattr(lg, "setup_at", lambda out, steps: grid.Setup(
+        patch.setattr(lg, "setup_at", lambda out, steps, name: grid.Setup(
             "llama-tiny", steps, 2, 32, out / f"steps{steps}", corpus_mb=0.2, seeds=2, eval_batches=2,
             tune_fraction=lg.TUNE_FRACTION))
         stages = (lg.Stage(8, ("adamw", "muon")), lg.Stage(8, ("adamw",), "bad-batch"))
@@ -258,3 +283,4 @@ def test_a_small_grid_run_again_trains_nothing_and_reports(smoke):
     page = (out / "README.md").read_text()
     assert "**6 of 8 cells have finished.**" in page
     assert "- clean / 16 steps / muon / seed 1 (its lr sweep has not finished)" in page
+
