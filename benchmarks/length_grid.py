@@ -19,6 +19,8 @@ chosen lr (seed 0 is the sweep's run). The stages, in the order they train:
    Stable-SPAM with INT4 block linears (``LOWBIT``, against the fp32 rows above); on the spiking model
    (``SPIKEGPT``), AdamW in fp32 and SPAM and Stable-SPAM in INT4; and the memory grid's Pareto pair
    (``MEMORY``), SPAM at density 0.25 with 8-bit state and bitsandbytes' AdamW8bit.
+6. SPAM's ablations at 200 steps, where SPAM leads AdamW, and the bad-batch regime without the momentum reset
+   and without the spike clip: which part buys the early lead and which the robustness to bad data.
 
 A finished run is never repeated and workers claim runs, so an interrupted grid continues where it stopped
 (run the command again). Everything else is the stability grid's setup: byte-level llama-9m, batch 8 x 64
@@ -92,7 +94,8 @@ STAGES = (Stage(200, tuple(MAIN)), Stage(200, tuple(MAIN), "bad-batch"), Stage(1
           Stage(2000, ("adamw", "spam")), Stage(1000, tuple(ablations(1000)), seeds=False),
           Stage(1000, tuple(ablations(1000))), Stage(2000, ("stable-spam", "muon")),
           Stage(2000, tuple(ablations(2000))), Stage(1000, tuple(LOWBIT)), Stage(1000, tuple(SPIKEGPT)),
-          Stage(1000, tuple(MEMORY)))
+          Stage(1000, tuple(MEMORY)), Stage(200, tuple(ablations(200))),
+          Stage(200, ("spam-no-reset", "spam-no-clip"), "bad-batch"))
 
 
 def _cells(stages: tuple[Stage, ...]) -> list[Stage]:
@@ -338,10 +341,10 @@ HEADLINE_SECTIONS = (
 )
 
 
-def _bad_batch_table(results: list[dict]) -> list[str]:
+def _bad_batch_table(results: list[dict], names: list[str]) -> list[str]:
     lines = ["| variant | lr | clean val loss | bad-batch val loss | bad-batch − clean, paired |",
              "|---|---|---|---|---|"]
-    for name in MAIN:
+    for name in names:
         bad, clean = _runs(results, "bad-batch-200", name), _runs(results, "clean-200", name)
         if bad:
             losses = [grid.mean_spread([r["final_eval_loss"] for r in runs]) for runs in (clean, bad)]
@@ -407,7 +410,8 @@ def report(out: Path, command: str, stages: tuple[Stage, ...] = STAGES) -> list[
         table, sweep_table = _length_table(runs, 1000, names, refs), _sweep_table(sweeps, 1000, names)
         if table or sweep_table:
             lines += [f"## {title}", "", about, ""] + table + sweep_table
-    bad = _bad_batch_table(runs)
+    bad = _bad_batch_table(runs, list(dict.fromkeys(
+        n for stage in stages if stage.regime == "bad-batch" for n in stage.variants)))
     if bad:
         lines += ["## Bad batches (200 steps)", "",
                   "The stability grid's bad-batch regime (steps 60, 100 and 140 train on uniformly random "

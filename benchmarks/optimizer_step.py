@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import provenance
 import torch
 from machine_load import add_wait_argument, watch
 
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     for cache in ("SPAM_OPT_CACHE", "TORCHINDUCTOR_CACHE_DIR"):  # fresh caches: first steps include builds
         if cache in os.environ:
             command = f"{cache}={os.environ[cache]} {command}"
-    text = load.summary() + "\n\n" + render(rows, command, device, args.rounds)
+    text = provenance.timing_line(load.summary()) + "\n\n" + render(rows, command, device, args.rounds)
     print(text)
     if args.out != "-":
         out = Path(args.out or Path(__file__).parent / "results" / f"optimizer_step_{device.type}.md")
