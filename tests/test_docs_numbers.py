@@ -481,12 +481,12 @@ CLAIMS: list[tuple[str, str, object]] = [
               table_cells(BANDWIDTH, "torch AdamW fused", "moved B/param")[0],
               table_cells(BANDWIDTH, "torch AdamW fused", "GB/s")[0]]),
     ("docs/spam.md", "at one thread the 8-bit kernel is still compute-bound, moving {:.2f}x the bytes in more "
-                     "time. With two threads, where fused AdamW is bound by memory, 8-bit dense costs {:.2f}x and "
-                     "{:.2f}x.",
+                     "time{}. With two threads, where fused AdamW is bound by memory, 8-bit dense costs {:.2f}x "
+                     "and {:.2f}x.",
      lambda: [table_cells(BANDWIDTH, SPAM8[0], "moved B/param")[0]
               / table_cells(BANDWIDTH, "torch AdamW fused", "moved B/param")[0],
-              *table_cells(BANDWIDTH, SPAM8[0], "x fused AdamW")[2:4]]
-     + ([] if table_cells(BANDWIDTH, SPAM8[0], "x fused AdamW")[0] > 1 else ["(NOT compute-bound)"])),
+              "" if table_cells(BANDWIDTH, SPAM8[0], "x fused AdamW")[0] > 1 else " (NOT: it takes less time)",
+              *table_cells(BANDWIDTH, SPAM8[0], "x fused AdamW")[2:4]]),
     ("docs/spam.md", "cost: {:.0f}x (LLaMA-20M shapes) and {:.0f}x (60M)",
      lambda: table_cells("optimizer_step_cpu_stable_spam_8bit.md", "Stable-SPAM 8-bit state (default flags)",
                          "x fused AdamW")),
@@ -1100,6 +1100,98 @@ CLAIMS += [
 ]
 
 
+# -- the length grid: each lr tuned at each run length (benchmarks/results/length/) ------------------------
+
+L, LF = "length", "benchmarks/results/length/FINDINGS.md"
+LENGTHS = (200, 1000, 2000)
+ABLATIONS = {"no momentum reset": "spam-no-reset", "reset interval 0.5x": "spam-reset-0.5x",
+             "reset interval 2x": "spam-reset-2x", "reset interval 4x": "spam-reset-4x",
+             "no post-reset warmup": "spam-no-warmup", "no spike clip": "spam-no-clip",
+             "clip threshold 10x": "spam-threshold-10x"}
+
+
+def lpaired(steps: int, variant: str, reference: str = "adamw") -> tuple[float, float]:
+    return paired(L, f"clean-{steps}", variant, reference)
+
+
+def chosen_lr(steps: int, variant: str, regime: str = "clean") -> float:
+    (lr,) = {r["lr"] for r in runs(L) if r["regime"] == f"{regime}-{steps}" and r["optimizer"] == variant}
+    return lr
+
+
+def _behind_on_every_seed(variant: str, steps: int) -> bool:
+    a, b = losses(L, f"clean-{steps}", variant), losses(L, f"clean-{steps}", "adamw")
+    return len(a) == 3 and all(a[k] > b[k] for k in a)
+
+
+def _keeps_resets_lower_lr(steps: int) -> list[int]:
+    kept = [v for v in ABLATIONS.values() if v not in ("spam-no-reset",)]
+    return [sum(chosen_lr(steps, v) < chosen_lr(steps, "adamw") for v in kept), len(kept)]
+
+
+def _number_word(n: int) -> str:
+    return "zero one two three four five six seven".split()[n]
+
+
+CLAIMS += [
+    (LF, "| AdamW | {:.3f} | {:.3f} | {:.3f} |", lambda: [mean(L, f"clean-{n}", "adamw") for n in LENGTHS]),
+    *[(LF, f"| {label} − AdamW | " + "{:+.3f} ± {:.3f} | " * 3,
+       lambda v=v: [x for n in LENGTHS for x in lpaired(n, v)])
+      for label, v in (("SPAM", "spam"), ("Stable-SPAM", "stable-spam"), ("Muon", "muon"))],
+    (LF, "{:.2f} nats ahead of AdamW at 200 steps, it is behind on every seed{} at 1000 and 2000 steps",
+     lambda: [-lpaired(200, "spam")[0],
+              "" if all(_behind_on_every_seed("spam", n) for n in (1000, 2000)) else " (NOT)"]),
+    (LF, "had SPAM {:.3f} behind at 2000 steps; with each lr tuned at that length the deficit is {:.3f} ± {:.3f}",
+     lambda: [gap(S, "long", "spam", ("long", "adamw")), *lpaired(2000, "spam")]),
+    (LF, "stays level with AdamW at 1000 steps ({:+.3f} ± {:.3f}), but is {:.3f} ± {:.3f} behind at 2000",
+     lambda: [*lpaired(1000, "stable-spam"), *lpaired(2000, "stable-spam")]),
+    (LF, "by a margin that shrinks as the run grows ({:.2f}, {:.2f}, {:.2f} nats below AdamW)",
+     lambda: [-lpaired(n, "muon")[0] for n in LENGTHS]),
+    (LF, "| everything (SPAM) | {:g} | | {:+.3f} ± {:.3f} | {:g} | | {:+.3f} ± {:.3f} |",
+     lambda: [x for n in (1000, 2000) for x in (chosen_lr(n, "spam"), *lpaired(n, "spam"))]),
+    *[(LF, f"| {label} | " + "{:g} | {:+.3f} ± {:.3f} | {:+.3f} ± {:.3f} | " * 2,
+       lambda v=v: [x for n in (1000, 2000)
+                    for x in (chosen_lr(n, v), *lpaired(n, v, "spam"), *lpaired(n, v))])
+      for label, v in ABLATIONS.items()],
+    (LF, "Without it SPAM is level with AdamW at 1000 steps ({:+.3f} ± {:.3f}) and at 2000 ({:+.3f} ± {:.3f}): "
+         "the reset accounts for the whole deficit at 1000 steps ({:.3f} ± {:.3f} of {:.3f}) and for all of it "
+         "at 2000 ({:.3f} ± {:.3f} of {:.3f}).",
+     lambda: [*lpaired(1000, "spam-no-reset"), *lpaired(2000, "spam-no-reset"),
+              -lpaired(1000, "spam-no-reset", "spam")[0], lpaired(1000, "spam-no-reset", "spam")[1],
+              lpaired(1000, "spam")[0],
+              -lpaired(2000, "spam-no-reset", "spam")[0], lpaired(2000, "spam-no-reset", "spam")[1],
+              lpaired(2000, "spam")[0]]),
+    (LF, "recovers most of it at 1000 steps ({:+.3f} ± {:.3f} against SPAM); at 2000 steps, where 4x is every "
+         "400 steps, it recovers none ({:+.3f} ± {:.3f}).",
+     lambda: [*lpaired(1000, "spam-reset-4x", "spam"), *lpaired(2000, "spam-reset-4x", "spam")]),
+    (LF, "without it SPAM loses a further {:.3f} ± {:.3f} at 2000 steps (at 1000 the difference, {:+.3f} ± "
+         "{:.3f}, is within the noise)",
+     lambda: [*lpaired(2000, "spam-no-warmup", "spam"), *lpaired(1000, "spam-no-warmup", "spam")]),
+    (LF, "moves SPAM by at most {:.3f} nats at either length, within one paired std{}.",
+     lambda: [max(abs(lpaired(n, v, "spam")[0]) for n in (1000, 2000)
+                  for v in ("spam-no-clip", "spam-threshold-10x")),
+              "" if all(abs(lpaired(n, v, "spam")[0]) <= lpaired(n, v, "spam")[1] for n in (1000, 2000)
+                        for v in ("spam-no-clip", "spam-threshold-10x")) else " (NOT)"]),
+    (LF, "SPAM's tuning split picks a lower lr than AdamW's at 2000 steps ({:g} against {:g}), as it does "
+         "for {} of the {} ablations that keep the resets, while SPAM without resets takes AdamW's lr at both "
+         "lengths{}.",
+     lambda: [chosen_lr(2000, "spam"), chosen_lr(2000, "adamw"),
+              *map(_number_word, _keeps_resets_lower_lr(2000)),
+              "" if all(chosen_lr(n, "spam-no-reset") == chosen_lr(n, "adamw") for n in (1000, 2000))
+              else " (NOT)"]),
+    (LF, "AdamW {:+.3f} ± {:.3f}, SPAM {:+.3f} ± {:.3f}, Stable-SPAM {:+.3f} ± {:.3f}, Muon {:+.3f} ± {:.3f} "
+         "against the same variant's clean run",
+     lambda: [x for v in ("adamw", "spam", "stable-spam", "muon") for x in _bad_vs_clean(v)]),
+]
+
+
+def _bad_vs_clean(variant: str) -> tuple[float, float]:
+    a, b = losses(L, "bad-batch-200", variant), losses(L, "clean-200", variant)
+    diffs = [a[k] - b[k] for k in a if k in b]
+    return statistics.fmean(diffs), statistics.stdev(diffs)
+
+
+
 def _text(doc: str) -> str:
     return " ".join((ROOT / doc).read_text().split())
 
@@ -1172,6 +1264,8 @@ ALLOWED: dict[str, dict[str, str]] = {}
 
 
 ALLOWED.update({
+    LF: {"0.87M": "model size of llama-9m", "0.3": "SPAM's post-reset warmup, a fraction of the interval",
+         "0.999": "default beta2"},
     "README.md": {
         "2.13": "torch's version", "0.25": "density setting", "0.1": "weight_decay in the code example",
         "0.7": "gamma1 in the code example", "0.9": "gamma2 in the code example",
@@ -1260,7 +1354,7 @@ FULL_DOCS = ["README.md", CHOOSING, "docs/spam.md", "docs/algorithm.md", "docs/t
              "docs/architecture.md",
              *(f"benchmarks/results/{grid}/FINDINGS.md" for grid in (
                  "lowbit", "lowbit_spikegpt", "memory", "stability", "stability_element_monitor",
-                 "stability_spikegpt"))]
+                 "stability_spikegpt", "length"))]
 
 
 @pytest.mark.parametrize("doc", FULL_DOCS)
