@@ -1153,6 +1153,10 @@ CLAIMS += [
                         for v in ("spam-reset-0.5x", "spam-reset-2x")) else " (NOT)",
               "" if -lpaired(1000, "spam-reset-4x", "spam")[0] > lpaired(1000, "spam")[0] / 2
               and lpaired(2000, "spam-reset-4x", "spam")[0] >= 0 else " (NOT)"]),
+    ("benchmarks/results/stability/FINDINGS.md", "3 seeds (`../length/`): SPAM is {:.3f} ± {:.3f} behind AdamW "
+     "at 2000 steps, Stable-SPAM {:.3f} ± {:.3f}; SPAM's momentum reset is the cost (without it, {:+.3f} ± {:.3f} "
+     "against AdamW).",
+     lambda: [*lpaired(2000, "spam"), *lpaired(2000, "stable-spam"), *lpaired(2000, "spam-no-reset")]),
     (CHOOSING, "(SPAM's tuned lr at 2000 steps is {:g}, AdamW's {:g})",
      lambda: [chosen_lr(2000, "spam"), chosen_lr(2000, "adamw")]),
     (CHOOSING, "here it came out lower than AdamW's at 2000 steps, not at 1000{}.",
