@@ -192,10 +192,17 @@ def plan(out: Path, stages: tuple[Stage, ...] = STAGES) -> tuple[list[Job], int]
             if lr is None:
                 waiting += len(seeds)
                 continue
-            folder = setup_at(out, stage.steps, name).out / "runs" / stage.regime / name
-            runnable += [j for j in (Job(stage.steps, name, stage.regime, s, lr, folder / f"seed{s}")
-                                     for s in seeds) if _finished(j) is None]
+            runnable += [j for j in (seed_job(out, stage.steps, name, stage.regime, s, lr) for s in seeds)
+                         if _finished(j) is None]
     return runnable, waiting
+
+
+def seed_job(out: Path, steps: int, name: str, regime: str, seed: int, lr: float) -> Job:
+    """The run of ``seed`` at the chosen ``lr``: a clean row's seed 0 is its sweep's run at that lr."""
+    folder = setup_at(out, steps, name).out
+    if regime == "clean" and seed == 0:
+        return Job(steps, name, regime, 0, lr, folder / "sweep" / name / f"lr{lr:g}")
+    return Job(steps, name, regime, seed, lr, folder / "runs" / regime / name / f"seed{seed}")
 
 
 def run(out: Path, job: Job) -> dict[str, Any]:
@@ -270,12 +277,8 @@ def collect(out: Path, stages: tuple[Stage, ...] = STAGES) -> tuple[list[dict], 
                         sweeps.append(done)
             lr = chosen_lr(out, stage.steps, name)
             for seed in range(SEEDS):
-                folder = setup_at(out, stage.steps, name).out
-                job = (Job(stage.steps, name, "clean", 0, lr, folder / "sweep" / name / f"lr{lr:g}")
-                       if stage.regime == "clean" and seed == 0 and lr is not None else
-                       Job(stage.steps, name, stage.regime, seed, lr or 0.0,
-                           folder / "runs" / stage.regime / name / f"seed{seed}"))
-                done = _finished(job) if lr is not None else None
+                job = None if lr is None else seed_job(out, stage.steps, name, stage.regime, seed, lr)
+                done = None if job is None else _finished(job)
                 if done is None:
                     missing.append(f"{stage.regime} / {stage.steps} steps / {name} / seed {seed}"
                                    + ("" if lr is not None else " (its lr sweep has not finished)"))

@@ -467,12 +467,15 @@ CLAIMS: list[tuple[str, str, object]] = [
               *(table_cells(BANDWIDTH, row, "GB/s")[0] for row in SPAM8),
               table_cells(BANDWIDTH, "torch AdamW fused", "moved B/param")[0],
               table_cells(BANDWIDTH, "torch AdamW fused", "GB/s")[0]]),
-    ("docs/spam.md", "at one thread the 8-bit kernel is still compute-bound, moving {:.2f}x the bytes in more "
-                     "time{}. With two threads, where fused AdamW is bound by memory, 8-bit dense costs {:.2f}x "
+    ("docs/spam.md", "at one thread the 8-bit kernel is still compute-bound, moving {:.2f}x the bytes in "
+                     "more "
+                     "time{}. With two threads, where fused AdamW is bound by memory, 8-bit dense costs "
+                     "{:.2f}x "
                      "and {:.2f}x.",
      lambda: [table_cells(BANDWIDTH, SPAM8[0], "moved B/param")[0]
               / table_cells(BANDWIDTH, "torch AdamW fused", "moved B/param")[0],
-              "" if table_cells(BANDWIDTH, SPAM8[0], "x fused AdamW")[0] > 1 else " (NOT: it takes less time)",
+              "" if table_cells(BANDWIDTH, SPAM8[0], "x fused AdamW")[0] > 1 else " (NOT: it takes less "
+                                                                                  "time)",
               *table_cells(BANDWIDTH, SPAM8[0], "x fused AdamW")[2:4]]),
     ("docs/spam.md", "cost: {:.0f}x (LLaMA-20M shapes) and {:.0f}x (60M)",
      lambda: table_cells("optimizer_step_cpu_stable_spam_8bit.md", "Stable-SPAM 8-bit state (default flags)",
@@ -1116,8 +1119,15 @@ def _keeps_resets_lower_lr(steps: int) -> list[int]:
     return [sum(chosen_lr(steps, v) < chosen_lr(steps, "adamw") for v in kept), len(kept)]
 
 
+def _best_at(steps: int) -> str:
+    """The variant of LLaMA's main rows and SPAM's ablations with the lowest mean loss at ``steps``."""
+    trained = [v for v in ("adamw", "spam", "stable-spam", "muon", *ABLATIONS.values())
+               if losses(L, f"clean-{steps}", v)]
+    return min(trained, key=lambda v: mean(L, f"clean-{steps}", v))
+
+
 def _number_word(n: int) -> str:
-    return "zero one two three four five six seven".split()[n]
+    return ["zero", "one", "two", "three", "four", "five", "six", "seven"][n]
 
 
 CLAIMS += [
@@ -1139,8 +1149,10 @@ CLAIMS += [
      lambda: [x for n in LENGTHS for x in lpaired(n, "muon")]),
     (CHOOSING, "had SPAM {:.3f} behind AdamW at 2000 steps; tuned, it is {:.3f} ± {:.3f} behind",
      lambda: [gap(S, "long", "spam", ("long", "adamw")), *lpaired(2000, "spam")]),
-    (CHOOSING, "without the momentum reset SPAM is level with AdamW ({:+.3f} ± {:.3f} at 1000 steps, {:+.3f} ± "
-               "{:.3f} at 2000); without the spike clip, or with its threshold 10x higher, it is where SPAM is "
+    (CHOOSING, "without the momentum reset SPAM is level with AdamW ({:+.3f} ± {:.3f} at 1000 steps, "
+               "{:+.3f} ± "
+               "{:.3f} at 2000); without the spike clip, or with its threshold 10x higher, it is where "
+               "SPAM is "
                "(at most {:.3f} nats away); without the post-reset warmup it loses {:.3f} ± {:.3f} more at "
                "2000 steps",
      lambda: [*lpaired(1000, "spam-no-reset"), *lpaired(2000, "spam-no-reset"),
@@ -1153,18 +1165,20 @@ CLAIMS += [
                         for v in ("spam-reset-0.5x", "spam-reset-2x")) else " (NOT)",
               "" if -lpaired(1000, "spam-reset-4x", "spam")[0] > lpaired(1000, "spam")[0] / 2
               and lpaired(2000, "spam-reset-4x", "spam")[0] >= 0 else " (NOT)"]),
-    ("benchmarks/results/stability/FINDINGS.md", "3 seeds (`../length/`): SPAM is {:.3f} ± {:.3f} behind AdamW "
-     "at 2000 steps, Stable-SPAM {:.3f} ± {:.3f}; SPAM's momentum reset is the cost (without it, {:+.3f} ± {:.3f} "
+    ("benchmarks/results/stability/FINDINGS.md", "3 seeds (`../length/`): SPAM is {:.3f} ± {:.3f} behind "
+                                                 "AdamW "
+     "at 2000 steps, Stable-SPAM {:.3f} ± {:.3f}; SPAM's momentum reset is the cost (without it, {:+.3f} "
+     "± {:.3f} "
      "against AdamW).",
      lambda: [*lpaired(2000, "spam"), *lpaired(2000, "stable-spam"), *lpaired(2000, "spam-no-reset")]),
-    ("README.md", "SPAM leads AdamW by {:.3f} nats at 200 steps and trails it by {:.3f} at 1000 and {:.3f} at "
-     "2000; its momentum reset is the cost, and with `reset_interval=0` it is level with AdamW ({:+.3f} at 1000 "
+    ("README.md", "SPAM leads AdamW by {:.3f} nats at 200 steps and trails it by {:.3f} at 1000 and "
+                  "{:.3f} at "
+     "2000; its momentum reset is the cost, and with `reset_interval=0` it is level with AdamW ({:+.3f} "
+     "at 1000 "
      "steps, {:+.3f} at 2000). `torch.optim.Muon` (`--optimizer muon`) was best at every length{}.",
      lambda: [-lpaired(200, "spam")[0], lpaired(1000, "spam")[0], lpaired(2000, "spam")[0],
               lpaired(1000, "spam-no-reset")[0], lpaired(2000, "spam-no-reset")[0],
-              "" if all(min([v for v in ("adamw", "spam", "stable-spam", "muon", *ABLATIONS.values())
-                             if losses(L, f"clean-{n}", v)],
-                            key=lambda v: mean(L, f"clean-{n}", v)) == "muon" for n in LENGTHS) else " (NOT)"]),
+              "" if all(_best_at(n) == "muon" for n in LENGTHS) else " (NOT)"]),
     (CHOOSING, "(SPAM's tuned lr at 2000 steps is {:g}, AdamW's {:g})",
      lambda: [chosen_lr(2000, "spam"), chosen_lr(2000, "adamw")]),
     (CHOOSING, "here it came out lower than AdamW's at 2000 steps, not at 1000{}.",
@@ -1173,7 +1187,8 @@ CLAIMS += [
     (LF, "{:.2f} nats ahead of AdamW at 200 steps, it is behind on every seed{} at 1000 and 2000 steps",
      lambda: [-lpaired(200, "spam")[0],
               "" if all(_behind_on_every_seed("spam", n) for n in (1000, 2000)) else " (NOT)"]),
-    (LF, "had SPAM {:.3f} behind at 2000 steps; with each lr tuned at that length the deficit is {:.3f} ± {:.3f}",
+    (LF, "had SPAM {:.3f} behind at 2000 steps; with each lr tuned at that length the deficit is {:.3f} ± "
+         "{:.3f}",
      lambda: [gap(S, "long", "spam", ("long", "adamw")), *lpaired(2000, "spam")]),
     (LF, "stays level with AdamW at 1000 steps ({:+.3f} ± {:.3f}), but is {:.3f} ± {:.3f} behind at 2000",
      lambda: [*lpaired(1000, "stable-spam"), *lpaired(2000, "stable-spam")]),
@@ -1185,15 +1200,18 @@ CLAIMS += [
        lambda v=v: [x for n in (1000, 2000)
                     for x in (chosen_lr(n, v), *lpaired(n, v, "spam"), *lpaired(n, v))])
       for label, v in ABLATIONS.items()],
-    (LF, "Without it SPAM is level with AdamW at 1000 steps ({:+.3f} ± {:.3f}) and at 2000 ({:+.3f} ± {:.3f}): "
-         "the reset accounts for the whole deficit at 1000 steps ({:.3f} ± {:.3f} of {:.3f}) and for all of it "
+    (LF, "Without it SPAM is level with AdamW at 1000 steps ({:+.3f} ± {:.3f}) and at 2000 ({:+.3f} ± "
+         "{:.3f}): "
+         "the reset accounts for the whole deficit at 1000 steps ({:.3f} ± {:.3f} of {:.3f}) and for all "
+         "of it "
          "at 2000 ({:.3f} ± {:.3f} of {:.3f}).",
      lambda: [*lpaired(1000, "spam-no-reset"), *lpaired(2000, "spam-no-reset"),
               -lpaired(1000, "spam-no-reset", "spam")[0], lpaired(1000, "spam-no-reset", "spam")[1],
               lpaired(1000, "spam")[0],
               -lpaired(2000, "spam-no-reset", "spam")[0], lpaired(2000, "spam-no-reset", "spam")[1],
               lpaired(2000, "spam")[0]]),
-    (LF, "recovers most of it at 1000 steps ({:+.3f} ± {:.3f} against SPAM); at 2000 steps, where 4x is every "
+    (LF, "recovers most of it at 1000 steps ({:+.3f} ± {:.3f} against SPAM); at 2000 steps, where 4x is "
+         "every "
          "400 steps, it recovers none ({:+.3f} ± {:.3f}).",
      lambda: [*lpaired(1000, "spam-reset-4x", "spam"), *lpaired(2000, "spam-reset-4x", "spam")]),
     (LF, "without it SPAM loses a further {:.3f} ± {:.3f} at 2000 steps (at 1000 the difference, {:+.3f} ± "
@@ -1205,7 +1223,8 @@ CLAIMS += [
               "" if all(abs(lpaired(n, v, "spam")[0]) <= lpaired(n, v, "spam")[1] for n in (1000, 2000)
                         for v in ("spam-no-clip", "spam-threshold-10x")) else " (NOT)"]),
     (LF, "SPAM's tuning split picks a lower lr than AdamW's at 2000 steps ({:g} against {:g}), as it does "
-         "for {} of the {} ablations that keep the resets, while SPAM without resets takes AdamW's lr at both "
+         "for {} of the {} ablations that keep the resets, while SPAM without resets takes AdamW's lr at "
+         "both "
          "lengths{}.",
      lambda: [chosen_lr(2000, "spam"), chosen_lr(2000, "adamw"),
               *map(_number_word, _keeps_resets_lower_lr(2000)),
