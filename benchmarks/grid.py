@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks import provenance
 
 # Validation batches of a final evaluation: more than any grid's split holds, so the whole split is used.
@@ -211,7 +213,9 @@ def run_one(setup: Setup, name: str, variant: dict[str, Any], regime_name: str, 
         "loss_events": sorted({e["step"] for e in events if e["kind"] == "loss"}),
         "injections": regime.injections(setup, steps),
     }
+    # a run's losses depend on its thread count (SpikeGPT's reductions split differently), so record it
     result |= provenance.source() | {
+        "threads": torch.get_num_threads(),
         "command": " ".join(["python", "-m", "trainers.pretrain",
                              *map(shlex.quote, trainer_argv(setup, variant, regime, seed, lr, run_dir))])}
     result_path.write_text(json.dumps(result))

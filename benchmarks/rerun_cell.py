@@ -23,6 +23,9 @@ from typing import Any
 from benchmarks import grid, provenance
 
 RESULTS = provenance.ROOT / "benchmarks" / "results"
+# Grids whose runs all train on a fixed thread count, for runs made before results recorded ``threads``:
+# the length grid's workers run one thread each.
+GRID_THREADS = {"length": 1}
 SAME, DIFFERENT, UNCHECKABLE = 0, 1, 2
 
 
@@ -42,9 +45,14 @@ def committed_cell(folder: Path, cell: str | None) -> dict[str, Any]:
     return runs[key]
 
 
-def rerun_loss(command: str) -> float | None:
-    """The final validation loss of the trainer command, rerun into a temporary folder."""
+def rerun_loss(command: str, threads: int) -> float | None:
+    """The final validation loss of the trainer command, rerun into a temporary folder on ``threads``
+    threads (the sum of a reduction split over threads depends on the split, so the count must match)."""
+    import torch
+
     from trainers.pretrain import main as pretrain
+
+    torch.set_num_threads(threads)
 
     argv = shlex.split(command)[3:]  # after "python -m trainers.pretrain"
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,8 +64,17 @@ def rerun_loss(command: str) -> float | None:
     return evals[-1] if evals else None
 
 
-def check(folder: Path, cell: str | None = None, tolerance: float = 1e-6, anyway: bool = False) -> int:
-    """Rerun one cell of the grid in ``folder``; SAME, DIFFERENT, or UNCHECKABLE (said why, on stdout)."""
+def _default_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def check(folder: Path, cell: str | None = None, tolerance: float = 1e-6, anyway: bool = False,
+          threads: int | None = None) -> int:
+    """Rerun one cell of the grid in ``folder`` on ``threads`` threads (default: as the run recorded, else
+    as its grid always runs, else this machine's default); SAME, DIFFERENT, or UNCHECKABLE (said why, on
+    stdout)."""
     run = committed_cell(folder, cell)
     name = f"{folder.name}: {run['regime']} / {run['optimizer']} / seed {run['seed']}"
     recorded, here = run.get("commit"), provenance.source()
@@ -73,10 +90,11 @@ def check(folder: Path, cell: str | None = None, tolerance: float = 1e-6, anyway
               f"check out {recorded[:10]} with a clean tree to demand the committed value")
         if not anyway:
             return UNCHECKABLE
-    loss, committed = rerun_loss(run["command"]), run["final_eval_loss"]
+    threads = threads or run.get("threads") or GRID_THREADS.get(folder.name) or _default_threads()
+    loss, committed = rerun_loss(run["command"], threads), run["final_eval_loss"]
     same = loss is not None and committed is not None and math.isclose(loss, committed, rel_tol=0,
                                                                        abs_tol=tolerance)
-    print(f"{name}: committed val loss {committed}, rerun {loss}: "
+    print(f"{name}: committed val loss {committed}, rerun on {threads} thread(s) {loss}: "
           + ("the same" if same else f"DIFFERENT (tolerance {tolerance:g})"))
     if not matches:
         return UNCHECKABLE
@@ -91,9 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-6, help="largest accepted |difference|, nats")
     parser.add_argument("--anyway", action="store_true",
                         help="rerun even where the commit does not match, and print the difference")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads to train on (default: as the run recorded or its grid runs)")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
     folders = args.folders or sorted(p.parent for p in RESULTS.glob("*/results.json"))
-    return max(check(folder, args.cell, args.tolerance, args.anyway) for folder in folders)
+    return max(check(folder, args.cell, args.tolerance, args.anyway, args.threads) for folder in folders)
 
 
 if __name__ == "__main__":

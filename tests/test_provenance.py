@@ -7,6 +7,7 @@ import json
 
 import benchmark_scripts
 import pytest
+import torch
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,7 @@ def test_a_grid_run_records_its_commit_tree_and_trainer_command(one_cell_grid, p
     run = json.loads((one_cell_grid / "results.json").read_text())[0]
     assert run["commit"] == provenance.source()["commit"] and isinstance(run["tree_clean"], bool)
     assert run["command"].startswith("python -m trainers.pretrain --model llama-tiny --max-steps 6")
+    assert run["threads"] == torch.get_num_threads()  # the sums of SpikeGPT's reductions depend on it
     assert "Provenance: 1 ran at commit" in (one_cell_grid / "README.md").read_text()
 
 
@@ -59,7 +61,7 @@ def test_rerun_cell_demands_the_committed_value_at_the_same_commit(one_cell_grid
     monkeypatch.setattr(rerun_cell.provenance, "source", lambda: here)
     _rewrite(one_cell_grid, tree_clean=True)
     assert rerun_cell.main([str(one_cell_grid)]) == rerun_cell.SAME
-    assert "the same" in capsys.readouterr().out
+    assert f"on {run['threads']} thread(s)" in (said := capsys.readouterr().out) and "the same" in said
     _rewrite(one_cell_grid, final_eval_loss=run["final_eval_loss"] + 0.01)  # a stale committed number
     assert rerun_cell.main([str(one_cell_grid)]) == rerun_cell.DIFFERENT
     assert "DIFFERENT" in capsys.readouterr().out
