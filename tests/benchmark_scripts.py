@@ -19,7 +19,7 @@ BENCHMARKS = ROOT / "benchmarks"
 # Scripts that import ``benchmarks.<name>``: loaded as members of the package.
 PACKAGED = {"grid", "grid_command", "provenance", "stability", "lowbit", "memory_grid", "eval_noise",
             "machine_load", "quant_cost", "rerun_cell", "spikegpt_kernel_cell", "length_grid",
-            "detector_recall"}
+            "detector_recall", "monitor_overhead"}
 
 
 def load(name: str) -> ModuleType:
