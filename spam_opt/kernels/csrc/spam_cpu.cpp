@@ -463,6 +463,28 @@ inline void requantize(const float* __restrict rb, const float* __restrict sb, f
 }
 
 #if defined(__AVX512F__)
+// requantize for a block of whole vectors of 16, whose largest |r| and s are the lanes' maxima of r_max and
+// s_max: one rounding conversion and a truncating narrow per code (what nearbyint and the integer casts do).
+inline void requantize_avx512(const float* __restrict rb, const float* __restrict sb, __m512 r_max, __m512 s_max,
+                              int8_t* __restrict mc, uint8_t* __restrict vc, float* r_scale, float* s_scale,
+                              int64_t n) {
+  const float rm = _mm512_reduce_max_ps(r_max), sm = _mm512_reduce_max_ps(s_max);
+  *r_scale = rm;
+  *s_scale = sm;
+  const __m512 r_inv = _mm512_set1_ps(inverse(rm, kRLevels)), s_inv = _mm512_set1_ps(inverse(sm, kSLevels));
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m512 s = _mm512_load_ps(sb + i);
+    // Round to nearest even under the default rounding mode, as nearbyint; only 0 rounds to code 0.
+    __m512i code_s = _mm512_cvtps_epi32(_mm512_sqrt_ps(_mm512_mul_ps(s, s_inv)));
+    code_s = _mm512_mask_max_epi32(code_s, _mm512_cmp_ps_mask(s, zero, _CMP_GT_OQ), code_s, one);
+    const __m512i code_m = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(rb + i), r_inv));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(mc + i), _mm512_cvtepi32_epi8(code_m));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(vc + i), _mm512_cvtepi32_epi8(code_s));
+  }
+}
+
 // update_block8 for a block of whole vectors of 16, written out with AVX-512: one pass that dequantizes,
 // updates and keeps r, s and their maxima, deciding per vector whether the exact path is needed (the plain
 // and the exact arithmetic agree on every lane the plain test passes, so per vector and per block give the
@@ -539,20 +561,7 @@ void update_block8_avx512(float* __restrict p, const float* __restrict g, int8_t
   }
   tally.clipped += clipped;
   tally.nonfinite |= bad;
-  const float rm = _mm512_reduce_max_ps(r_max), sm = _mm512_reduce_max_ps(s_max);
-  *r_scale = rm;
-  *s_scale = sm;
-  const __m512 r_inv = _mm512_set1_ps(inverse(rm, kRLevels)), s_inv = _mm512_set1_ps(inverse(sm, kSLevels));
-  const __m512i one = _mm512_set1_epi32(1);
-  for (int64_t i = 0; i < n; i += 16) {
-    const __m512 s = _mm512_load_ps(sb + i);
-    // Round to nearest even under the default rounding mode, as nearbyint; only 0 rounds to code 0.
-    __m512i code_s = _mm512_cvtps_epi32(_mm512_sqrt_ps(_mm512_mul_ps(s, s_inv)));
-    code_s = _mm512_mask_max_epi32(code_s, _mm512_cmp_ps_mask(s, zero, _CMP_GT_OQ), code_s, one);
-    const __m512i code_m = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(rb + i), r_inv));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(mc + i), _mm512_cvtepi32_epi8(code_m));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(vc + i), _mm512_cvtepi32_epi8(code_s));
-  }
+  requantize_avx512(rb, sb, r_max, s_max, mc, vc, r_scale, s_scale, n);
 }
 #endif
 
@@ -1097,9 +1106,58 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
 // ---- Stable-SPAM with 8-bit moments: SPAM's layout and maps (spam_opt/quantized_state.py), dense --------
 
 // One block: dequantize m̂ and v̂, stable_update's arithmetic, and r = m / (s + eps), s = sqrt(v) with their
-// maxima, in one loop; then requantize.
+// maxima, in one loop; then requantize (with AVX-512 and whole vectors, stable_block8_avx512).
+#if defined(__AVX512F__)
+// stable_block8 for a block of whole vectors of 16, written out with AVX-512: the same operations in the same
+// order, then requantize_avx512. A tensor with a NaN/Inf gradient never gets here (stable_tensor_step).
+void stable_block8_avx512(float* __restrict p, const float* __restrict g, int8_t* __restrict mc,
+                          uint8_t* __restrict vc, float* r_scale, float* s_scale, int64_t n, const StableHyper& h) {
+  alignas(64) float rb[kQBlock];
+  alignas(64) float sb[kQBlock];
+  const __m512 r_step = _mm512_set1_ps(*r_scale / kRLevels), s_step = _mm512_set1_ps(*s_scale / kSLevels);
+  const __m512 bound = _mm512_set1_ps(h.bound), ratio = _mm512_set1_ps(h.ratio), scale = _mm512_set1_ps(h.scale);
+  const __m512 beta1 = _mm512_set1_ps(h.beta1), one_minus_beta1 = _mm512_set1_ps(h.one_minus_beta1);
+  const __m512 beta2 = _mm512_set1_ps(h.beta2), one_minus_beta2 = _mm512_set1_ps(h.one_minus_beta2);
+  const __m512 inv_bias2_sqrt = _mm512_set1_ps(h.inv_bias2_sqrt), eps = _mm512_set1_ps(h.eps);
+  const __m512 step = _mm512_set1_ps(h.step), decay = _mm512_set1_ps(h.decay), keep = _mm512_set1_ps(h.keep);
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  auto abs = [&](__m512 x) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), abs_mask)); };
+  __m512 r_max = _mm512_setzero_ps(), s_max = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m512 code_s =
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vc + i))));
+    const __m512 code_m =
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mc + i))));
+    const __m512 s_old = _mm512_mul_ps(_mm512_mul_ps(code_s, code_s), s_step);
+    const __m512 m_hat = _mm512_mul_ps(_mm512_mul_ps(code_m, r_step), _mm512_add_ps(s_old, eps));
+    const __m512 v_hat = _mm512_mul_ps(s_old, s_old);
+    const __m512 gi = _mm512_loadu_ps(g + i);
+    const __mmask16 spike = _mm512_cmp_ps_mask(abs(gi), bound, _CMP_GT_OQ);
+    const __m512 x = _mm512_mul_ps(_mm512_mask_blend_ps(spike, gi, _mm512_mul_ps(gi, ratio)), scale);
+    const __m512 m_new =
+        _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(m_hat, keep), beta1), _mm512_mul_ps(x, one_minus_beta1));
+    const __m512 v_new = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(v_hat, keep), beta2),
+                                       _mm512_mul_ps(_mm512_mul_ps(x, x), one_minus_beta2));
+    const __m512 s = _mm512_sqrt_ps(v_new);
+    const __m512 p_new = _mm512_sub_ps(
+        _mm512_mul_ps(_mm512_loadu_ps(p + i), decay),
+        _mm512_div_ps(_mm512_mul_ps(step, m_new), _mm512_add_ps(_mm512_mul_ps(s, inv_bias2_sqrt), eps)));
+    const __m512 r = _mm512_div_ps(m_new, _mm512_add_ps(s, eps));
+    _mm512_storeu_ps(p + i, p_new);
+    _mm512_store_ps(rb + i, r);
+    _mm512_store_ps(sb + i, s);
+    r_max = _mm512_max_ps(r_max, abs(r));
+    s_max = _mm512_max_ps(s_max, s);
+  }
+  requantize_avx512(rb, sb, r_max, s_max, mc, vc, r_scale, s_scale, n);
+}
+#endif
+
 void stable_block8(float* __restrict p, const float* __restrict g, int8_t* __restrict mc, uint8_t* __restrict vc,
                    float* r_scale, float* s_scale, int64_t n, const StableHyper& h) {
+#if defined(__AVX512F__)
+  if (n % 16 == 0) return stable_block8_avx512(p, g, mc, vc, r_scale, s_scale, n, h);
+#endif
   alignas(64) float rb[kQBlock];
   alignas(64) float sb[kQBlock];
   const float r_step = *r_scale / kRLevels, s_step = *s_scale / kSLevels;
