@@ -32,10 +32,13 @@ def _git(*args: str) -> str | None:
 def source() -> dict[str, str | bool | None]:
     """``{"commit": sha or None, "tree_clean": whether tracked files match it (None when unknown)}``.
 
-    Untracked files (run folders, caches) do not count: they are not code the result depends on.
+    Untracked files (run folders, caches) and the tracked files under ``benchmarks/results/`` do not count:
+    they are not code the result depends on, and a benchmark run after another one finds its table
+    rewritten.
     """
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                  ":(exclude)benchmarks/results") if commit else None
     return {"commit": commit, "tree_clean": None if status is None else status == ""}
 
 

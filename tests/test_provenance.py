@@ -78,3 +78,24 @@ def test_rerun_cell_says_plainly_when_it_cannot_check(one_cell_grid, monkeypatch
     assert "commit not recorded" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no committed run 'clean/spam/0'"):
         rerun_cell.main([str(one_cell_grid), "--cell", "clean/spam/0"])
+
+
+def test_a_rewritten_results_table_leaves_the_tree_clean_and_changed_code_does_not(provenance, tmp_path,
+                                                                                   monkeypatch):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "results" / "table.md").write_text("| 1.0 |\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)
+    assert provenance.source()["tree_clean"] is True
+    (tmp_path / "benchmarks" / "results" / "table.md").write_text("| 1.1 |\n")  # a benchmark ran before
+    assert provenance.source()["tree_clean"] is True
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert provenance.source()["tree_clean"] is False
