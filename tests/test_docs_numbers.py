@@ -431,9 +431,15 @@ CLAIMS: list[tuple[str, str, object]] = [
      lambda: [*recall(S, "grad", clipped=False), _bad_batch_recall()[1], flags(S, "grad"), flags(S, "loss"),
               sum(r["steps"] for r in runs(S))]),
     ("README.md", "CPU (`benchmarks/results/monitor_overhead.md`): {:.1f}% of a training step in tensor "
-                  "mode, {:.1f}% in element mode",
+                  "mode, {:.1f}% in element mode (time inside `observe()`); the whole step, paired over {} "
+                  "interleaved rounds, {:+.2f}% in tensor mode (95% interval {:+.2f}% to {:+.2f}%: under "
+                  "1%{}) and {:+.2f}% in element mode.",
      lambda: [*table_cells("monitor_overhead.md", "tensor", "observe / step"),
-              *table_cells("monitor_overhead.md", "element", "observe / step")]),
+              *table_cells("monitor_overhead.md", "element", "observe / step"),
+              int(re.search(r"(\d+) measured steps per variant",
+                            (RESULTS / "monitor_overhead.md").read_text()).group(1)),
+              *_paired_overhead("tensor"), "" if _paired_overhead("tensor")[2] < 1 else " (NOT)",
+              _paired_overhead("element")[0]]),
     ("README.md", "its step is one C++ op since this round, {:.2f}x and {:.2f}x fused AdamW's at "
                   "LLaMA-20M and 60M shapes on one CPU core, where through torch passes it took "
                   "{:.0f}-{:.0f}x",
@@ -1098,6 +1104,13 @@ CLAIMS += [
        lambda i=i: [table_quant(f)[i] for f in ("int8", "int4", "fp4", "fp4-e1m2")])
       for i, model in enumerate(("llama-9m", "spikegpt-1m"))],
 ]
+
+def _paired_overhead(mode: str) -> list[float]:
+    """The monitor_overhead table's paired whole-step overhead of ``mode``: median, interval low, high (%)."""
+    text = (RESULTS / "monitor_overhead.md").read_text()
+    row = re.search(rf"^\| {mode} \|.*\| ([-+][\d.]+)% \(([-+][\d.]+)%\.\.([-+][\d.]+)%\) \|$", text, re.M)
+    return [float(x) for x in row.groups()]
+
 
 def _dashboard_page() -> list[str]:
     """Page, plotly.js and one run's own report for 20 runs of 1000 steps (dashboard_size.md)."""
