@@ -463,6 +463,21 @@ inline void requantize(const float* __restrict rb, const float* __restrict sb, f
 }
 
 #if defined(__AVX512F__)
+// The stored m̂ and v̂ of 16 entries from their codes: s = code_s² · s_step is sqrt(v̂) (the code is linear in
+// v̂'s 4th root), m̂ = code_m · r_step · (s + eps) (the code is linear in m̂ / (sqrt(v̂) + eps)).
+struct Moments16 {
+  __m512 s, m, v;
+};
+inline Moments16 dequantize16(const int8_t* __restrict mc, const uint8_t* __restrict vc, __m512 r_step,
+                              __m512 s_step, __m512 eps) {
+  const __m512 code_s =
+      _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vc))));
+  const __m512 code_m =
+      _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mc))));
+  const __m512 s = _mm512_mul_ps(_mm512_mul_ps(code_s, code_s), s_step);
+  return {s, _mm512_mul_ps(_mm512_mul_ps(code_m, r_step), _mm512_add_ps(s, eps)), _mm512_mul_ps(s, s)};
+}
+
 // requantize for a block of whole vectors of 16, whose largest |r| and s are the lanes' maxima of r_max and
 // s_max: one rounding conversion and a truncating narrow per code (what nearbyint and the integer casts do).
 inline void requantize_avx512(const float* __restrict rb, const float* __restrict sb, __m512 r_max, __m512 s_max,
@@ -510,13 +525,7 @@ void update_block8_avx512(float* __restrict p, const float* __restrict g, int8_t
   int64_t clipped = 0;
   bool bad = false;
   for (int64_t i = 0; i < n; i += 16) {
-    const __m512 code_s =
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vc + i))));
-    const __m512 code_m =
-        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mc + i))));
-    const __m512 s_old = _mm512_mul_ps(_mm512_mul_ps(code_s, code_s), s_step);
-    const __m512 v = _mm512_mul_ps(s_old, s_old);
-    const __m512 m = _mm512_mul_ps(_mm512_mul_ps(code_m, r_step), _mm512_add_ps(s_old, eps));
+    const auto [s_old, m, v] = dequantize16(mc + i, vc + i, r_step, s_step, eps);
     const __m512 graw = _mm512_loadu_ps(g + i);
     const __m512 g2raw = _mm512_mul_ps(graw, graw);
     const __m512 cv = _mm512_mul_ps(clip, v);
@@ -1124,13 +1133,7 @@ void stable_block8_avx512(float* __restrict p, const float* __restrict g, int8_t
   auto abs = [&](__m512 x) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), abs_mask)); };
   __m512 r_max = _mm512_setzero_ps(), s_max = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += 16) {
-    const __m512 code_s =
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vc + i))));
-    const __m512 code_m =
-        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mc + i))));
-    const __m512 s_old = _mm512_mul_ps(_mm512_mul_ps(code_s, code_s), s_step);
-    const __m512 m_hat = _mm512_mul_ps(_mm512_mul_ps(code_m, r_step), _mm512_add_ps(s_old, eps));
-    const __m512 v_hat = _mm512_mul_ps(s_old, s_old);
+    const auto [s_old, m_hat, v_hat] = dequantize16(mc + i, vc + i, r_step, s_step, eps);
     const __m512 gi = _mm512_loadu_ps(g + i);
     const __mmask16 spike = _mm512_cmp_ps_mask(abs(gi), bound, _CMP_GT_OQ);
     const __m512 x = _mm512_mul_ps(_mm512_mask_blend_ps(spike, gi, _mm512_mul_ps(gi, ratio)), scale);
