@@ -30,6 +30,7 @@ tokens (spikegpt-1m for ``SPIKEGPT``), the 2 MB built-in corpus, the whole valid
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -60,7 +61,10 @@ INT4 = {"quant": "int4", "quant_group_size": 32, "quant_activations": True}
 LOWBIT = {f"int4-{name}": MAIN[name] | INT4 for name in ("adamw", "spam", "stable-spam")}
 SPIKEGPT = {"spikegpt-adamw": MAIN["adamw"], "spikegpt-int4-spam": MAIN["spam"] | INT4,
             "spikegpt-int4-stable-spam": MAIN["stable-spam"] | INT4}
-MEMORY = {name: memory_grid.VARIANTS[name] for name in ("spam-d0.25-8bit", "adamw8bit-bnb")}
+# Every row of the memory grid but its AdamW (MAIN's): its two Pareto rows first.
+MEMORY = {name: memory_grid.VARIANTS[name] for name in ("spam-d0.25-8bit", "adamw8bit-bnb", "spam-8bit",
+                                                        "stable-spam-8bit", "spam-d0.25", "adamw8bit-torchao",
+                                                        "galore", "adam-mini")}
 HEADLINES = LOWBIT | SPIKEGPT | MEMORY
 MODELS = dict.fromkeys(SPIKEGPT, "spikegpt-1m")  # every other variant trains MODEL
 
@@ -112,7 +116,17 @@ def setup_at(out: Path, steps: int, name: str) -> Setup:
                  tune_fraction=TUNE_FRACTION)
 
 
+@functools.cache
+def _galore(steps: int) -> dict[str, Any]:
+    """GaLore at the rank whose state comes closest to SPAM at density 0.25's, as the memory grid sets it."""
+    variants = {name: dict(flags) for name, flags in memory_grid.VARIANTS.items()}
+    memory_grid.galore_rank(setup_at(Path("."), steps, "galore"), variants)
+    return variants["galore"]
+
+
 def variant(name: str, steps: int) -> dict[str, Any]:
+    if name == "galore":
+        return _galore(steps)
     return MAIN.get(name) or HEADLINES.get(name) or ablations(steps)[name]
 
 
@@ -338,9 +352,11 @@ HEADLINE_SECTIONS = (
      "The SpikeGPT low-bit grid's natural regime (`benchmarks/results/lowbit_spikegpt/`) on spikegpt-1m, "
      "each variant at its own lr: AdamW in fp32, SPAM and Stable-SPAM with INT4 block linears."),
     ("Memory-matched, 1000 steps", MEMORY, ("adamw", "adamw8bit-bnb"),
-     "The memory grid's two Pareto rows (`benchmarks/results/memory/`), each at its own lr: SPAM at density "
-     "0.25 with 8-bit state (0.10x AdamW's state there) and bitsandbytes' AdamW8bit (0.26x); paired against "
-     "fp32 AdamW (the 1000-step table above) and AdamW8bit."),
+     "The memory grid's rows (`benchmarks/results/memory/`, one seed at the 200-step grid's lrs there), "
+     "each at its own lr here: its two Pareto rows first, SPAM at density 0.25 with 8-bit state (0.10x "
+     "AdamW's state there) and bitsandbytes' AdamW8bit (0.26x); GaLore at the rank whose state comes "
+     "closest to SPAM at density 0.25's; paired against fp32 AdamW (the 1000-step table above) and "
+     "AdamW8bit."),
 )
 
 
