@@ -204,7 +204,7 @@ CLAIMS: list[tuple[str, str, object]] = [
               *lpaired(1000, "spikegpt-int4-spam", "spikegpt-adamw")]),
     (CHOOSING, "state {:.3f}x AdamW's ({:.3f}x at 20M-60M shapes) vs {:.2f}x for 8-bit AdamW; each lr tuned, "
                "1000 steps, 3 seeds, paired: {:+.3f} ± {:.3f} against fp32 AdamW, {:+.3f} ± {:.3f} against "
-               "8-bit AdamW |",
+               "8-bit AdamW;",
      lambda: [memory_row("spam-d0.25-8bit")["bytes_per_param"] / 8, *set(table_cells(
          "optimizer_step_cpu_memory.md", SPAM8[1], "x AdamW state")),
               memory_row("adamw8bit-bnb")["bytes_per_param"] / 8, *lpaired(1000, "spam-d0.25-8bit"),
@@ -1319,6 +1319,18 @@ def _length_state_ratio(variant: str, reference: str) -> float:
     return state(variant) / state(reference)
 
 
+BNB = "adamw8bit-bnb"
+MEMORY_LABELS = {"SPAM d=0.25, 8-bit": "spam-d0.25-8bit", "AdamW8bit (bitsandbytes)": BNB,
+                 "SPAM, 8-bit": "spam-8bit", "Stable-SPAM, 8-bit": "stable-spam-8bit",
+                 "AdamW8bit (torchao)": "adamw8bit-torchao", "SPAM d=0.25": "spam-d0.25", "GaLore": "galore",
+                 "Adam-mini": "adam-mini"}
+
+
+def _seed_diffs(variant: str, reference: str) -> list[float]:
+    a, b = losses(L, "clean-1000", variant), losses(L, "clean-1000", reference)
+    return [a[k] - b[k] for k in a]
+
+
 INT4_LABELS = {"INT4 AdamW": "int4-adamw", "INT4 SPAM": "int4-spam", "INT4 Stable-SPAM": "int4-stable-spam"}
 SPIKEGPT_INT4 = {"INT4 SPAM": "spikegpt-int4-spam", "INT4 Stable-SPAM": "spikegpt-int4-stable-spam"}
 
@@ -1377,19 +1389,51 @@ CLAIMS += [
               -lpaired(1000, "spikegpt-int4-stable-spam", "spikegpt-int4-spam")[0],
               lpaired(1000, "spikegpt-int4-stable-spam", "spikegpt-int4-spam")[1]]),
     # the memory pair
-    (LF, "SPAM at density 0.25 with 8-bit state ({:.2f}x AdamW's state) chose {:g}, bitsandbytes' AdamW8bit "
-         "({:.2f}x) {:g}.",
-     lambda: [_length_state_ratio("spam-d0.25-8bit", "adamw"), chosen_lr(1000, "spam-d0.25-8bit"),
-              _length_state_ratio("adamw8bit-bnb", "adamw"), chosen_lr(1000, "adamw8bit-bnb")]),
-    (LF, "| SPAM d=0.25, 8-bit | {:+.3f} ± {:.3f} | {:+.3f} ± {:.3f} |",
-     lambda: [*lpaired(1000, "spam-d0.25-8bit"), *lpaired(1000, "spam-d0.25-8bit", "adamw8bit-bnb")]),
-    (LF, "| AdamW8bit (bitsandbytes) | {:+.3f} ± {:.3f} | |", lambda: lpaired(1000, "adamw8bit-bnb")),
+    *[(LF, f"| {label} | " + "{:.2f} | {:g} | {:+.3f} ± {:.3f} | "
+       + ("{:+.3f} ± {:.3f} |" if v != BNB else "|"),
+       lambda v=v: [_length_state_ratio(v, "adamw"), chosen_lr(1000, v), *lpaired(1000, v),
+                    *(lpaired(1000, v, BNB) if v != BNB else ())])
+      for label, v in MEMORY_LABELS.items()],
+    (LF, "ends level with AdamW whether its state is 8-bit or float32 (within {:.3f} of each other on every "
+         "seed), while dense SPAM with 8-bit state is {:.3f} ± {:.3f} behind AdamW",
+     lambda: [max(abs(d) for d in _seed_diffs("spam-d0.25-8bit", "spam-d0.25")),
+              *lpaired(1000, "spam-8bit")]),
+    (LF, "SPAM at density 0.25 is lower than Adam-mini on every seed{} (by {:.3f}), while GaLore at the "
+         "matched state is lower than SPAM at density 0.25 on every seed{} ({:+.3f} ± {:.3f}, paired).",
+     lambda: [_lower_on_every_seed("clean-1000", "spam-d0.25", "adam-mini"),
+              -lpaired(1000, "spam-d0.25", "adam-mini")[0],
+              _lower_on_every_seed("clean-1000", "galore", "spam-d0.25"),
+              *lpaired(1000, "galore", "spam-d0.25")]),
+    (LF, "Every row but dense 8-bit SPAM and Adam-mini ends within {:.2f} of fp32 AdamW{}",
+     lambda: [0.03, "" if all(abs(lpaired(1000, v)[0]) < 0.03 for v in MEMORY_LABELS.values()
+                              if v not in ("spam-8bit", "adam-mini")) else " (NOT)"]),
+    (LF, "Reproducibility: the runs span {} commits",
+     lambda: [_number_word(len({r["commit"] for r in runs(L)}))]),
     (LF, "(8-bit AdamW the best loss per byte, every SPAM {:.2f}-{:.2f} behind)", _memory_spam_gaps),
     (LF, "is level with fp32 AdamW{} at a tenth of its state and lower than AdamW8bit on every seed{} with "
          "{:.2f}x AdamW8bit's state bytes",
      lambda: ["" if abs(lpaired(1000, "spam-d0.25-8bit")[0]) <= lpaired(1000, "spam-d0.25-8bit")[1]
               else " (NOT)", _lower_on_every_seed("clean-1000", "spam-d0.25-8bit", "adamw8bit-bnb"),
               _length_state_ratio("spam-d0.25-8bit", "adamw8bit-bnb")]),
+]
+
+CLAIMS += [  # every memory-grid row retuned
+    (CHOOSING, "; GaLore {:+.3f} ± {:.3f}, Adam-mini {:+.3f} ± {:.3f} against fp32 AdamW |",
+     lambda: [*lpaired(1000, "galore"), *lpaired(1000, "adam-mini")]),
+    (CHOOSING, "GaLore had the lowest loss of the memory savers{}, at {:.2f}x AdamW's state",
+     lambda: ["" if min(MEMORY_LABELS.values(), key=lambda v: mean(L, "clean-1000", v)) == "galore"
+              else " (NOT)", _length_state_ratio("galore", "adamw")]),
+    (CHOOSING, "GaLore at the matched state is lower than SPAM at density 0.25 on every seed{} ({:+.3f} ± "
+               "{:.3f}), Adam-mini higher (by {:.3f}), so",
+     lambda: [_lower_on_every_seed("clean-1000", "galore", "spam-d0.25"),
+              *lpaired(1000, "galore", "spam-d0.25"), lpaired(1000, "adam-mini", "spam-d0.25")[0]]),
+    (CHOOSING, "Dense SPAM with 8-bit state is {:.3f} ± {:.3f} behind AdamW",
+     lambda: lpaired(1000, "spam-8bit")),
+    (MF, "The other rows, retuned the same way, against fp32 AdamW: GaLore {:+.3f} ± {:.3f}, torchao's "
+         "AdamW8bit {:+.3f} ± {:.3f}, Stable-SPAM with 8-bit state {:+.3f} ± {:.3f}, Adam-mini {:+.3f} ± "
+         "{:.3f}, dense SPAM with 8-bit state {:+.3f} ± {:.3f}.",
+     lambda: [x for v in ("galore", "adamw8bit-torchao", "stable-spam-8bit", "adam-mini", "spam-8bit")
+              for x in lpaired(1000, v)]),
 ]
 
 CLAIMS += [  # the other grids' FINDINGS point to their tuned reruns
