@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks import grid, provenance
 
 RESULTS = provenance.ROOT / "benchmarks" / "results"
@@ -48,8 +50,6 @@ def committed_cell(folder: Path, cell: str | None) -> dict[str, Any]:
 def rerun_loss(command: str, threads: int) -> float | None:
     """The final validation loss of the trainer command, rerun into a temporary folder on ``threads``
     threads (the sum of a reduction split over threads depends on the split, so the count must match)."""
-    import torch
-
     from trainers.pretrain import main as pretrain
 
     torch.set_num_threads(threads)
@@ -62,12 +62,6 @@ def rerun_loss(command: str, threads: int) -> float | None:
         rows = grid.read_rows(Path(tmp) / "rerun" / "metrics.jsonl")
     evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
     return evals[-1] if evals else None
-
-
-def _default_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def check(folder: Path, cell: str | None = None, tolerance: float = 1e-6, anyway: bool = False,
@@ -90,7 +84,7 @@ def check(folder: Path, cell: str | None = None, tolerance: float = 1e-6, anyway
               f"check out {recorded[:10]} with a clean tree to demand the committed value")
         if not anyway:
             return UNCHECKABLE
-    threads = threads or run.get("threads") or GRID_THREADS.get(folder.name) or _default_threads()
+    threads = threads or run.get("threads") or GRID_THREADS.get(folder.name) or torch.get_num_threads()
     loss, committed = rerun_loss(run["command"], threads), run["final_eval_loss"]
     same = loss is not None and committed is not None and math.isclose(loss, committed, rel_tol=0,
                                                                        abs_tol=tolerance)
