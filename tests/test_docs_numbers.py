@@ -25,9 +25,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 @functools.cache
+def saved(grid: str, name: str = "results.json") -> dict | list:
+    return json.loads((RESULTS / grid / name).read_text())
+
+
 def runs(grid: str, name: str = "results.json") -> tuple[dict, ...]:
-    saved = json.loads((RESULTS / grid / name).read_text())
-    return tuple(saved["runs"] if isinstance(saved, dict) else saved)
+    loaded = saved(grid, name)
+    return tuple(loaded["runs"] if isinstance(loaded, dict) else loaded)
 
 
 def losses(grid: str, regime: str, variant: str, round1: bool = False) -> dict[int, float]:
@@ -47,10 +51,15 @@ def gap(grid: str, regime: str, variant: str, minus: tuple[str, str], round1: bo
     return mean(grid, regime, variant, round1) - mean(grid, *minus, round1)
 
 
+def seed_diffs(grid: str, regime: str, variant: str, reference: str) -> list[float]:
+    """The variant's loss minus the reference's of the same seed, for every seed both have."""
+    a, b = losses(grid, regime, variant), losses(grid, regime, reference)
+    return [a[k] - b[k] for k in a if k in b]
+
+
 def paired(grid: str, regime: str, variant: str, reference: str) -> tuple[float, float]:
     """Mean and sample std over seeds of the variant's loss minus the reference's of the same seed."""
-    a, b = losses(grid, regime, variant), losses(grid, regime, reference)
-    diffs = [a[k] - b[k] for k in a if k in b]
+    diffs = seed_diffs(grid, regime, variant, reference)
     return statistics.fmean(diffs), statistics.stdev(diffs)
 
 
@@ -59,8 +68,7 @@ def seed_gap(grid: str, regime: str, variant: str, reference: str, seed: int) ->
 
 
 def memory_row(variant: str) -> dict:
-    saved = json.loads((RESULTS / "memory" / "results.json").read_text())
-    return next(r for r in saved["rows"] if r["variant"] == variant)
+    return next(r for r in saved("memory")["rows"] if r["variant"] == variant)
 
 
 def triads(path: str) -> list[float]:
@@ -107,8 +115,7 @@ def near_threshold(kind: str, factor: float | None = None, step: int | None = No
 
 
 def _near_threshold_claim() -> list:
-    saved = json.loads((RESULTS / DR / "results.json").read_text())
-    return [saved["thresholds"]["gss_threshold"],
+    return [saved(DR)["thresholds"]["gss_threshold"],
             *(n for f in (1000, 100, 30, 10) for n in near_threshold("grad", f)), *near_threshold("loss"),
             flags(DR, "grad"), flags(DR, "loss"), sum(r["steps"] for r in runs(DR))]
 
@@ -1173,8 +1180,8 @@ def chosen_lr(steps: int, variant: str, regime: str = "clean") -> float:
 
 
 def _behind_on_every_seed(variant: str, steps: int) -> bool:
-    a, b = losses(L, f"clean-{steps}", variant), losses(L, f"clean-{steps}", "adamw")
-    return len(a) == 3 and all(a[k] > b[k] for k in a)
+    regime = f"clean-{steps}"
+    return len(losses(L, regime, variant)) == 3 and _every_seed(L, regime, "adamw", variant)
 
 
 def _keeps_resets_lower_lr(steps: int) -> list[int]:
@@ -1301,15 +1308,14 @@ CLAIMS += [
 
 def sweep_tune(steps: int, variant: str, lr: float) -> float:
     """The tuning-split loss of the length grid's lr sweep (seed 0) at ``lr``."""
-    saved = json.loads((RESULTS / L / "results.json").read_text())
-    (loss,) = [r["final_tune_loss"] for r in saved["sweep"]
+    (loss,) = [r["final_tune_loss"] for r in saved(L)["sweep"]
                if r["regime"] == f"clean-{steps}" and r["optimizer"] == variant and r["lr"] == lr]
     return loss
 
 
 def _lower_on_every_seed(regime: str, variant: str, reference: str) -> str:
-    a, b = losses(L, regime, variant), losses(L, regime, reference)
-    return "" if len(a) == 3 and all(a[k] < b[k] for k in a) else " (NOT)"
+    every = len(losses(L, regime, variant)) == 3 and _every_seed(L, regime, variant, reference)
+    return "" if every else " (NOT)"
 
 
 def _length_state_ratio(variant: str, reference: str) -> float:
@@ -1324,11 +1330,6 @@ MEMORY_LABELS = {"SPAM d=0.25, 8-bit": "spam-d0.25-8bit", "AdamW8bit (bitsandbyt
                  "SPAM, 8-bit": "spam-8bit", "Stable-SPAM, 8-bit": "stable-spam-8bit",
                  "AdamW8bit (torchao)": "adamw8bit-torchao", "SPAM d=0.25": "spam-d0.25", "GaLore": "galore",
                  "Adam-mini": "adam-mini"}
-
-
-def _seed_diffs(variant: str, reference: str) -> list[float]:
-    a, b = losses(L, "clean-1000", variant), losses(L, "clean-1000", reference)
-    return [a[k] - b[k] for k in a]
 
 
 INT4_LABELS = {"INT4 AdamW": "int4-adamw", "INT4 SPAM": "int4-spam", "INT4 Stable-SPAM": "int4-stable-spam"}
@@ -1396,7 +1397,7 @@ CLAIMS += [
       for label, v in MEMORY_LABELS.items()],
     (LF, "ends level with AdamW whether its state is 8-bit or float32 (within {:.3f} of each other on every "
          "seed), while dense SPAM with 8-bit state is {:.3f} ± {:.3f} behind AdamW",
-     lambda: [max(abs(d) for d in _seed_diffs("spam-d0.25-8bit", "spam-d0.25")),
+     lambda: [max(abs(d) for d in seed_diffs(L, "clean-1000", "spam-d0.25-8bit", "spam-d0.25")),
               *lpaired(1000, "spam-8bit")]),
     (LF, "SPAM at density 0.25 is lower than Adam-mini on every seed{} (by {:.3f}), while GaLore at the "
          "matched state is lower than SPAM at density 0.25 on every seed{} ({:+.3f} ± {:.3f}, paired).",
