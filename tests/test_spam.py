@@ -12,8 +12,10 @@ from torch import nn
 
 from spam_opt import SPAM, param_groups
 from spam_opt.kernels.draw import draw_kept
+from spam_opt.kernels.spam.cpp import _bitmaps as cpp_bitmaps
+from spam_opt.kernels.spam.cpp import _kept_bits
 from spam_opt.sparse import kept_indices, mask_key
-from spam_opt.state.kept import KeptEntries
+from spam_opt.state.kept import KeptEntries, pack_bits, unpack_bits
 
 SCHEDULE = dict(reset_interval=25, warmup_steps=8, clip_delay=5, threshold=50.0)
 PATHS = [pytest.param(False, id="reference"), pytest.param(True, id="foreach")]
@@ -250,3 +252,35 @@ def test_param_groups_split_blocks_from_embeddings_norms_and_head():
     assert ids(groups["no_decay"]) == {id(model.attn.bias), id(model.norm.weight), id(model.norm.bias)}
     assert groups["no_decay"]["weight_decay"] == 0.0 and all(g["lr"] == 3e-3 for g in groups.values())
     SPAM(list(groups.values()))  # every key is a valid SPAM option
+
+
+@pytest.mark.parametrize(("numel", "density"), [(300_000, 0.25), (400_000, 1e-5), (70_000, 1.0), (5, 0.5)])
+def test_bitmap_of_kept_entries_marks_exactly_their_indices(numel, density):
+    """The C++ op that turns the index layout into the bitmap the C++ step reads, against the indices."""
+    kept = draw_kept(numel, mask_key(2, 0, 1), density)
+    bits = torch.ops.spam_opt.kept_bits_of(kept.low, kept.starts, numel)
+    assert bits.dtype == torch.int32 and bits.numel() == -(-numel // 32) + 1
+    assert torch.equal(unpack_bits(bits, numel).nonzero().squeeze(1), kept.indices())
+    assert torch.equal(bits, pack_bits(unpack_bits(bits, numel)))  # nothing set past the entries
+
+
+def test_bitmap_of_kept_entries_refuses_indices_that_do_not_add_up():
+    kept = draw_kept(200_000, mask_key(2, 0, 1), 0.25)
+    with pytest.raises(RuntimeError, match="starts does not count"):
+        torch.ops.spam_opt.kept_bits_of(kept.low[1:], kept.starts, 200_000)
+    with pytest.raises(RuntimeError, match="int16 and starts int64"):
+        torch.ops.spam_opt.kept_bits_of(kept.low.int(), kept.starts, 200_000)
+
+
+def test_cpp_step_builds_its_bitmap_once_per_draw_and_again_when_the_indices_change():
+    kept = draw_kept(100_000, mask_key(1, 0, 0), 0.25)
+    low = kept.low.clone()
+    bits = _kept_bits(KeptEntries(low, kept.starts), 100_000)
+    assert _kept_bits(KeptEntries(low, kept.starts), 100_000) is bits  # a step reuses it
+    first = int(low[0])
+    low[0] = first + 1  # written in place, as loading a state dict into the tensor would
+    rebuilt = unpack_bits(_kept_bits(KeptEntries(low, kept.starts), 100_000), 100_000)
+    assert rebuilt[first + 1] and not rebuilt[first]
+    before = len(cpp_bitmaps)
+    del low
+    assert len(cpp_bitmaps) == before - 1  # dropped with the state's index tensor

@@ -53,6 +53,8 @@ def draw_kept(numel: int, key: int, density: float, *, offset: int = 0,
 def kept_bitmap(kept: KeptEntries, numel: int) -> Tensor:
     """The bitmap of the 8-bit layout (``spam_opt.state.kept``) of the entries ``kept`` holds, built on
     their device without a host read."""
+    if kept.low.device.type == "cpu" and optimizer_ops_unavailable_reason() is None:
+        return torch.ops.spam_opt.kept_bits_of(kept.low, kept.starts, numel)
     mask = torch.zeros(numel, dtype=torch.bool, device=kept.low.device)
     return pack_bits(mask.index_fill_(0, kept.indices(), True))
 

@@ -7,7 +7,7 @@
 // aside (a second read only where too many could be).
 // SPAM and Stable-SPAM with 8-bit moments dequantize, update and requantize each block in the same pass.
 // Registered as torch.ops.spam_opt.spam_step_, spam_step8_, stable_spam_step_, stable_spam_step8_,
-// kept_entries and kept_bits; spam_opt/_cpp_build.py builds and loads this file (spam_opt/kernels/cpp_ops.py
+// kept_entries, kept_bits and kept_bits_of; spam_opt/_cpp_build.py builds and loads this file (spam_opt/kernels/cpp_ops.py
 // names it), spam_opt/kernels/{spam,stable_spam}/cpp.py and spam_opt/kernels/draw.py call its ops.
 
 #include <ATen/ATen.h>
@@ -35,8 +35,6 @@ constexpr int64_t kBlock = 1 << 12;
 // Entries of g above the least bound AdaClip can have that Stable-SPAM's statistics keep (plus 1 in 1024 of
 // the tensor's entries) before giving up and reading g again on a step where AdaClip clips.
 constexpr int64_t kTailCap = 1 << 12;
-// Kept entries gathered per batch by sparse_update_indexed (buffers of this size on the stack).
-constexpr int64_t kGather = 1 << 10;  // (without AVX-512 only)
 // Sparse momentum stores flat indices per block of 2**kBlockBits entries (spam_opt/sparse.py, BLOCK_BITS).
 constexpr int64_t kBlockBits = 16;
 
@@ -238,6 +236,21 @@ void update_span(float* p, const float* g, float* m, float* v, int64_t n, const 
   for (; i + kLanes <= n; i += kLanes) update_vec(p + i, g + i, m + i, v + i, h, tally);
   const int64_t rest = n - i;
   if (rest == 0) return;
+#if defined(__AVX512F__)
+  // Masked vector copies: the sparse step ends a span like this every kStretch entries, and byte copies into
+  // the buffers stall the vector loads that read them back (about a tenth of that step's time).
+  static_assert(kLanes == 16);
+  const __mmask16 lanes = static_cast<__mmask16>((1u << rest) - 1);
+  alignas(64) float pb[16], gb[16], mb[16], vb[16];
+  _mm512_store_ps(pb, _mm512_maskz_loadu_ps(lanes, p + i));
+  _mm512_store_ps(gb, _mm512_maskz_loadu_ps(lanes, g + i));
+  _mm512_store_ps(mb, _mm512_maskz_loadu_ps(lanes, m + i));
+  _mm512_store_ps(vb, _mm512_maskz_loadu_ps(lanes, v + i));
+  update_vec(pb, gb, mb, vb, h, tally);
+  _mm512_mask_storeu_ps(p + i, lanes, _mm512_load_ps(pb));
+  _mm512_mask_storeu_ps(m + i, lanes, _mm512_load_ps(mb));
+  _mm512_mask_storeu_ps(v + i, lanes, _mm512_load_ps(vb));
+#else
   float pb[kLanes] = {}, gb[kLanes] = {}, mb[kLanes] = {}, vb[kLanes] = {};
   std::copy_n(p + i, rest, pb);
   std::copy_n(g + i, rest, gb);
@@ -247,6 +260,7 @@ void update_span(float* p, const float* g, float* m, float* v, int64_t n, const 
   std::copy_n(pb, rest, p + i);
   std::copy_n(mb, rest, m + i);
   std::copy_n(vb, rest, v + i);
+#endif
 }
 
 Tally dense_update(float* p, const float* g, float* m, float* v, int64_t n, const Hyper& h) {
@@ -260,77 +274,14 @@ Tally dense_update(float* p, const float* g, float* m, float* v, int64_t n, cons
       std::plus<Tally>());
 }
 
-// Sparse momentum: m and v hold the kept entries only, in ascending order of flat index. The indices come
-// compact (spam_opt/sparse.py): low[j] is index j modulo 2**16, starts[b] the number of kept entries before
-// block b of 2**16 entries. Adam moves the kept entries and the decoupled decay shrinks every entry.
-// A kept entry whose gradient is NaN/Inf keeps p, m and v; the entries left out never read their gradient.
-// With AVX-512, sparse_update, defined with the 8-bit kernels, whose gather and scatter it shares;
-// otherwise sparse_update_indexed.
-#if defined(__AVX512F__)
-Tally sparse_update(float* p, const float* g, float* m, float* v, const int16_t* low, const int64_t* starts,
+// Sparse momentum: m and v hold the kept entries only, in ascending order of flat index. Which entries are
+// kept comes as a bitmap (spam_opt/state/kept.py: bit j % 32 of word j / 32, built once per draw by
+// kept_bits_of) and starts[b], the number of kept entries before block b of 2**16 entries (kBlockBits).
+// Adam moves the kept entries and the decoupled decay shrinks every entry. A kept entry whose gradient is
+// NaN/Inf keeps p, m and v; the entries left out never read their gradient. Defined with the 8-bit kernels,
+// whose gather and scatter it shares.
+Tally sparse_update(float* p, const float* g, float* m, float* v, const uint32_t* words, const int64_t* starts,
                     int64_t k, int64_t numel, const Hyper& h);
-#else
-// sparse_update without AVX-512 (where it measured faster than the bitmap's AVX2 gather): per
-// batch of kept entries: gather their p and g into small contiguous buffers, update those with the dense
-// (vectorised) loop, decay the stretch of p the batch spans (vectorised, in cache), then scatter the kept
-// entries' new values over it.
-// A kept entry whose gradient is NaN/Inf keeps p, m and v; the entries left out never read their gradient.
-Tally sparse_update_indexed(float* p, const float* g, float* m, float* v, const int16_t* low, const int64_t* starts,
-                            int64_t blocks, int64_t k, int64_t numel, const Hyper& h) {
-  const bool decay = h.decay != 1.f;
-  auto decay_range = [=](int64_t lo, int64_t hi) {
-    float* __restrict pr = p;
-    const float d = h.decay;
-#pragma omp simd
-    for (int64_t q = lo; q < hi; ++q) pr[q] *= d;
-  };
-  if (k == 0) {
-    if (decay) at::parallel_for(0, numel, kGrain, decay_range);
-    return Tally{};
-  }
-  auto flat_index = [=](int64_t j, int64_t block) {
-    return (block << kBlockBits) + static_cast<uint16_t>(low[j]);
-  };
-  return at::parallel_reduce(
-      0, k, kGrain / 4, Tally{},
-      [=](int64_t begin, int64_t end, Tally ident) {
-        const VecHyper vh(h);
-        float pk[kGather];
-        float gk[kGather];
-        int64_t ix[kGather];
-        // The block of entry `begin`: the last block with starts[block] <= begin.
-        int64_t block = std::upper_bound(starts, starts + blocks + 1, begin) - starts - 1;
-        int64_t lo = 0;
-        if (begin > 0) {
-          int64_t before = block;
-          while (starts[before] > begin - 1) --before;
-          lo = flat_index(begin - 1, before) + 1;
-        }
-        for (int64_t start = begin; start < end; start += kGather) {
-          const int64_t len = std::min(end - start, kGather);
-          // Per index block, the entries of this batch in it share one base: no per-entry block search.
-          for (int64_t j = 0; j < len;) {
-            while (start + j >= starts[block + 1]) ++block;
-            const int64_t stop = std::min(len, starts[block + 1] - start);
-            const int64_t base = block << kBlockBits;
-            const int16_t* lows = low + start;
-            for (; j < stop; ++j) {
-              ix[j] = base + static_cast<uint16_t>(lows[j]);
-              pk[j] = p[ix[j]];
-              gk[j] = g[ix[j]];
-            }
-          }
-          update_span(pk, gk, m + start, v + start, len, vh, ident);
-          const int64_t hi = start + len == k ? numel : ix[len - 1] + 1;
-          if (decay) decay_range(lo, hi);
-          for (int64_t j = 0; j < len; ++j) p[ix[j]] = pk[j];
-          lo = hi;
-        }
-        return ident;
-      },
-      std::plus<Tally>());
-}
-#endif
 
 // Advance a parameter's bias-correction count n and return the step's constants for it.
 Hyper count_step(const at::Tensor& count_tensor, double lr_w, double beta1, double beta2, double eps, double decay,
@@ -349,6 +300,11 @@ void check_float32(const char* op, const at::Tensor& t, const char* what, int64_
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), op, ": ", what, "[",
               i, "] must be a contiguous float32 CPU tensor, got ", t.scalar_type(), " on ", t.device(),
               t.is_contiguous() ? "" : " (not contiguous)");
+}
+
+// Whether `bits` is a bitmap of `numel` entries (spam_opt/state/kept.py: int32 words, one word of padding).
+bool is_bitmap_of(const at::Tensor& bits, int64_t numel) {
+  return bits.scalar_type() == at::kInt && bits.is_contiguous() && bits.numel() == (numel + 31) / 32 + 1;
 }
 
 // Parameter i, its gradient and its moments: what both optimizer ops read and write.
@@ -378,13 +334,13 @@ struct StepOutputs {
 // Returns (clipped: int64 [N], nonfinite: bool [N]).
 std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                                              at::TensorList exp_avg_sqs, at::TensorList counts,
-                                             const c10::List<std::optional<at::Tensor>>& kept_low,
+                                             const c10::List<std::optional<at::Tensor>>& kept_bits,
                                              const c10::List<std::optional<at::Tensor>>& kept_starts,
                                              const std::optional<at::Tensor>& gate, double lr_w, double beta1,
                                              double beta2, double eps, double decay, double clip, double sign) {
   const int64_t n = static_cast<int64_t>(params.size());
   const StepOutputs out("spam_step_", n, {grads.size(), exp_avgs.size(), exp_avg_sqs.size(), counts.size(),
-                                          kept_low.size(), kept_starts.size()}, gate);
+                                          kept_bits.size(), kept_starts.size()}, gate);
   auto* clipped_out = out.clipped.data_ptr<int64_t>();
   auto* nonfinite_out = out.nonfinite.data_ptr<bool>();
   for (int64_t i = 0; i < n; ++i) {
@@ -399,27 +355,21 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
     const float* gp = g.const_data_ptr<float>();
     float* mp = exp_avgs[i].data_ptr<float>();
     float* vp = exp_avg_sqs[i].data_ptr<float>();
-    const std::optional<at::Tensor> low = kept_low.get(i);
+    const std::optional<at::Tensor> bits = kept_bits.get(i);
     Tally tally;
-    if (!low.has_value()) {
+    if (!bits.has_value()) {
       TORCH_CHECK(exp_avgs[i].numel() == p.numel() && exp_avg_sqs[i].numel() == p.numel(),
                   "spam_step_: the moments of params[", i, "] do not match its size");
       tally = dense_update(pp, gp, mp, vp, p.numel(), h);
     } else {
       const std::optional<at::Tensor> starts = kept_starts.get(i);
-      const int64_t k = low->numel();
-      const int64_t blocks = (p.numel() >> kBlockBits) + 1;
-      TORCH_CHECK(starts.has_value() && low->scalar_type() == at::kShort && low->is_contiguous() &&
-                      starts->scalar_type() == at::kLong && starts->is_contiguous() &&
-                      starts->numel() == blocks + 1 && exp_avgs[i].numel() == k && exp_avg_sqs[i].numel() == k,
+      const int64_t k = exp_avgs[i].numel();
+      TORCH_CHECK(starts.has_value() && is_bitmap_of(*bits, p.numel()) && starts->scalar_type() == at::kLong &&
+                      starts->is_contiguous() && starts->numel() == (p.numel() >> kBlockBits) + 2 &&
+                      exp_avg_sqs[i].numel() == k,
                   "spam_step_: the kept entries and moments of params[", i, "] do not match");
-#if defined(__AVX512F__)
-      tally = sparse_update(pp, gp, mp, vp, low->const_data_ptr<int16_t>(), starts->const_data_ptr<int64_t>(), k,
-                            p.numel(), h);
-#else
-      tally = sparse_update_indexed(pp, gp, mp, vp, low->const_data_ptr<int16_t>(),
-                                    starts->const_data_ptr<int64_t>(), blocks, k, p.numel(), h);
-#endif
+      tally = sparse_update(pp, gp, mp, vp, reinterpret_cast<const uint32_t*>(bits->const_data_ptr<int32_t>()),
+                            starts->const_data_ptr<int64_t>(), k, p.numel(), h);
     }
     clipped_out[i] = tally.clipped;
     nonfinite_out[i] = tally.nonfinite;
@@ -752,16 +702,14 @@ void scatter_kept(const uint32_t* kept, int64_t first, int64_t len, float* p, co
 #endif
 }
 
-#if defined(__AVX512F__)
-// sparse_update (declared above), per index block of 2**16 entries (spam_opt/sparse.py): the block's kept
-// entries' low indices set the bits of a bitmap, then per stretch of kStretch entries gather_kept packs the
-// kept entries' p and g, update_span updates them with their m and v (stored in the same ascending order),
-// and scatter_kept puts them back over the decayed stretch: vector compress and expand rather than a load
-// and a store at an index per kept entry. (Tasks of a quarter block, found by a binary search in the
-// block's indices, measured slower.)
-constexpr int64_t kStretch = 1024;  // 512 measured faster in one process and slower in others
+// sparse_update (declared above), per index block of 2**16 entries: per stretch of kStretch entries,
+// gather_kept packs the kept entries' p and g, update_span updates them with their m and v (stored in the same
+// ascending order), and scatter_kept puts them back over the decayed stretch: vector compress and expand
+// rather than a load and a store at an index per kept entry. The bitmap is built once per draw: built from
+// the indices at every step, it cost more than the rest of the step (a chain of read-modify-writes per word).
+constexpr int64_t kStretch = 1024;  // 256 and 4096 measured slower
 
-Tally sparse_update(float* p, const float* g, float* m, float* v, const int16_t* low, const int64_t* starts,
+Tally sparse_update(float* p, const float* g, float* m, float* v, const uint32_t* words, const int64_t* starts,
                     int64_t k, int64_t numel, const Hyper& h) {
   const bool decays = h.decay != 1.f;
   auto decay_range = [=](float* __restrict pr, int64_t len) {
@@ -778,7 +726,6 @@ Tally sparse_update(float* p, const float* g, float* m, float* v, const int16_t*
       0, (numel + kEntries - 1) / kEntries, 1, Tally{},
       [=](int64_t b0, int64_t b1, Tally tally) {
         const VecHyper vh(h);
-        uint32_t words[kEntries / 32 + 1];  // and one word of padding, as bits_at reads
         alignas(64) float pk[kStretch + 16];
         alignas(64) float gk[kStretch + 16];
         alignas(64) int32_t ix[kStretch + 16];
@@ -789,16 +736,11 @@ Tally sparse_update(float* p, const float* g, float* m, float* v, const int16_t*
             if (decays) decay_range(p + lo, len);
             continue;
           }
-          std::fill(words, words + kEntries / 32 + 1, 0u);
-          for (int64_t j = at; j < starts[b + 1]; ++j) {
-            const uint32_t e = static_cast<uint16_t>(low[j]);
-            words[e >> 5] |= 1u << (e & 31);
-          }
-          for (int64_t first = 0; first < len; first += kStretch) {
-            const int64_t sl = std::min(kStretch, len - first);
-            const int64_t n = gather_kept(words, first, sl, p + lo + first, g + lo + first, pk, gk, ix);
+          for (int64_t first = lo; first < lo + len; first += kStretch) {
+            const int64_t sl = std::min(kStretch, lo + len - first);
+            const int64_t n = gather_kept(words, first, sl, p + first, g + first, pk, gk, ix);
             update_span(pk, gk, m + at, v + at, n, vh, tally);
-            scatter_kept(words, first, sl, p + lo + first, pk, ix, n, h.decay);
+            scatter_kept(words, first, sl, p + first, pk, ix, n, h.decay);
             at += n;
           }
         }
@@ -806,7 +748,6 @@ Tally sparse_update(float* p, const float* g, float* m, float* v, const int16_t*
       },
       std::plus<Tally>());
 }
-#endif
 
 struct Param8 {
   float* p;
@@ -915,8 +856,7 @@ std::tuple<at::Tensor, at::Tensor> spam_step8(at::TensorList params, at::TensorL
     const std::optional<at::Tensor> kept = kept_bits.get(i);
     const uint32_t* words = nullptr;
     if (kept.has_value()) {
-      TORCH_CHECK(kept->scalar_type() == at::kInt && kept->is_contiguous() && kept->numel() == (numel + 31) / 32 + 1,
-                  "spam_step8_: kept_bits[", i, "] is not the bitmap of params[", i, "]");
+      TORCH_CHECK(is_bitmap_of(*kept, numel), "spam_step8_: kept_bits[", i, "] is not the bitmap of params[", i, "]");
       words = reinterpret_cast<const uint32_t*>(kept->const_data_ptr<int32_t>());
     } else {
       TORCH_CHECK(exp_avgs[i].numel() == numel, "spam_step8_: the codes of params[", i, "] do not match its size");
@@ -1311,12 +1251,41 @@ at::Tensor kept_bits(int64_t numel, int64_t key, int64_t threshold, int64_t offs
   return out;
 }
 
+// The bitmap (as kept_bits makes) of the kept entries that `low` and `starts` hold (spam_opt/state/kept.py's
+// index layout) among `numel` entries. The index blocks of 2**16 entries own whole words, so they fill in
+// parallel.
+at::Tensor kept_bits_of(const at::Tensor& low, const at::Tensor& starts, int64_t numel) {
+  const int64_t blocks = (numel >> kBlockBits) + 1;
+  TORCH_CHECK(numel >= 0 && low.device().is_cpu() && starts.device().is_cpu() && low.scalar_type() == at::kShort &&
+                  low.is_contiguous() && starts.scalar_type() == at::kLong && starts.is_contiguous() &&
+                  starts.numel() == blocks + 1,
+              "kept_bits_of: low must be int16 and starts int64 (", blocks + 1, " of them) on the CPU");
+  const int64_t* st = starts.const_data_ptr<int64_t>();
+  const int16_t* lw = low.const_data_ptr<int16_t>();
+  TORCH_CHECK(st[0] == 0 && st[blocks] == low.numel(), "kept_bits_of: starts does not count the ", low.numel(),
+              " kept entries");
+  auto out = at::zeros({(numel + 31) / 32 + 1}, at::kInt);
+  uint32_t* w = reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>());
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t lo = b << kBlockBits;
+      TORCH_CHECK(st[b] <= st[b + 1], "kept_bits_of: starts is not ascending");
+      for (int64_t j = st[b]; j < st[b + 1]; ++j) {
+        const int64_t e = lo + static_cast<uint16_t>(lw[j]);
+        TORCH_CHECK(e < numel, "kept_bits_of: a kept entry lies past the ", numel, " entries");
+        w[e >> 5] |= 1u << (e & 31);
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(spam_opt, m) {
   m.def(
       "spam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-      "Tensor(d!)[] counts, Tensor?[] kept_low, Tensor?[] kept_starts, Tensor? gate, float lr_w, float beta1, float beta2, float eps, "
+      "Tensor(d!)[] counts, Tensor?[] kept_bits, Tensor?[] kept_starts, Tensor? gate, float lr_w, float beta1, float beta2, float eps, "
       "float decay, float clip, float sign) -> (Tensor, Tensor)");
   m.def(
       "stable_spam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
@@ -1337,6 +1306,7 @@ TORCH_LIBRARY(spam_opt, m) {
       "float weight_decay) -> (Tensor, Tensor)");
   m.def("kept_entries(int numel, int key, int threshold, int offset) -> (Tensor, Tensor)", &kept_entries);
   m.def("kept_bits(int numel, int key, int threshold, int offset) -> Tensor", &kept_bits);
+  m.def("kept_bits_of(Tensor low, Tensor starts, int numel) -> Tensor", &kept_bits_of);
 }
 
 TORCH_LIBRARY_IMPL(spam_opt, CPU, m) {

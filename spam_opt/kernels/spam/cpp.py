@@ -9,15 +9,37 @@ loads them; ``spam_opt.kernels.dispatch`` calls this only once they have loaded.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from spam_opt.kernels.cpp_ops import optimizer_ops_take
+from spam_opt.kernels.draw import kept_bitmap
 from spam_opt.kernels.result import KernelResult
 from spam_opt.kernels.spam.foreach import spam_foreach
 from spam_opt.kernels.spam.inputs import QuantizedTensorState, StepScalars, TensorState
+from spam_opt.state.kept import KeptEntries
+
+# The bitmap of each live float32 sparse state's kept entries, by id of its `low` tensor: (a weak reference to
+# it, its version counter when the bitmap was built, the bitmap).
+_bitmaps: dict[int, tuple[weakref.ref[Tensor], int, Tensor]] = {}
+
+
+def _kept_bits(kept: KeptEntries, numel: int) -> Tensor:
+    """The bitmap of ``kept`` that ``spam_step_`` reads, built once per draw and kept beside the state (1 bit
+    per entry): the kernel's vector compress and expand need the bits, and building them from the indices
+    at every step cost more than the rest of the step. Rebuilt when the state's index tensor is replaced (a
+    new draw, a loaded state dict) or written in place; dropped with it."""
+    low = kept.low
+    key = id(low)
+    cached = _bitmaps.get(key)
+    if cached is not None and cached[0]() is low and cached[1] == low._version:
+        return cached[2]
+    bits = kept_bitmap(kept, numel)
+    _bitmaps[key] = (weakref.ref(low, lambda _, key=key: _bitmaps.pop(key, None)), low._version, bits)
+    return bits
 
 
 def _path(p: Tensor, g: Tensor, st: Any) -> str:
@@ -43,7 +65,7 @@ def spam_cpp(params: list[Tensor], grads: list[Tensor], states: list[TensorState
         c, f = torch.ops.spam_opt.spam_step_(
             [params[i] for i in fast], [grads[i] for i in fast], [st.exp_avg for st in sts],
             [st.exp_avg_sq for st in sts], [st.step for st in sts],
-            [None if st.kept is None else st.kept.low for st in sts],
+            [None if st.kept is None else _kept_bits(st.kept, params[i].numel()) for i, st in zip(fast, sts)],
             [None if st.kept is None else st.kept.starts for st in sts], gate, *scalars)
         parts.append((fast, KernelResult(list(c.unbind()), list(f.unbind()))))
     if positions["8bit"]:
