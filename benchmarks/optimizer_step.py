@@ -15,6 +15,11 @@ as bytes and time: an optimizer that moves 0.6x AdamW's bytes at the same bandwi
     python benchmarks/optimizer_step.py --sizes 20m --rounds 3 --threads 1,2
     python benchmarks/optimizer_step.py --only 'default flags' --rounds 31   # many rounds of the fast ones
     python benchmarks/optimizer_step.py --sizes blocks --only 'density 0.25'  # the block matrices alone
+    python benchmarks/optimizer_step.py --only 'default flags' --rounds 31 --runs 3  # three fresh runs
+
+A ratio also depends on where a run's tensors landed in memory: on a shared machine one process can measure
+a row 20% apart from the next. ``--runs N`` repeats each size with fresh parameters, gradients and
+optimizers; the table then gives each row's median over the runs, and every run's ratio.
 """
 
 from __future__ import annotations
@@ -262,6 +267,25 @@ def bench_size(name: str, device: torch.device, rounds: int, include_reference: 
     return rows
 
 
+def combine(runs: list[list[dict]]) -> list[dict]:
+    """One row per optimizer from several runs of ``bench_size``: the median step time and triad over the
+    runs, each run's ratio to the baseline (``ratios``) and their median (``ratio``); the first run's first
+    step, state and bytes (they do not vary). An optimizer that failed in any run is reported failed."""
+    rows = []
+    for label in dict.fromkeys(r["label"] for run in runs for r in run):
+        mine = [next(r for r in run if r["label"] == label) for run in runs]
+        failed = next((r for r in mine if "error" in r), None)
+        if failed is not None:
+            rows.append(failed)
+            continue
+        bases = [next((r.get("median") for r in run if r["label"] == BASELINE), None) for run in runs]
+        ratios = [r["median"] / b if b else float("nan") for r, b in zip(mine, bases)]
+        rows.append(dict(mine[0], median=statistics.median(r["median"] for r in mine),
+                         triad=statistics.median(r["triad"] for r in mine), ratios=ratios,
+                         ratio=statistics.median(ratios)))
+    return rows
+
+
 def render(rows: list[dict], command: str, device: torch.device, rounds: int) -> str:
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
     lines = [
@@ -276,6 +300,9 @@ def render(rows: list[dict], command: str, device: torch.device, rounds: int) ->
         "GB/s: those bytes over the step time; x triad: that bandwidth over the triad's (a = b + s·c, "
         f"{TRIAD_ENTRIES / 2**20:.0f}M entries per array, 12 bytes per entry, same threads, timed in the "
         "same rounds). First step: state creation plus any compile, in seconds.",
+        *(["With several runs (fresh tensors and optimizers each), every number is the median over the runs, "
+           "and the last column gives each run's ratio."] if any(len(r.get("ratios", ())) > 1 for r in rows)
+          else []),
         "",
     ]
     for size, threads in dict.fromkeys((r["size"], r["threads"]) for r in rows):
@@ -285,25 +312,28 @@ def render(rows: list[dict], command: str, device: torch.device, rounds: int) ->
         if not timed:
             continue
         numel, triad = timed[0]["numel"], timed[0]["triad"]
+        runs = len(timed[0]["ratios"])
         what = ("block matrices (16 x 1024 x 1024, 12 x 2752 x 1024)" if size == BLOCKS
                 else f"LLaMA {size} shapes")
         on = "" if threads is None else f", {threads} thread{'s' if threads > 1 else ''}"
         lines += [f"## {what} ({numel / 1e6:.1f}M parameters{on})", "",
-                  f"Triad bandwidth: {triad / 1e9:.1f} GB/s.", "",
+                  f"Triad bandwidth: {triad / 1e9:.1f} GB/s" + (f" (median of {runs} runs)." if runs > 1 else "."),
+                  "",
                   "| optimizer | step ms | x fused AdamW | ns/param | moved B/param | GB/s | x triad "
-                  "| state MB | x AdamW state | first step s |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| state MB | x AdamW state | first step s |" + (" x fused AdamW, each run |" if runs > 1 else ""),
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if runs > 1 else "")]
         for r in group:
             if "error" in r:
-                lines.append(f"| {r['label']} | failed: {r['error']} | | | | | | | | |")
+                lines.append(f"| {r['label']} | failed: {r['error']} | | | | | | | | |" + (" |" if runs > 1 else ""))
                 continue
-            ratio = r["median"] / ref["median"] if ref else float("nan")
+            ratio = r["ratio"] if ref else float("nan")
             state_ratio = r["state"] / ref["state"] if ref else float("nan")
             bandwidth = r["moved"] / r["median"]
             lines.append(f"| {r['label']} | {r['median'] * 1e3:.1f} | {ratio:.2f} "
                          f"| {r['median'] / numel * 1e9:.2f} | {r['moved'] / numel:.2f} "
                          f"| {bandwidth / 1e9:.1f} | {bandwidth / triad:.2f} "
-                         f"| {r['state'] / 2**20:.1f} | {state_ratio:.3f} | {r['first']:.1f} |")
+                         f"| {r['state'] / 2**20:.1f} | {state_ratio:.3f} | {r['first']:.1f} |"
+                         + (f" {' / '.join(f'{x:.2f}' for x in r['ratios'])} |" if runs > 1 else ""))
         lines.append("")
     return "\n".join(lines)
 
@@ -313,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="20m,60m,130m",
                         help=f"comma-separated, from {','.join(SIZES)}, and {BLOCKS} (block matrices alone)")
     parser.add_argument("--rounds", type=int, default=7, help="timed steps per optimizer (interleaved)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="fresh runs per size (new tensors and optimizers); the table gives their median")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", default=None,
                         help="torch CPU threads, comma-separated for several runs (default: torch's)")
@@ -329,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown size(s) {unknown}; choose from {sorted(SIZES)} or {BLOCKS}")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     try:
         thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [None]
     except ValueError:
@@ -346,7 +380,8 @@ def main(argv: list[str] | None = None) -> None:
             if threads is not None:
                 torch.set_num_threads(threads)
             for size in sizes:
-                rows += bench_size(size, device, args.rounds, not args.no_reference, only)
+                rows += combine([bench_size(size, device, args.rounds, not args.no_reference, only)
+                                 for _ in range(args.runs)])
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     for cache in ("SPAM_OPT_CACHE", "TORCHINDUCTOR_CACHE_DIR"):  # fresh caches: first steps include builds
         if cache in os.environ:

@@ -230,7 +230,8 @@ inline void update_vec(float* p, const float* g, float* m, float* v, const VecHy
 }
 
 // n consecutive entries: whole vectors, then the rest through the same code from zero-padded copies
-// (g = v = 0 is finite and never a spike, so the padding adds nothing to the tally).
+// (g = v = 0 is finite and never a spike, so the padding adds nothing to the tally): with AVX-512 by masked
+// vector loads and stores, since the sparse step ends a span every kStretch entries.
 void update_span(float* p, const float* g, float* m, float* v, int64_t n, const VecHyper& h, Tally& tally) {
   constexpr int64_t kLanes = Vec::size();
   int64_t i = 0;
@@ -238,8 +239,8 @@ void update_span(float* p, const float* g, float* m, float* v, int64_t n, const 
   const int64_t rest = n - i;
   if (rest == 0) return;
 #if defined(__AVX512F__)
-  // Masked vector copies: the sparse step ends a span like this every kStretch entries, and byte copies into
-  // the buffers stall the vector loads that read them back (about a tenth of that step's time).
+  // Byte copies into the buffers stall the vector loads that read them back (about a tenth of the sparse
+  // step's time).
   static_assert(kLanes == 16);
   const __mmask16 lanes = static_cast<__mmask16>((1u << rest) - 1);
   alignas(64) float pb[16], gb[16], mb[16], vb[16];
@@ -380,8 +381,8 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
 
 // ---- SPAM with 8-bit moments (spam_opt/state/quantized.py: the blocks, the maps and the layout) ----------
 //
-// With AVX-512 and a block of whole vectors, update_block8_avx512: two passes, the first deciding per vector
-// (below). Otherwise, per block of up to kQBlock entries of one row, three loops over L1-resident buffers,
+// With AVX-512, update_block8_avx512: two passes, the first deciding per vector (below). Otherwise, per block
+// of up to kQBlock entries of one row, three loops over L1-resident buffers,
 // each vectorised by the compiler: (1) dequantize m̂ and v̂ from the codes, and find whether any entry needs
 // the exact path (a spike,
 // a NaN/Inf gradient, or v̂ = 0 with g != 0, the same test as the float32 kernel's per vector); (2) update the
@@ -1092,10 +1093,11 @@ std::tuple<at::Tensor, at::Tensor> stable_spam_step(
 // ---- Stable-SPAM with 8-bit moments: SPAM's layout and maps (spam_opt/quantized_state.py), dense --------
 
 // One block: dequantize m̂ and v̂, stable_update's arithmetic, and r = m / (s + eps), s = sqrt(v) with their
-// maxima, in one loop; then requantize (with AVX-512 and whole vectors, stable_block8_avx512).
+// maxima, in one loop; then requantize (with AVX-512, stable_block8_avx512).
 #if defined(__AVX512F__)
 // stable_block8 written out with AVX-512, 16 entries per vector (the last one masked, its missing lanes read
-// as zeros, which leave the maxima unchanged): the same operations in the same order, then requantize_avx512. A tensor with a NaN/Inf gradient never gets here (stable_tensor_step).
+// as zeros, which leave the maxima unchanged): the same operations in the same order, then
+// requantize_avx512. A tensor with a NaN/Inf gradient never gets here (stable_tensor_step).
 void stable_block8_avx512(float* __restrict p, const float* __restrict g, int8_t* __restrict mc,
                           uint8_t* __restrict vc, float* r_scale, float* s_scale, int64_t n, const StableHyper& h) {
   alignas(64) float rb[kQBlock];
