@@ -314,18 +314,21 @@ def render(rows: list[dict], command: str, device: torch.device, rounds: int) ->
         numel, triad = timed[0]["numel"], timed[0]["triad"]
         runs = len(timed[0]["ratios"])
         several = runs > 1
+        extra = " |" if several else ""  # the each-run column
         what = ("block matrices (16 x 1024 x 1024, 12 x 2752 x 1024)" if size == BLOCKS
                 else f"LLaMA {size} shapes")
         on = "" if threads is None else f", {threads} thread{'s' if threads > 1 else ''}"
         lines += [f"## {what} ({numel / 1e6:.1f}M parameters{on})", "",
-                  f"Triad bandwidth: {triad / 1e9:.1f} GB/s" + (f" (median of {runs} runs)." if several else "."),
+                  f"Triad bandwidth: {triad / 1e9:.1f} GB/s"
+                  + (f" (median of {runs} runs)." if several else "."),
                   "",
                   "| optimizer | step ms | x fused AdamW | ns/param | moved B/param | GB/s | x triad "
-                  "| state MB | x AdamW state | first step s |" + (" x fused AdamW, each run |" if several else ""),
+                  "| state MB | x AdamW state | first step s |"
+                  + (" x fused AdamW, each run |" if several else ""),
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if several else "")]
         for r in group:
             if "error" in r:
-                lines.append(f"| {r['label']} | failed: {r['error']} | | | | | | | | |" + (" |" if several else ""))
+                lines.append(f"| {r['label']} | failed: {r['error']} | | | | | | | | |{extra}")
                 continue
             ratio = r["ratio"] if ref else float("nan")
             state_ratio = r["state"] / ref["state"] if ref else float("nan")
