@@ -508,8 +508,8 @@ CLAIMS: list[tuple[str, str, object]] = [
     ("docs/spam.md", "interleaved with the slow 8-bit rows in that file it reads {:.2f}x and {:.2f}x",
      lambda: table_cells("optimizer_step_cpu_stable_spam_8bit.md", "Stable-SPAM (spam_opt, default flags)",
                          "x fused AdamW")),
-    ("docs/spam.md", "(`benchmarks/results/optimizer_step_cpu_bandwidth.md`, 31 interleaved rounds, medians of "
-                     "three fresh runs): "
+    ("docs/spam.md", "(`benchmarks/results/optimizer_step_cpu_bandwidth.md`, 31 interleaved rounds, "
+                     "medians of three fresh runs): "
                      "{:.2f}x and {:.2f}x at one thread, {:.2f}x and {:.2f}x at two.",
      lambda: table_cells(BANDWIDTH, "Stable-SPAM 8-bit state (default flags)", "x fused AdamW")),
     ("docs/spam.md", "8-bit dense costs {:.2f}x and {:.2f}x and density 0.25 with 8-bit state {:.2f}x and "
@@ -1141,8 +1141,8 @@ CLAIMS += [
     # README.md (the rest of its numbers are claims above)
     ("README.md", "SPAM's default step costs {:.2f}-{:.2f}x torch's fused AdamW step ({:.2f}-{:.2f}x), "
                   "Stable-SPAM's {:.2f}-{:.2f}x ({:.2f}-{:.2f}x) on steps where AdaClip scales nothing, and "
-                  "SPAM at density 0.25, with {:.2f}x of AdamW's state, {:.2f}x and {:.2f}x at LLaMA-20M and "
-                  "60M shapes since its kernel keeps the bitmap of kept entries (medians of three fresh runs, "
+                  "SPAM at density 0.25, with {:.2f}x of AdamW's state, {:.2f}x and {:.2f}x at LLaMA-20M "
+                  "and 60M shapes since its kernel keeps the bitmap of kept entries (medians of three fresh runs, "
                   "`optimizer_step_cpu_bandwidth.md`); "
                   "pytorch-optimizer's SPAM with `foreach=True` takes {:.0f}-{:.0f}x as long as ours",
      lambda: [*(x for row in ("SPAM, dense", "Stable-SPAM")
