@@ -1142,8 +1142,8 @@ CLAIMS += [
     ("README.md", "SPAM's default step costs {:.2f}-{:.2f}x torch's fused AdamW step ({:.2f}-{:.2f}x), "
                   "Stable-SPAM's {:.2f}-{:.2f}x ({:.2f}-{:.2f}x) on steps where AdaClip scales nothing, and "
                   "SPAM at density 0.25, with {:.2f}x of AdamW's state, {:.2f}x and {:.2f}x at LLaMA-20M "
-                  "and 60M shapes since its kernel keeps the bitmap of kept entries (medians of three fresh runs, "
-                  "`optimizer_step_cpu_bandwidth.md`); "
+                  "and 60M shapes since its kernel keeps the bitmap of kept entries (medians of three fresh "
+                  "runs, `optimizer_step_cpu_bandwidth.md`); "
                   "pytorch-optimizer's SPAM with `foreach=True` takes {:.0f}-{:.0f}x as long as ours",
      lambda: [*(x for row in ("SPAM, dense", "Stable-SPAM")
                 for x in (*_median_range(row), *_minmax(_default_flag_runs(row)))),
