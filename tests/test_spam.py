@@ -284,3 +284,14 @@ def test_cpp_step_builds_its_bitmap_once_per_draw_and_again_when_the_indices_cha
     before = len(cpp_bitmaps)
     del low
     assert len(cpp_bitmaps) == before - 1  # dropped with the state's index tensor
+
+
+def test_cpp_step_refuses_moments_that_do_not_hold_every_kept_entry():
+    """The op's bounds: a bitmap and starts for k kept entries with k - 1 moments is refused, not overrun."""
+    kept = draw_kept(100_000, mask_key(1, 0, 0), 0.25)
+    k = kept.numel()
+    p, g = torch.zeros(100_000), torch.ones(100_000)
+    m, v = torch.zeros(k - 1), torch.zeros(k - 1)
+    with pytest.raises(RuntimeError, match="kept entries and moments of params\\[0\\] do not match"):
+        torch.ops.spam_opt.spam_step_([p], [g], [m], [v], [torch.zeros(())], [_kept_bits(kept, 100_000)],
+                                      [kept.starts], None, 1e-3, 0.9, 0.999, 1e-8, 1.0, float("inf"), 1.0)

@@ -366,9 +366,10 @@ std::tuple<at::Tensor, at::Tensor> spam_step(at::TensorList params, at::TensorLi
     } else {
       const std::optional<at::Tensor> starts = kept_starts.get(i);
       const int64_t k = exp_avgs[i].numel();
+      // starts' total bounds every write to m and v (a block's kept entries start at starts[b]).
       TORCH_CHECK(starts.has_value() && is_bitmap_of(*bits, p.numel()) && starts->scalar_type() == at::kLong &&
                       starts->is_contiguous() && starts->numel() == (p.numel() >> kBlockBits) + 2 &&
-                      exp_avg_sqs[i].numel() == k,
+                      starts->const_data_ptr<int64_t>()[starts->numel() - 1] == k && exp_avg_sqs[i].numel() == k,
                   "spam_step_: the kept entries and moments of params[", i, "] do not match");
       tally = sparse_update(pp, gp, mp, vp, reinterpret_cast<const uint32_t*>(bits->const_data_ptr<int32_t>()),
                             starts->const_data_ptr<int64_t>(), k, p.numel(), h);
