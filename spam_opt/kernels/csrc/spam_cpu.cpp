@@ -229,6 +229,52 @@ inline void update_vec(float* p, const float* g, float* m, float* v, const VecHy
   tally.nonfinite |= true_lanes(finite) != kAllLanes;
 }
 
+#if defined(__AVX512F__)
+// Whole vectors of 16 entries, then one masked vector for the rest (kTail), as update_span's tail and the
+// 8-bit blocks run: masked loads and stores on every vector measured about 7% slower there. `lanes`: the
+// lanes that hold entries.
+inline __mmask16 tail_lanes(int64_t left) { return static_cast<__mmask16>((1u << left) - 1); }
+
+template <bool kTail>
+inline __m512 load16(const float* x, __mmask16 lanes) {
+  if constexpr (kTail) return _mm512_maskz_loadu_ps(lanes, x);
+  return _mm512_loadu_ps(x);
+}
+
+template <bool kTail>
+inline void store16(float* x, __mmask16 lanes, __m512 v) {
+  if constexpr (kTail) {
+    _mm512_mask_storeu_ps(x, lanes, v);
+  } else {
+    _mm512_storeu_ps(x, v);
+  }
+}
+
+template <bool kTail>
+inline __m128i load_codes(const void* x, __mmask16 lanes) {
+  if constexpr (kTail) return _mm_maskz_loadu_epi8(lanes, x);
+  return _mm_loadu_si128(static_cast<const __m128i*>(x));
+}
+
+template <bool kTail>
+inline void store_codes(void* x, __mmask16 lanes, __m128i codes) {
+  if constexpr (kTail) {
+    _mm_mask_storeu_epi8(x, lanes, codes);
+  } else {
+    _mm_storeu_si128(static_cast<__m128i*>(x), codes);
+  }
+}
+
+// f(i, std::false_type) for each whole vector of 16 among n entries, then f(i, std::true_type) for the rest.
+template <typename F>
+inline void for_vectors(int64_t n, F&& f) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) f(i, std::false_type{});
+  if (i < n) f(i, std::true_type{});
+}
+
+#endif
+
 // n consecutive entries: whole vectors, then the rest through the same code from zero-padded copies
 // (g = v = 0 is finite and never a spike, so the padding adds nothing to the tally): with AVX-512 by masked
 // vector loads and stores, since the sparse step ends a span every kStretch entries.
@@ -242,16 +288,16 @@ void update_span(float* p, const float* g, float* m, float* v, int64_t n, const 
   // Byte copies into the buffers stall the vector loads that read them back (about a tenth of the sparse
   // step's time).
   static_assert(kLanes == 16);
-  const __mmask16 lanes = static_cast<__mmask16>((1u << rest) - 1);
+  const __mmask16 lanes = tail_lanes(rest);
   alignas(64) float pb[16], gb[16], mb[16], vb[16];
-  _mm512_store_ps(pb, _mm512_maskz_loadu_ps(lanes, p + i));
-  _mm512_store_ps(gb, _mm512_maskz_loadu_ps(lanes, g + i));
-  _mm512_store_ps(mb, _mm512_maskz_loadu_ps(lanes, m + i));
-  _mm512_store_ps(vb, _mm512_maskz_loadu_ps(lanes, v + i));
+  _mm512_store_ps(pb, load16<true>(p + i, lanes));
+  _mm512_store_ps(gb, load16<true>(g + i, lanes));
+  _mm512_store_ps(mb, load16<true>(m + i, lanes));
+  _mm512_store_ps(vb, load16<true>(v + i, lanes));
   update_vec(pb, gb, mb, vb, h, tally);
-  _mm512_mask_storeu_ps(p + i, lanes, _mm512_load_ps(pb));
-  _mm512_mask_storeu_ps(m + i, lanes, _mm512_load_ps(mb));
-  _mm512_mask_storeu_ps(v + i, lanes, _mm512_load_ps(vb));
+  store16<true>(p + i, lanes, _mm512_load_ps(pb));
+  store16<true>(m + i, lanes, _mm512_load_ps(mb));
+  store16<true>(v + i, lanes, _mm512_load_ps(vb));
 #else
   float pb[kLanes] = {}, gb[kLanes] = {}, mb[kLanes] = {}, vb[kLanes] = {};
   std::copy_n(p + i, rest, pb);
@@ -416,48 +462,6 @@ inline void requantize(const float* __restrict rb, const float* __restrict sb, f
 }
 
 #if defined(__AVX512F__)
-// The 8-bit blocks run whole vectors of 16 entries, then one masked vector for the rest (kTail): masked loads
-// and stores on every vector measured about 7% slower. `lanes`: the lanes that hold entries.
-inline __mmask16 tail_lanes(int64_t left) { return static_cast<__mmask16>((1u << left) - 1); }
-
-template <bool kTail>
-inline __m512 load16(const float* x, __mmask16 lanes) {
-  if constexpr (kTail) return _mm512_maskz_loadu_ps(lanes, x);
-  return _mm512_loadu_ps(x);
-}
-
-template <bool kTail>
-inline void store16(float* x, __mmask16 lanes, __m512 v) {
-  if constexpr (kTail) {
-    _mm512_mask_storeu_ps(x, lanes, v);
-  } else {
-    _mm512_storeu_ps(x, v);
-  }
-}
-
-template <bool kTail>
-inline __m128i load_codes(const void* x, __mmask16 lanes) {
-  if constexpr (kTail) return _mm_maskz_loadu_epi8(lanes, x);
-  return _mm_loadu_si128(static_cast<const __m128i*>(x));
-}
-
-template <bool kTail>
-inline void store_codes(void* x, __mmask16 lanes, __m128i codes) {
-  if constexpr (kTail) {
-    _mm_mask_storeu_epi8(x, lanes, codes);
-  } else {
-    _mm_storeu_si128(static_cast<__m128i*>(x), codes);
-  }
-}
-
-// f(i, std::false_type) for each whole vector of 16 among n entries, then f(i, std::true_type) for the rest.
-template <typename F>
-inline void for_vectors(int64_t n, F&& f) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) f(i, std::false_type{});
-  if (i < n) f(i, std::true_type{});
-}
-
 // The stored m̂ and v̂ of 16 entries from their codes: s = code_s² · s_step is sqrt(v̂) (the code is linear in
 // v̂'s 4th root), m̂ = code_m · r_step · (s + eps) (the code is linear in m̂ / (sqrt(v̂) + eps)).
 struct Moments16 {
