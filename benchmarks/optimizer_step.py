@@ -124,9 +124,11 @@ def galore_groups(params: list[torch.nn.Parameter], names: list[str], rank: int,
              "proj_type": "std"}]
 
 
-def optimizers(include_reference: bool, hidden: int, heads: int) -> dict[str, Factory]:
+def optimizers(include_reference: bool, hidden: int, heads: int,
+               device_type: str = "cpu") -> dict[str, Factory]:
     """Name -> factory. Peers that are not installed are left out with a note on stderr (and a line in the
-    results)."""
+    results). On CUDA, where the default flags pick foreach, the ``fused=True`` rows time the
+    ``torch.compile``d steps (on CPU ``fused=True`` is the default C++ step, already timed)."""
     from spam_opt.spam import SPAM
     from spam_opt.stable_spam import StableSPAM
 
@@ -148,6 +150,12 @@ def optimizers(include_reference: bool, hidden: int, heads: int) -> dict[str, Fa
     table["Stable-SPAM (spam_opt, default flags)"] = lambda ps, _: StableSPAM(ps)
     table["Stable-SPAM foreach"] = lambda ps, _: StableSPAM(ps, foreach=True)
     table["Stable-SPAM 8-bit state (default flags)"] = lambda ps, _: StableSPAM(ps, state_bits=8)
+    if device_type == "cuda":
+        table["SPAM fused=True"] = lambda ps, _: SPAM(ps, clip_delay=0, fused=True)
+        table["SPAM density 0.25 fused=True"] = lambda ps, _: SPAM(ps, clip_delay=0, density=0.25, fused=True)
+        table["SPAM 8-bit state fused=True"] = lambda ps, _: SPAM(ps, clip_delay=0, state_bits=8, fused=True)
+        table["Stable-SPAM fused=True"] = lambda ps, _: StableSPAM(ps, fused=True)
+        table["Stable-SPAM 8-bit state fused=True"] = lambda ps, _: StableSPAM(ps, state_bits=8, fused=True)
     peers: list[tuple[str, Callable[[], dict[str, Factory]]]] = [
         ("pytorch-optimizer", _pytorch_optimizer),
         ("bitsandbytes", _bitsandbytes),
@@ -220,10 +228,11 @@ def bench_size(name: str, device: torch.device, rounds: int, include_reference: 
     params = [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(device)) for s in shapes]
     grads = [(torch.randn(s, generator=gen) * 1e-3).to(device) for s in shapes]
     numel = sum(p.numel() for p in params)
+    print(f"{name}: {numel / 1e6:.0f}M parameters on {device}", file=sys.stderr, flush=True)
     rows = []
     opts = {}
     threads = torch.get_num_threads() if device.type == "cpu" else None
-    for label, factory in optimizers(include_reference, hidden, heads).items():
+    for label, factory in optimizers(include_reference, hidden, heads, device.type).items():
         if only is not None and label != BASELINE and not only.search(label):
             continue
         for p, g in zip(params, grads):
@@ -236,6 +245,7 @@ def bench_size(name: str, device: torch.device, rounds: int, include_reference: 
             _sync(device)
             first = time.perf_counter() - start
             opt.step()  # a second untimed step: lazily created buffers, the second-step code paths
+            print(f"{name} {label}: first step {first:.1f} s", file=sys.stderr, flush=True)
         except Exception as err:  # a peer that does not run here (or is not installed): report it, go on
             print(f"{name} {label}: {type(err).__name__}: {err}", file=sys.stderr)
             rows.append(dict(size=name, threads=threads, label=label,

@@ -1469,6 +1469,100 @@ def _bad_vs_clean(variant: str) -> tuple[float, float]:
 
 
 
+# The first GPU run (one H200): benchmarks/results/gpu_run.md and the files it names.
+CUDA_STEP = "optimizer_step_cuda.md"  # LLaMA-130M shapes, then 350M
+SPAM_CUDA = "SPAM (default flags)"
+
+
+def cuda_first_steps(size: str, label: str) -> list[float]:
+    """The first steps' seconds (the compile, for the compiled steps) in the benchmark's progress lines."""
+    text = (RESULTS / "optimizer_step_cuda_first_steps.log").read_text()
+    found = re.findall(rf"^{size} {re.escape(label)}: first step ([0-9.]+) s$", text, re.M)
+    assert found, f"no first step of {size} {label}"
+    return [float(x) for x in found]
+
+
+def cuda_parameters(section: int) -> float:
+    text = (RESULTS / CUDA_STEP).read_text()
+    return [float(m) for m in re.findall(r"\(([0-9.]+)M parameters\)", text)][section]
+
+
+def cuda_tensors(size: str) -> int:
+    import benchmark_scripts
+
+    return len(benchmark_scripts.load("optimizer_step").shapes_of(size))
+
+
+def spikegpt_cuda(shape: str, kernel: str, path: str, column: int) -> str:
+    """A cell of the Triton kernels' table: columns 3 error, 4 spikes that differ, 5 ms."""
+    for line in (RESULTS / "spikegpt_triton_kernels_cuda.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[:2] == [shape, kernel] and cells[2].startswith(path):
+            return cells[column]
+    raise AssertionError(f"no row {shape} {kernel} {path}")
+
+
+def gpu_tests_passed() -> int:
+    return int(re.search(r"(\d+) passed", (RESULTS / "gpu_tests_cuda.md").read_text()).group(1))
+
+
+CLAIMS += [
+    ("README.md", "On one H200 (`benchmarks/results/gpu_run.md`) the {} tests marked `cuda` or `triton` "
+                  "pass, but **the CUDA step is slow**: the default (foreach) step is launch-bound, {:.2f}x "
+                  "torch's fused AdamW at LLaMA-130M shapes ({:.1f} ms against {:.1f} ms; Stable-SPAM "
+                  "{:.2f}x, 8-bit SPAM {:.2f}x), and the compiled step's first step took {:.1f}-{:.1f} s to "
+                  "compile at 60M shapes",
+     lambda: [gpu_tests_passed(), table_cells(CUDA_STEP, SPAM_CUDA, "x fused AdamW")[0],
+              table_cells(CUDA_STEP, SPAM_CUDA, "step ms")[0],
+              table_cells(CUDA_STEP, "torch AdamW fused", "step ms")[0],
+              table_cells(CUDA_STEP, "Stable-SPAM (spam_opt, default flags)", "x fused AdamW")[0],
+              table_cells(CUDA_STEP, SPAM8[0], "x fused AdamW")[0],
+              min(cuda_first_steps("60m", "SPAM fused=True")),
+              *cuda_first_steps("60m", "SPAM density 0.25 fused=True")]),
+    ("docs/spam.md", "One H200 with torch {} (`benchmarks/results/gpu_run.md`): those tests pass, {} with "
+                     "SpikeGPT's `triton` ones.",
+     lambda: [re.search(r"torch (\d+\.\d+)\.\d+\+cu", (RESULTS / CUDA_STEP).read_text()).group(1),
+              gpu_tests_passed()]),
+    ("docs/spam.md", "at LLaMA-130M shapes fused AdamW steps in {:.1f} ms and SPAM's default in {:.1f} "
+                     "ms ({:.2f}x), at density 0.25 in {:.1f} ms, with 8-bit state in {:.1f} ms, and "
+                     "Stable-SPAM in {:.1f} ms. At 350M shapes, with {} tensors against {}, SPAM takes "
+                     "{:.1f} ms ({:.2f}x): its time follows the number of tensors (about twice as many), "
+                     "not the bytes ({:.1f}x as many).",
+     lambda: [table_cells(CUDA_STEP, "torch AdamW fused", "step ms")[0],
+              table_cells(CUDA_STEP, SPAM_CUDA, "step ms")[0],
+              table_cells(CUDA_STEP, SPAM_CUDA, "x fused AdamW")[0],
+              table_cells(CUDA_STEP, "SPAM density 0.25 (default flags)", "step ms")[0],
+              table_cells(CUDA_STEP, SPAM8[0], "step ms")[0],
+              table_cells(CUDA_STEP, "Stable-SPAM (spam_opt, default flags)", "step ms")[0],
+              cuda_tensors("350m"), cuda_tensors("130m"),
+              table_cells(CUDA_STEP, SPAM_CUDA, "step ms")[1],
+              table_cells(CUDA_STEP, SPAM_CUDA, "x fused AdamW")[1],
+              cuda_parameters(1) / cuda_parameters(0)]),
+    ("docs/spam.md", "The compiled steps' first step (their compile) took {:.1f}-{:.1f} s for SPAM at 60M "
+                     "shapes, {:.1f} s at density 0.25",
+     lambda: [min(cuda_first_steps("60m", "SPAM fused=True")),
+              max(cuda_first_steps("60m", "SPAM fused=True")),
+              *cuda_first_steps("60m", "SPAM density 0.25 fused=True")]),
+    (CHOOSING, "On one H200 the CUDA tests pass, but SPAM's default CUDA step costs {:.2f}x torch's fused "
+               "AdamW step at LLaMA-130M shapes",
+     lambda: [table_cells(CUDA_STEP, SPAM_CUDA, "x fused AdamW")[0]]),
+    ("docs/training.md", "the Triton WKV (fla-core's) runs forward and backward in {} ms against {} ms for "
+                         "the parallel-form reference, and our LIF neuron in {} ms against {} ms for the "
+                         "loop; at `spikegpt-216m` shapes {} against {} ms and {} against {} ms. Their "
+                         "errors against float64 (WKV {} and {}, LIF {} and {}, no spike flipped{})",
+     lambda: [*(spikegpt_cuda(shape, kernel, path, 5) for shape in ("spikegpt-60m", "spikegpt-216m")
+                for kernel, path in (("WKV", "Triton"), ("WKV", "reference"), ("LIF", "Triton"),
+                                     ("LIF", "reference"))),
+              *(spikegpt_cuda(shape, kernel, "Triton", 3) for kernel in ("WKV", "LIF")
+                for shape in ("spikegpt-60m", "spikegpt-216m")),
+              "" if all(spikegpt_cuda(shape, "LIF", "Triton", 4).startswith("0 of")
+                        for shape in ("spikegpt-60m", "spikegpt-216m")) else " (NOT)"]),
+    ("docs/training.md", "trained at {:.0f} tokens/s with {:.1f} GB at peak",
+     lambda: [*table_cells("train_llama60m_spam_bf16_cuda.md", "100", "tokens/s (median)"),
+              *table_cells("train_llama60m_spam_bf16_cuda.md", "100", "peak memory GB")]),
+]
+
+
 def _text(doc: str) -> str:
     return " ".join((ROOT / doc).read_text().split())
 

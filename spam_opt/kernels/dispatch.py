@@ -8,7 +8,7 @@ every list, always available. A new kernel is one ``Candidate`` in its optimizer
 device      candidates, in order (then the reference)
 ==========  ==================================================================================
 CPU         the C++ step (``fused``), foreach
-CUDA        SPAM: the ``torch.compile``d step (``fused``; not a default until it has run on a GPU), foreach
+CUDA        the ``torch.compile``d step (``fused``; not a default: see below), foreach
 other       foreach
 ==========  ==================================================================================
 
@@ -26,8 +26,9 @@ None           False               foreach
 =============  ==================  ==================================================================
 
 The fused kernel of a device: C++ on CPU for both optimizers; on CUDA the ``torch.compile``d steps (every
-layout, 8-bit moments included), which, like torch's own new kernels, are not picked by default until they
-have been run on a GPU.
+layout, 8-bit moments included). They pass their tests on a GPU, but are not picked by default: on an H200
+their first step compiled for 30 s to over 2 minutes, and their steady speed is not yet measured
+(benchmarks/results/gpu_run.md).
 """
 
 from __future__ import annotations
