@@ -1,4 +1,4 @@
-"""SPAM and StableSPAM on a CUDA device: the float64 references, exact resume, the compiled step.
+"""SPAM and StableSPAM on a CUDA device: the float64 references, exact resume, the Triton and compiled steps.
 
 Marked ``cuda``: without a CUDA device they are skipped with that reason (conftest.py). ``bash
 benchmarks/gpu_suite.sh`` runs them on a GPU machine.
@@ -22,8 +22,8 @@ from spam_opt import SPAM, StableSPAM
 pytestmark = pytest.mark.cuda
 DEVICE = torch.device("cuda")
 SHAPES = [(6, 5), (7,), (4, 3, 2), (9, 4)]
-# foreach is CUDA's default path; fused=True is the torch.compile kernel.
-SPAM_PATHS = [pytest.param(dict(foreach=True), id="foreach"), pytest.param(dict(fused=True), id="compiled")]
+# foreach is CUDA's default path; fused=True is the Triton kernel (the compiled step for sparse momentum).
+SPAM_PATHS = [pytest.param(dict(foreach=True), id="foreach"), pytest.param(dict(fused=True), id="fused")]
 
 
 def _params(device: torch.device) -> list[nn.Parameter]:
@@ -50,9 +50,10 @@ def test_spam_on_cuda_matches_the_float64_reference(flags, density):
             torch.testing.assert_close(p.detach().cpu().double(), r, rtol=2e-5, atol=2e-6, msg=f"step {t}")
 
 
-def test_stable_spam_on_cuda_matches_the_float64_reference():
+@pytest.mark.parametrize("flags", SPAM_PATHS)
+def test_stable_spam_on_cuda_matches_the_float64_reference(flags):
     params = _params(DEVICE)
-    opt = StableSPAM(params, **HYPER)  # CUDA's path: foreach
+    opt = StableSPAM(params, **flags, **HYPER)
     ref = Float64StableSPAM([p.detach().cpu() for p in params], **HYPER)
     for t, grads in enumerate(_stable_stream(SHAPES, 120), start=1):
         clipped, _ = step_and_count(opt, params, _on(grads))
@@ -66,7 +67,9 @@ def test_stable_spam_on_cuda_matches_the_float64_reference():
 @pytest.mark.parametrize("make", [
     pytest.param(lambda ps: SPAM(ps, foreach=True, lr=1e-2, density=0.5, **SCHEDULE), id="SPAM-foreach"),
     pytest.param(lambda ps: SPAM(ps, fused=True, lr=1e-2, density=0.5, **SCHEDULE), id="SPAM-compiled"),
+    pytest.param(lambda ps: SPAM(ps, fused=True, lr=1e-2, **SCHEDULE), id="SPAM-triton"),
     pytest.param(lambda ps: StableSPAM(ps, **HYPER), id="StableSPAM"),
+    pytest.param(lambda ps: StableSPAM(ps, fused=True, **HYPER), id="StableSPAM-triton"),
 ])
 def test_resume_on_cuda_is_bit_exact(make):
     stream = [_on(g) for g in _grad_stream(SHAPES, 60, seed=4)]

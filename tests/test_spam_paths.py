@@ -1,5 +1,6 @@
 """The fused SPAM paths against the float64 transcription and the single-tensor reference path, plus the rules
-that pick a path. On CPU ``fused`` is the C++ kernel; the torch.compile kernel (CUDA's) is tested here too."""
+that pick a path. On CPU ``fused`` is the C++ kernel; CUDA's Triton kernel (here in Triton's interpreter, on
+CPU tensors) and torch.compile kernel are tested here too."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from torch import nn
 
 from spam_opt.kernels.dispatch import Candidate
 from spam_opt.kernels.spam.compiled import spam_compiled
+from spam_opt.kernels.spam.foreach import spam_foreach
+from spam_opt.kernels.spam.triton_kernel import spam_triton_with
 from spam_opt.spam import SPAM
 from spam_opt.state.kept import KeptEntries
 
@@ -22,19 +25,29 @@ SCHEDULE = dict(reset_interval=20, warmup_steps=6, clip_delay=4, threshold=50.0)
 SHAPES = [(6, 5), (7,), (4, 3, 2), ()]
 
 
-def _use_compiled_kernel(monkeypatch):
-    """Make ``fused=True`` pick the torch.compile kernel (CUDA's) for CPU tensors too."""
+def _use_kernel(monkeypatch, name, kernel):
+    """Make ``fused=True`` pick ``kernel`` (one of CUDA's) for CPU tensors too."""
     others = [c for c in SPAM.kernels.candidates(torch.device("cpu")) if not c.fused]
-    compiled = Candidate("compiled", spam_compiled, fused=True)
-    table = dataclasses.replace(SPAM.kernels, devices={**SPAM.kernels.devices, "cpu": (compiled, *others)})
+    fused = Candidate(name, kernel, fused=True)
+    table = dataclasses.replace(SPAM.kernels, devices={**SPAM.kernels.devices, "cpu": (fused, *others)})
     monkeypatch.setattr(SPAM, "kernels", table)
 
 
-@pytest.fixture(params=["cpp", "compile"])
+def _use_compiled_kernel(monkeypatch):
+    _use_kernel(monkeypatch, "compiled", spam_compiled)
+
+
+@pytest.fixture(params=["cpp", "compile", "triton"])
 def fused_kernel(request, monkeypatch):
-    """Run a test through the C++ CPU kernel, then through the torch.compile kernel that CUDA uses."""
+    """Run a test through the C++ CPU kernel, then through CUDA's torch.compile kernel, then through CUDA's
+    Triton kernel in Triton's interpreter (the layouts it does not take go to foreach here, to the compiled
+    step on CUDA)."""
     if request.param == "compile":
         _use_compiled_kernel(monkeypatch)
+    elif request.param == "triton":
+        if torch.cuda.is_available():  # no interpreter there (conftest.py): tests/test_cuda.py runs it
+            pytest.skip("Triton runs on the GPU on this machine: tests/test_cuda.py covers it")
+        _use_kernel(monkeypatch, "Triton", spam_triton_with(spam_foreach))
     return request.param
 
 

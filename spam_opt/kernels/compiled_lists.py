@@ -58,6 +58,13 @@ def device_scalars(values: Sequence[float], device: torch.device) -> list[Tensor
     return [torch.full((), float(v), dtype=torch.float32, device=device) for v in values]
 
 
+def device_flags(values: Sequence[bool], device: torch.device) -> Tensor:
+    """Host bools (a schedule's reset flags) as a bool device vector, made by fills: no copy from the host."""
+    if all(v == values[0] for v in values):
+        return torch.full((len(values),), values[0], dtype=torch.bool, device=device)
+    return torch.stack([torch.full((), v, dtype=torch.bool, device=device) for v in values])
+
+
 def chunks(kinds: Sequence[Hashable]) -> list[list[int]]:
     """Positions grouped by kind, cut into chunks of at most ``CHUNK``."""
     by_kind: dict[Hashable, list[int]] = {}
@@ -130,15 +137,3 @@ def run_chunks(kinds: Sequence[Hashable], call: Callable[[list[int]], tuple[list
             for i, ci, fi in zip(chunk, c, f):
                 clipped[i], nonfinite[i] = ci, fi
     return KernelResult(clipped, nonfinite)
-
-
-@functools.cache
-def compiled_unavailable_reason(device: torch.device) -> str | None:
-    """Why the compiled steps cannot run on ``device``, or None when they can (CPU has the C++ kernels)."""
-    if device.type != "cuda":
-        return f"the compiled step runs on CUDA tensors, got {device.type}"
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return "torch.compile on CUDA needs triton (pip install triton)"
-    return None

@@ -8,7 +8,7 @@ every list, always available. A new kernel is one ``Candidate`` in its optimizer
 device      candidates, in order (then the reference)
 ==========  ==================================================================================
 CPU         the C++ step (``fused``), foreach
-CUDA        the ``torch.compile``d step (``fused``; not a default: see below), foreach
+CUDA        the Triton step (``fused``; not a default: see below), foreach
 other       foreach
 ==========  ==================================================================================
 
@@ -25,10 +25,12 @@ None           None (the default)  the first default candidate that can run (CPU
 None           False               foreach
 =============  ==================  ==================================================================
 
-The fused kernel of a device: C++ on CPU for both optimizers; on CUDA the ``torch.compile``d steps (every
-layout, 8-bit moments included). They pass their tests on a GPU, but are not picked by default: on an H200
-their first step compiled for 30 s to over 2 minutes, and their steady speed is not yet measured
-(benchmarks/results/gpu_run.md).
+The fused kernel of a device: C++ on CPU for both optimizers. On CUDA, Triton kernels for float32 parameters
+with float32 moments (one launch per parameter for SPAM, three for Stable-SPAM), and the ``torch.compile``d
+steps for the other layouts (sparse momentum, 8-bit moments, low-precision parameters). Neither is picked by
+default: on an H200 the compiled steps passed their tests but their first step compiled for 30 s to over 2
+minutes, with their steady speed unmeasured (benchmarks/results/gpu_run.md), and the Triton kernels have run
+only in Triton's interpreter and compiled for Hopper without a GPU (tests/test_triton_steps.py).
 """
 
 from __future__ import annotations
@@ -40,17 +42,19 @@ from dataclasses import dataclass
 
 import torch
 
-from spam_opt.kernels.compiled_lists import compiled_unavailable_reason
 from spam_opt.kernels.cpp_ops import optimizer_ops_unavailable_reason
 from spam_opt.kernels.result import Kernel
 from spam_opt.kernels.spam.compiled import spam_compiled
 from spam_opt.kernels.spam.cpp import spam_cpp
 from spam_opt.kernels.spam.foreach import spam_foreach
 from spam_opt.kernels.spam.reference import spam_reference
+from spam_opt.kernels.spam.triton_kernel import spam_triton_with
 from spam_opt.kernels.stable_spam.compiled import stable_spam_compiled
 from spam_opt.kernels.stable_spam.cpp import stable_spam_cpp
 from spam_opt.kernels.stable_spam.foreach import stable_spam_foreach
 from spam_opt.kernels.stable_spam.reference import stable_spam_reference
+from spam_opt.kernels.stable_spam.triton_kernel import stable_spam_triton_with
+from spam_opt.kernels.triton_steps import triton_unavailable_reason
 
 
 def always_available(device: torch.device) -> str | None:
@@ -99,16 +103,16 @@ _SPAM_FOREACH = Candidate("foreach", spam_foreach)
 SPAM_KERNELS = KernelTable(
     "SPAM",
     {"cpu": (Candidate("C++", spam_cpp, _cpp_unavailable_reason, fused=True), _SPAM_FOREACH),
-     "cuda": (Candidate("compiled", spam_compiled, compiled_unavailable_reason, fused=True, default=False),
-              _SPAM_FOREACH)},
+     "cuda": (Candidate("Triton", spam_triton_with(spam_compiled), triton_unavailable_reason, fused=True,
+                        default=False), _SPAM_FOREACH)},
     other=(_SPAM_FOREACH,), reference=spam_reference,
 )
 _STABLE_SPAM_FOREACH = Candidate("foreach", stable_spam_foreach)
 STABLE_SPAM_KERNELS = KernelTable(
     "StableSPAM",
     {"cpu": (Candidate("C++", stable_spam_cpp, _cpp_unavailable_reason, fused=True), _STABLE_SPAM_FOREACH),
-     "cuda": (Candidate("compiled", stable_spam_compiled, compiled_unavailable_reason, fused=True,
-                        default=False), _STABLE_SPAM_FOREACH)},
+     "cuda": (Candidate("Triton", stable_spam_triton_with(stable_spam_compiled), triton_unavailable_reason,
+                        fused=True, default=False), _STABLE_SPAM_FOREACH)},
     other=(_STABLE_SPAM_FOREACH,), reference=stable_spam_reference,
 )
 

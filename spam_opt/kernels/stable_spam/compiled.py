@@ -6,10 +6,10 @@ of ``stable_spam_reference`` decided on device: AdaClip's max|g| and AdaGN's nor
 the reset is a 0-dim bool tensor (so a reset step reuses the graph), 8-bit moments are dequantized and
 requantized in the same graph. Nothing is read on the host.
 
-It is CUDA's ``fused=True`` path (Triton through Inductor); until it has run on a GPU the default on CUDA
-stays the foreach kernel. The tests run the same graphs on CPU (Inductor's C++) against the float64
-references. Sharded (FSDP2) tensors, whose statistics need collectives, and non-contiguous ones go through
-foreach.
+Under ``fused=True`` on CUDA it steps what the Triton kernels (``triton_kernel.py``) do not take: 8-bit
+moments and low-precision parameters (Triton through Inductor). The tests run the same graphs on CPU
+(Inductor's C++) against the float64 references. Sharded (FSDP2) tensors, whose statistics need
+collectives, and non-contiguous ones go through foreach.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from spam_opt.kernels.compiled_lists import (
     FlatGroup,
     compiled,
     contiguous,
+    device_flags,
     device_scalars,
     run_chunks,
     with_fallback,
@@ -102,13 +103,6 @@ def _kind(p: Tensor, g: Tensor, st: Any) -> tuple:
     return p.dtype, g.dtype, isinstance(st, QuantizedTensorState), p.numel() <= 1
 
 
-def _reset_flags(resets: list[bool], device: torch.device) -> Tensor:
-    """The reset flags (host bools of the schedule) on the device, made by fills: no copy from the host."""
-    if all(r == resets[0] for r in resets):
-        return torch.full((len(resets),), resets[0], dtype=torch.bool, device=device)
-    return torch.stack([torch.full((), r, dtype=torch.bool, device=device) for r in resets])
-
-
 def _compiled_step(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
                    h: StepScalars) -> KernelResult:
     device = params[0].device
@@ -120,5 +114,5 @@ def _compiled_step(params: list[Tensor], grads: list[Tensor], states: list[Any],
     return run_chunks([_kind(p, g, st) for p, g, st in zip(params, grads, states)],
                       lambda chunk: step(*([lst[i] for i in chunk] for lst in lists),
                                          [[getattr(states[i], k) for k in _SCALARS] for i in chunk],
-                                         _reset_flags([states[i].reset for i in chunk], device), gate,
+                                         device_flags([states[i].reset for i in chunk], device), gate,
                                          *values, h.beta2, h.gamma2, h.theta, h.eps), gate)

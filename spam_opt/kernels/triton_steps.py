@@ -1,0 +1,36 @@
+"""What the Triton optimizer steps share: when they can run, their block size, and their launch grid.
+
+The steps themselves are ``spam_opt.kernels.spam.triton_kernel`` and
+``spam_opt.kernels.stable_spam.triton_kernel``: each launches a kernel per parameter (a few for
+Stable-SPAM), whose programs each take ``BLOCK`` consecutive entries. Triton is imported only when a step
+runs, so that spam_opt itself depends on torch alone.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+BLOCK = 1024  # entries per program: 4 KB of each float32 tensor it reads
+# Programs per parameter of the reductions (Stable-SPAM's max|g| and norm): each loops over its share, and
+# their partial results are reduced by torch in a fixed order, so that a step is deterministic.
+REDUCTION_PROGRAMS = 256
+
+
+@functools.cache
+def triton_unavailable_reason(device: torch.device) -> str | None:
+    """Why the Triton steps cannot run on ``device``, or None when they can."""
+    if device.type != "cuda":
+        return f"the Triton step runs on CUDA tensors, got {device.type}"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "the Triton step needs triton (pip install triton)"
+    return None
+
+
+def programs(numel: int, limit: int | None = None) -> tuple[int]:
+    """The launch grid over ``numel`` entries: one program per ``BLOCK``, at most ``limit``."""
+    blocks = -(-numel // BLOCK)
+    return (blocks if limit is None else min(blocks, limit),)

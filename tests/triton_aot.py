@@ -1,0 +1,48 @@
+"""Compile the Triton optimizer kernels for NVIDIA GPUs without a GPU, with Triton's own ptxas.
+
+    python tests/triton_aot.py 80 90      # compute capabilities; prints one line per (kernel, target)
+
+Run in a process without ``TRITON_INTERPRET`` (the interpreter never lowers a kernel): this is what a GPU
+would compile at the first step, so a kernel that only the interpreter accepts fails here.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from spam_opt.kernels.spam.triton_kernel import _kernel
+from spam_opt.kernels.stable_spam.triton_kernel import _kernels
+from spam_opt.kernels.triton_steps import BLOCK, REDUCTION_PROGRAMS
+
+F32, I32 = "*fp32", "*i32"
+# Argument types as a launch passes them: float32 tensors, int32 counters, sizes up to 2^63, host floats.
+TYPES = {"counts_ptr": I32, "bad_ptr": I32, "spikes_ptr": I32, "index": "i32", "n_params": "i32",
+         "numel": "i64"}
+
+
+def signature(fn) -> tuple[dict, dict]:
+    constants = {"BLOCK": BLOCK, "PROGRAMS": REDUCTION_PROGRAMS}
+    types, constexprs = {}, {}
+    for position, name in enumerate(fn.arg_names):
+        if name in constants:
+            types[name], constexprs[(position,)] = "constexpr", constants[name]
+        else:
+            types[name] = TYPES.get(name, F32 if name.endswith("_ptr") else "fp32")
+    return types, constexprs
+
+
+def main(capabilities: list[int]) -> None:
+    for fn in (_kernel(), *_kernels()):
+        types, constexprs = signature(fn)
+        for capability in capabilities:
+            compiled = triton.compile(ASTSource(fn=fn, signature=types, constexprs=constexprs),
+                                      target=GPUTarget("cuda", capability, 32))
+            print(f"{fn.__name__} sm_{capability}: {len(compiled.asm['cubin'])} bytes of cubin")
+
+
+if __name__ == "__main__":
+    main([int(c) for c in sys.argv[1:]])
