@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU suite, in one command on a CUDA machine. Its parts ran one by one on an H200 on 2026-12-04
 # (benchmarks/results/gpu_run.md), where the tests took 63 s on 8 pytest workers and the step timings at 130m
-# and 350m shapes under 90 s together; the compiled steps (fused=True) compile for 30 s to over 2 minutes each and are
-# left out of the step part:
+# and 350m shapes under 90 s together; the compiled steps (fused=True for sparse and 8-bit state) compile for
+# 30 s to over 2 minutes each and are left out of the step part, which times the Triton ones:
 #   tests  the tests marked `cuda` (SPAM and StableSPAM against the float64 references, exact resume,
 #          the compiled step, the step paths under torch.cuda.set_sync_debug_mode("error")) and `triton`
 #          (SpikeGPT's Triton kernels and the model on them, here on the GPU rather than in the
@@ -111,10 +111,11 @@ for part in "${parts[@]}"; do
             report tests $failed "$log"
             ;;
         step)
-            # Our optimizers' default and foreach steps and the baseline: every optimizer's state lives on the
-            # GPU at once. The wait for idle CPUs stays short: the suite itself is the only job it should find.
+            # Our optimizers' default, foreach and Triton steps and the baseline: every optimizer's state lives
+            # on the GPU at once. The wait for idle CPUs stays short: the suite itself is the only job it
+            # should find.
             run "$PYTHON" benchmarks/optimizer_step.py --device cuda --sizes 130m,350m --rounds 21 \
-                --no-reference --only '^(SPAM|Stable-SPAM).*(default flags|foreach)' --max-wait 30 \
+                --no-reference --only '^(SPAM|Stable-SPAM).*(default flags|foreach|Triton)' --max-wait 30 \
                 --out "$results/optimizer_step_cuda.md" || failed=1
             report step $failed "$results/optimizer_step_cuda.md"
             ;;

@@ -26,28 +26,16 @@ if __name__ == "__main__":  # before triton is imported: the Triton path runs in
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from op_counter import OpCounter  # noqa: E402
 
 from trainers.models import build_model  # noqa: E402
 from trainers.models.spikegpt_kernels import backend, triton_kernels  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LIMIT = 2.0  # SpikeGPT's launches on the Triton path / LLaMA's, at most (issue 25)
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the aten ops dispatched inside it, and the views among them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = self.views = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        self.views += bool(func.is_view)
-        return func(*args, **(kwargs or {}))
 
 
 def count(model: torch.nn.Module, ids: torch.Tensor, path: str | None) -> dict[str, int]:

@@ -1563,6 +1563,47 @@ CLAIMS += [
 ]
 
 
+LAUNCHES = "optimizer_launches.md"  # kernels per optimizer step, by path, at LLaMA parameter counts
+
+
+def launch_rows(size: str) -> dict[str, dict[str, str]]:
+    """benchmarks/results/optimizer_launches.md's section for the LLaMA ``size``: path -> column -> cell."""
+    (section,) = [s for s in (RESULTS / LAUNCHES).read_text().split("## LLaMA ") if s.startswith(f"{size} ")]
+    rows, header = {}, None
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| path"):
+            header = cells
+        elif line.startswith("| ") and header is not None and not cells[0].startswith("---"):
+            rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+def launches(size: str, path: str, column: str = "launches") -> int:
+    return int(launch_rows(size)[path][column])
+
+
+def _foreach_us_per_launch() -> list[float]:
+    rows = ("SPAM foreach (CUDA default)", "SPAM density 0.25 foreach", "SPAM 8-bit state foreach")
+    return [float(launch_rows(size)[row]["us/launch"]) for size in ("130m", "350m") for row in rows]
+
+
+SPAM_TRITON, STABLE_TRITON = "SPAM Triton (fused=True)", "Stable-SPAM Triton (fused=True)"
+CLAIMS += [
+    ("README.md", "{} launches per step at LLaMA-130M shapes where SPAM's foreach step makes {}",
+     lambda: [launches("130m", SPAM_TRITON), launches("130m", "SPAM foreach (CUDA default)")]),
+    ("docs/spam.md", "At LLaMA-130M shapes, {} parameters (`benchmarks/results/optimizer_launches.md`, "
+                     "counted on CPU tensors), SPAM's foreach step launches {} kernels and its Triton step "
+                     "{} ({} torch ops and {} Triton launches); Stable-SPAM's {} and {}. On the H200 the "
+                     "foreach steps took {:.1f}-{:.1f} µs per launch",
+     lambda: [cuda_tensors("130m"), launches("130m", "SPAM foreach (CUDA default)"),
+              launches("130m", SPAM_TRITON), launches("130m", SPAM_TRITON, "aten ops"),
+              launches("130m", SPAM_TRITON, "Triton launches"),
+              launches("130m", "Stable-SPAM foreach (CUDA default)"), launches("130m", STABLE_TRITON),
+              *_minmax(_foreach_us_per_launch())]),
+]
+
+
 def _text(doc: str) -> str:
     return " ".join((ROOT / doc).read_text().split())
 

@@ -12,12 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import benchmark_scripts
 import pytest
 import test_stable_spam
 import torch
 from stepping import fused_on_cpu
-from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from spam_opt import SPAM, StableSPAM
 from spam_opt.kernels.spam import triton_kernel as spam_triton
@@ -65,59 +64,23 @@ def test_the_kernels_compile_for_ampere_and_hopper_without_a_gpu():
     assert all(int(line.split()[2]) > 1000 for line in lines), lines
 
 
-class _AtenOps(TorchDispatchMode):
-    """Counts the aten ops (views aside) dispatched while active: each is a kernel launch on a GPU."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += not func.is_view
-        return func(*args, **(kwargs or {}))
-
-
-class _Launches:
-    """A Triton kernel that counts its launches, and runs them outside the op counter (the interpreter's
-    own copies between torch and numpy are no launches on a GPU)."""
-
-    def __init__(self, kernel) -> None:
-        self.kernel, self.count = kernel, 0
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.count += 1
-            with _disable_current_modes():
-                return self.kernel[grid](*args, **kwargs)
-        return launch
-
-
-@pytest.mark.parametrize("optimizer", ["SPAM", "StableSPAM"])
-def test_a_step_launches_a_fixed_number_of_ops_plus_its_kernels_per_parameter(optimizer, triton_on_cpu,
-                                                                            monkeypatch):
-    """The foreach step's ops grow with the parameters (about 20 per parameter for SPAM, 9 for Stable-SPAM);
-    the Triton step makes the same torch ops for 6 parameters as for 24 (the whole step, spike statistics and
-    schedule included: under 30 for SPAM, 90 for Stable-SPAM), plus 1 (SPAM) or 3 (Stable-SPAM) launches
-    per parameter."""
-    if optimizer == "SPAM":
-        kernels = [_Launches(spam_triton._kernel())]
-        monkeypatch.setattr(spam_triton, "_kernel", lambda: kernels[0])
-        make, per_parameter, fixed = (lambda ps: SPAM(ps, fused=True, clip_delay=0)), 1, 30
-    else:
-        kernels = [_Launches(k) for k in stable_triton._kernels()]
-        monkeypatch.setattr(stable_triton, "_kernels", lambda: tuple(kernels))
-        make, per_parameter, fixed = (lambda ps: StableSPAM(ps, fused=True)), 3, 90
-    ops = {}
-    for n in (6, 24):
-        params = [nn.Parameter(torch.randn(3 + i, 5)) for i in range(n)]
-        opt = make(params)
-        for _ in range(3):
-            for p in params:
-                p.grad = torch.randn_like(p)
-            before = sum(k.count for k in kernels)
-            with _AtenOps() as counter:
-                opt.step()
-        ops[n] = counter.ops
-        assert sum(k.count for k in kernels) - before == per_parameter * n
-    assert ops[6] == ops[24], ops
-    assert ops[24] <= fixed, ops
+@pytest.mark.parametrize("label, foreach, per_parameter, fixed", [
+    ("SPAM Triton (fused=True)", "SPAM foreach (CUDA default)", 1, 30),
+    ("Stable-SPAM Triton (fused=True)", "Stable-SPAM foreach (CUDA default)", 3, 90)])
+def test_a_step_launches_a_fixed_number_of_ops_plus_its_kernels_per_parameter(label, foreach, per_parameter,
+                                                                            fixed):
+    """benchmarks/optimizer_launches.py's count: the foreach step's launches grow with the parameters (about
+    20 per parameter for SPAM, 9 for Stable-SPAM); the Triton step makes the same torch ops for 6 parameters
+    as for 24 (the whole step, spike statistics and schedule included), plus 1 (SPAM) or 3 (Stable-SPAM)
+    kernel launches per parameter."""
+    bench = benchmark_scripts.load("optimizer_launches")
+    launches, undo = bench.triton_on_this_device(torch.device("cpu"))
+    try:
+        counts = {(path, n): bench.count_step(bench.PATHS[path][0], [(3 + i, 5) for i in range(n)], launches)
+                  for path in (label, foreach) for n in (6, 24)}
+    finally:
+        undo()
+    assert counts[label, 6]["ops"] == counts[label, 24]["ops"] <= fixed, counts
+    assert [counts[label, n]["triton"] for n in (6, 24)] == [6 * per_parameter, 24 * per_parameter]
+    grown = counts[foreach, 24]["launches"] - counts[foreach, 6]["launches"]
+    assert grown >= 18 * 8 and counts[foreach, 24]["triton"] == 0, counts
