@@ -35,15 +35,18 @@ class OpCounter(TorchDispatchMode):
 
 
 class CountedLaunches:
-    """A Triton kernel that counts its launches, run outside any op counter: Triton's interpreter copies
-    between torch and numpy on CPU, which launch nothing on a GPU."""
+    """A Triton kernel that counts its launches, run outside any op counter (Triton's interpreter copies
+    between torch and numpy on CPU, which launch nothing on a GPU), or not run at all with ``run=False``: the
+    interpreter is slow, and how many launches a step makes does not depend on what they compute."""
 
-    def __init__(self, kernel: Any) -> None:
-        self.kernel, self.count = kernel, 0
+    def __init__(self, kernel: Any, run: bool = True) -> None:
+        self.kernel, self.run, self.count = kernel, run, 0
 
     def __getitem__(self, grid: Any) -> Any:
         def launch(*args: Any, **kwargs: Any) -> Any:
             self.count += 1
-            with _disable_current_modes():
-                return self.kernel[grid](*args, **kwargs)
+            if self.run:
+                with _disable_current_modes():
+                    return self.kernel[grid](*args, **kwargs)
+            return None
         return launch

@@ -5,9 +5,9 @@ of parameters, not of bytes. This counts, for one step after two warm-up steps, 
 views (``op_counter.OpCounter``: about one kernel each) and the Triton launches, for the steps CUDA runs:
 torch's AdamW (fused and foreach, for scale), our foreach steps (CUDA's default) and our Triton steps
 (``fused=True``). The counts depend on the number of parameters, not on their sizes, so each LLaMA shape is
-scaled down 16 times per dimension and the steps run on CPU tensors, the Triton kernels in Triton's
-interpreter. Beside the counts, the step times measured on a GPU (``optimizer_step_cuda.md``), where there
-are some, and their time per op.
+scaled down 16 times per dimension and the steps run on CPU tensors; the Triton launches are counted, not
+run (``tests/test_triton_steps.py`` runs them, in Triton's interpreter). Beside the counts, the step times
+measured on a GPU (``optimizer_step_cuda.md``), where there are some, and their time per launch.
 
     python benchmarks/optimizer_launches.py                  # 20m, 130m and 350m parameter lists
 
@@ -61,17 +61,22 @@ PATHS: dict[str, tuple[Factory, str | None]] = {
     "Stable-SPAM 8-bit state foreach": (lambda ps: StableSPAM(ps, state_bits=8, foreach=True),
                                         "Stable-SPAM 8-bit state (default flags)"),
     "SPAM Triton (fused=True)": (lambda ps: SPAM(ps, clip_delay=0, fused=True), None),
+    "SPAM 8-bit state Triton (fused=True)": (lambda ps: SPAM(ps, clip_delay=0, state_bits=8, fused=True),
+                                             None),
     "Stable-SPAM Triton (fused=True)": (lambda ps: StableSPAM(ps, fused=True), None),
+    "Stable-SPAM 8-bit state Triton (fused=True)": (lambda ps: StableSPAM(ps, state_bits=8, fused=True),
+                                                    None),
 }
 
 
-def triton_on_this_device(device: torch.device) -> tuple[list[CountedLaunches], Callable[[], None]]:
+def triton_on_this_device(device: torch.device, run: bool = True) -> tuple[list[CountedLaunches],
+                                                                          Callable[[], None]]:
     """Make ``fused=True`` pick the Triton steps on ``device`` (CPU included, in the interpreter) with
-    counted launches; returns the counters and the function that undoes it."""
-    spam_kernel = CountedLaunches(spam_triton._kernel())
-    stable_kernels = tuple(CountedLaunches(k) for k in stable_triton._kernels())
-    saved = (spam_triton._kernel, stable_triton._kernels, SPAM.kernels, StableSPAM.kernels)
-    spam_triton._kernel = lambda: spam_kernel
+    counted launches, run or not (``CountedLaunches``); returns the counters and what undoes it."""
+    spam_kernels = tuple(CountedLaunches(k, run) for k in spam_triton._kernels())
+    stable_kernels = tuple(CountedLaunches(k, run) for k in stable_triton._kernels())
+    saved = (spam_triton._kernels, stable_triton._kernels, SPAM.kernels, StableSPAM.kernels)
+    spam_triton._kernels = lambda: spam_kernels
     stable_triton._kernels = lambda: stable_kernels
     for cls, kernel in ((SPAM, spam_triton.spam_triton_with(spam_foreach)),
                         (StableSPAM, stable_triton.stable_spam_triton_with(stable_spam_foreach))):
@@ -80,9 +85,9 @@ def triton_on_this_device(device: torch.device) -> tuple[list[CountedLaunches], 
             **cls.kernels.devices, device.type: (Candidate("Triton", kernel, fused=True), *others)})
 
     def undo() -> None:
-        spam_triton._kernel, stable_triton._kernels, SPAM.kernels, StableSPAM.kernels = saved
+        spam_triton._kernels, stable_triton._kernels, SPAM.kernels, StableSPAM.kernels = saved
 
-    return [spam_kernel, *stable_kernels], undo
+    return [*spam_kernels, *stable_kernels], undo
 
 
 def count_step(make: Factory, shapes: list[tuple[int, ...]],
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=str(RESULTS / "optimizer_launches.md"), help="'-' prints only")
     args = parser.parse_args(argv)
     sizes = [s.strip() for s in args.sizes.split(",")]
-    launches, undo = triton_on_this_device(torch.device("cpu"))
+    launches, undo = triton_on_this_device(torch.device("cpu"), run=False)
     times = gpu_times()
     try:
         counted = {(size, label): count_step(make, scaled_shapes(size), launches)
@@ -136,11 +141,11 @@ def main(argv: list[str] | None = None) -> None:
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     lines = ["```", f"$ {command}", "```", "",
              f"# Kernels launched by one optimizer step (torch {torch.__version__})", "",
-             "Launches: aten ops that are neither views nor host reads (`.item()`), plus Triton launches, "
-             "counted on CPU tensors (the counts do not depend on the device or on the tensors' sizes). A "
-             "`_foreach_` op or torch's fused AdamW counts as one, though it launches a few kernels on a GPU "
-             f"for many tensors. GPU ms: the step on one H200 at full size ({GPU_TIMES.name}), where "
-             "measured; us/launch: that time over the launches.", ""]
+             "Launches: aten ops that are neither views nor host reads (`.item()`), plus Triton launches "
+             "(counted, not run), counted on CPU tensors (the counts do not depend on the device or on the "
+             "tensors' sizes). A `_foreach_` op or torch's fused AdamW counts as one, though it launches a "
+             "few kernels on a GPU for many tensors. GPU ms: the step on one H200 at full size "
+             f"({GPU_TIMES.name}), where measured; us/launch: that time over the launches.", ""]
     for size in sizes:
         n = len(scaled_shapes(size))
         lines += [f"## LLaMA {size} ({n} parameters)", "",

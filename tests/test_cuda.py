@@ -116,3 +116,21 @@ def test_compiled_step_on_cuda_follows_foreach_and_compiles_once():
     assert counters["stats"]["unique_graphs"] == graphs
     for a, b in zip(compiled, foreach):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls, hyper", [(SPAM, dict(lr=1e-2, weight_decay=0.1, **SCHEDULE)),
+                                        (StableSPAM, HYPER)], ids=["SPAM", "StableSPAM"])
+def test_8bit_triton_step_on_cuda_follows_foreach(cls, hyper):
+    """fused=True with 8-bit moments (the Triton kernels, a block per program) against the foreach step:
+    equal counts; parameters within float32 rounding; codes apart by at most one step where the GPU's fused
+    multiply-adds move a value across a rounding tie."""
+    fused, foreach = _params(DEVICE), _params(DEVICE)
+    opts = cls(fused, fused=True, state_bits=8, **hyper), cls(foreach, foreach=True, state_bits=8, **hyper)
+    for t, grads in enumerate(_grad_stream(SHAPES, 60, seed=6), start=1):
+        counts = [step_and_count(opt, ps, _on(grads)) for opt, ps in zip(opts, (fused, foreach))]
+        assert counts[0] == counts[1], t
+    for a, b in zip(fused, foreach):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        codes = [opt.state[p]["exp_avg"] for opt, p in zip(opts, (a, b))]
+        if codes[0].dtype == torch.int8:
+            assert (codes[0].int() - codes[1].int()).abs().max() <= 1

@@ -178,6 +178,23 @@ def test_nonfinite_gradient_leaves_that_parameter_and_its_state_untouched(path, 
             assert torch.isfinite(t).all()
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("state_bits", [32, 8])
+def test_a_nonfinite_gradient_at_the_first_step_or_a_reset_leaves_the_parameter_as_it_was(path, state_bits):
+    """Where the tensor's count is 0 (its first step, a reset step), skipping it must not divide by a zero
+    bias correction: the foreach step once turned such a parameter into NaN."""
+    p = nn.Parameter(torch.randn(4, 64))
+    opt = StableSPAM([p], lr=1e-2, reset_interval=3, state_bits=state_bits, **path)
+    for t in range(1, 6):  # NaN at step 1, and at step 4, the first after the reset at step 3
+        before = p.detach().clone()
+        p.grad = torch.randn(4, 64)
+        if t in (1, 4):
+            p.grad[1, 2] = float("nan")
+        opt.step()
+        assert torch.isfinite(p).all(), t
+        assert torch.equal(p, before) == (t in (1, 4)), t
+
+
 def test_fused_matches_foreach_on_large_tensors_with_resets_and_nan(torch_threads):
     """Tensors of several work chunks, split over threads: the C++ reductions against torch's."""
     shapes = [(300, 257), (70001,), (3,)]

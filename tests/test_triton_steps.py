@@ -14,7 +14,9 @@ from pathlib import Path
 
 import benchmark_scripts
 import pytest
+import test_spam_8bit
 import test_stable_spam
+import test_stable_spam_8bit
 import torch
 from stepping import fused_on_cpu
 
@@ -38,6 +40,29 @@ def triton_on_cpu(monkeypatch):
         monkeypatch.setattr(cls, "kernels", fused_on_cpu(cls.kernels, kernel))
 
 
+def test_spam_8bit_triton_matches_the_float64_8bit_oracle(triton_on_cpu):
+    """Dense 8-bit moments (density 1: the sparse layout goes to the fallback), one block per program."""
+    test_spam_8bit.test_matches_the_float64_8bit_oracle_over_60_steps(FUSED, 1.0)
+    test_spam_8bit.test_the_clip_compares_against_the_dequantized_second_moment(FUSED)
+    test_spam_8bit.test_nonfinite_entries_keep_p_and_their_moments_up_to_requantization(FUSED)
+
+
+def test_spam_8bit_triton_under_a_closed_gate_leaves_codes_scales_and_parameters_bit_identical(triton_on_cpu):
+    # rows of 300 entries: a full block of 256 and a masked one of 44
+    params = [torch.nn.Parameter(torch.randn(5, 300)), torch.nn.Parameter(torch.randn(7))]
+    opt = SPAM(params, lr=1e-2, state_bits=8, clip_delay=0, fused=True)
+    for step in range(4):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        before = [p.detach().clone() for p in params], {k: v.clone() for k, v in opt.state[params[0]].items()
+                                                            if torch.is_tensor(v)}
+        opt.step(gate=torch.tensor(step != 2))
+        unchanged = all(torch.equal(a, p) for a, p in zip(before[0], params)) and all(
+            torch.equal(v, opt.state[params[0]][k]) for k, v in before[1].items())
+        assert unchanged == (step == 2), step
+    assert opt.state[params[0]]["exp_avg"].dtype == torch.int8
+
+
 def test_stable_spam_triton_matches_the_float64_reference(triton_on_cpu):
     test_stable_spam.test_matches_float64_reference_over_120_steps_with_spikes(FUSED)
     test_stable_spam.test_maximize_is_the_float64_rule_on_the_negated_gradient(FUSED)
@@ -47,6 +72,14 @@ def test_stable_spam_triton_resets_and_skips_nonfinite_tensors_as_the_reference_
     test_stable_spam.test_momentum_reset_zeroes_moments_before_they_are_used(FUSED)
     for bad in (float("nan"), float("inf")):
         test_stable_spam.test_nonfinite_gradient_leaves_that_parameter_and_its_state_untouched(FUSED, bad)
+    for bits in (32, 8):
+        test_stable_spam.test_a_nonfinite_gradient_at_the_first_step_or_a_reset_leaves_the_parameter_as_it_was(
+            FUSED, bits)
+
+
+def test_stable_spam_8bit_triton_matches_the_float64_8bit_oracle(triton_on_cpu):
+    test_stable_spam_8bit.test_matches_the_float64_8bit_oracle_over_60_steps_with_spikes_and_a_reset(FUSED)
+    test_stable_spam_8bit.test_a_closed_gate_leaves_codes_scales_and_parameters_bit_identical(FUSED)
 
 
 def test_the_kernels_compile_for_ampere_and_hopper_without_a_gpu():
@@ -59,7 +92,7 @@ def test_the_kernels_compile_for_ampere_and_hopper_without_a_gpu():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    kernels = ("spam_dense_step", "abs_max", "clipped_square_sum", "update")
+    kernels = ("spam_dense_step", "spam_8bit_step", "abs_max", "clipped_square_sum", "update", "update_8bit")
     assert [line.split(":")[0] for line in lines] == [f"{k} sm_{c}" for k in kernels for c in (80, 90)]
     assert all(int(line.split()[2]) > 1000 for line in lines), lines
 

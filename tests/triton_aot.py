@@ -14,18 +14,19 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from spam_opt.kernels.spam.triton_kernel import _kernel
-from spam_opt.kernels.stable_spam.triton_kernel import _kernels
+from spam_opt.kernels.spam import triton_kernel as spam
+from spam_opt.kernels.stable_spam import triton_kernel as stable_spam
 from spam_opt.kernels.triton_steps import BLOCK, REDUCTION_PROGRAMS
+from spam_opt.state.quantized import BLOCK as QBLOCK
 
 F32, I32 = "*fp32", "*i32"
 # Argument types as a launch passes them: float32 tensors, int32 counters, sizes up to 2^63, host floats.
-TYPES = {"counts_ptr": I32, "bad_ptr": I32, "spikes_ptr": I32, "index": "i32", "n_params": "i32",
-         "numel": "i64"}
+TYPES = {"counts_ptr": I32, "bad_ptr": I32, "spikes_ptr": I32, "r_ptr": "*i8", "s_ptr": "*u8", "index": "i32",
+         "n_params": "i32", "numel": "i64", "row_length": "i32", "per_row": "i32"}
 
 
 def signature(fn) -> tuple[dict, dict]:
-    constants = {"BLOCK": BLOCK, "PROGRAMS": REDUCTION_PROGRAMS}
+    constants = {"BLOCK": BLOCK, "PROGRAMS": REDUCTION_PROGRAMS, "QBLOCK": QBLOCK}
     types, constexprs = {}, {}
     for position, name in enumerate(fn.arg_names):
         if name in constants:
@@ -36,7 +37,7 @@ def signature(fn) -> tuple[dict, dict]:
 
 
 def main(capabilities: list[int]) -> None:
-    for fn in (_kernel(), *_kernels()):
+    for fn in (*spam._kernels(), *stable_spam._kernels()):
         types, constexprs = signature(fn)
         for capability in capabilities:
             compiled = triton.compile(ASTSource(fn=fn, signature=types, constexprs=constexprs),

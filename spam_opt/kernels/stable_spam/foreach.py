@@ -70,8 +70,11 @@ def _foreach(params: list[Tensor], grads: list[Tensor], states: list[TensorState
     torch._foreach_mul_(v_, list(torch.where(ok, h.beta2, 1.0).unbind()))
     torch._foreach_addcmul_(v_, g_, g_, value=1 - h.beta2)
 
-    bias1 = 1 - torch.pow(h.beta1, n_new)
-    bias2_sqrt = (1 - torch.pow(h.beta2, n_new)).sqrt()
+    # A tensor that does not move keeps a count of 0 at its first step or a reset: its bias corrections would
+    # be 0, and its update 0 · (m / 0) = NaN, which no zero multiplier clears. It takes those of step 1.
+    n_bias = torch.where(ok, n_new, torch.ones_like(n_new))
+    bias1 = 1 - torch.pow(h.beta1, n_bias)
+    bias2_sqrt = (1 - torch.pow(h.beta2, n_bias)).sqrt()
     denom = torch._foreach_div(torch._foreach_sqrt(v_), list(bias2_sqrt.unbind()))
     torch._foreach_add_(denom, h.eps)
     updates = torch._foreach_div(m_, denom)
