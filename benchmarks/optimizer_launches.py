@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import provenance  # noqa: E402
 from op_counter import CountedLaunches, OpCounter  # noqa: E402
 from optimizer_step import shapes_of  # noqa: E402
 
@@ -158,11 +159,7 @@ def main(argv: list[str] | None = None) -> None:
             lines.append(f"| {label} | {c['ops']} | {c['triton']} | {c['launches']} | "
                          f"{c['launches'] / n:.1f} | {gpu} |")
         lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    if args.output != "-":
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text)
+    provenance.publish("\n".join(lines), args.output)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,15 @@ def describe(sources: Sequence[dict[str, object]]) -> str:
     return "Provenance: " + "; ".join(parts) + "." if parts else "Provenance: nothing recorded."
 
 
+def publish(text: str, output: str | Path) -> None:
+    """Print a result table, and write it to ``output`` (making its folder) unless that is ``-``."""
+    print(text)
+    if str(output) != "-":
+        path = Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
 def timing_line(load_summary: str) -> str:
     """A timing table's provenance: the commit (and whether the tree was clean), then ``machine_load``'s
     summary of the machine while it measured (idle, or **measured under load**)."""

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import provenance  # noqa: E402
 from op_counter import OpCounter  # noqa: E402
 
 from trainers.models import build_model  # noqa: E402
@@ -97,11 +98,7 @@ def main(argv: list[str] | None = None) -> None:
              "Counted with a TorchDispatchMode on CPU; the counts do not depend on the device. On a GPU each "
              "non-view aten op launches about one kernel (a few launch none or two), each Triton launch one.",
              "", *table(args.pair, counted)]
-    text = "\n".join(lines)
-    print(text)
-    if args.output != "-":
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text)
+    provenance.publish("\n".join(lines), args.output)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from transformers.generation.streamers import BaseStreamer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import provenance  # noqa: E402
 from machine_load import add_wait_argument, interleave, spread, watch  # noqa: E402
 
 from trainers.models import build_model  # noqa: E402
@@ -195,12 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         table = [load, "", *_table(pair, contenders, train, decode, tokens)]
         print("\n".join(table), file=sys.stderr)
         lines += table
-    text = "\n".join(lines)
-    print(text)
-    if args.output != "-":
-        output = Path(args.output) if args.output else RESULTS / f"spikegpt_throughput_{device.type}.md"
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text)
+    provenance.publish("\n".join(lines), args.output or RESULTS / f"spikegpt_throughput_{device.type}.md")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import provenance  # noqa: E402
+
 from trainers.models.spikegpt import SPIKEGPT_PRESETS, WKVState, wkv_parallel, wkv_recurrent  # noqa: E402
 from trainers.models.spikegpt_kernels import backend, triton_kernels  # noqa: E402
 from trainers.models.spiking_neuron import MultiStepLIF  # noqa: E402
@@ -146,12 +148,8 @@ def main(argv: list[str] | None = None) -> None:
              "|---|---|---|---:|---:|---:|"]
     for preset in args.preset or PRESETS:
         lines += measure(preset, args, device)
-    text = "\n".join([*lines, ""])
-    print(text)
-    if args.output != "-":
-        output = Path(args.output) if args.output else RESULTS / f"spikegpt_triton_kernels_{device.type}.md"
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text)
+    provenance.publish("\n".join([*lines, ""]),
+                       args.output or RESULTS / f"spikegpt_triton_kernels_{device.type}.md")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,14 @@ runs, so that spam_opt itself depends on torch alone.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch import Tensor
+
+from spam_opt.kernels.compiled_lists import with_fallback
+from spam_opt.kernels.result import Kernel, KernelResult
 
 BLOCK = 1024  # entries per program: 4 KB of each float32 tensor it reads
 # Programs per parameter of the reductions (Stable-SPAM's max|g| and norm): each loops over its share, and
@@ -34,3 +40,14 @@ def programs(numel: int, limit: int | None = None) -> tuple[int]:
     """The launch grid over ``numel`` entries: one program per ``BLOCK``, at most ``limit``."""
     blocks = -(-numel // BLOCK)
     return (blocks if limit is None else min(blocks, limit),)
+
+
+def with_triton(takes: Callable[[Tensor, Tensor, Any], bool], step: Kernel, fallback: Kernel) -> Kernel:
+    """A kernel: the Triton ``step`` on the parameters it ``takes``, ``fallback`` on the others."""
+
+    def triton_step(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
+                    h: Any) -> KernelResult:
+        return with_fallback((takes(p, g, st) for p, g, st in zip(params, grads, states)), step, fallback,
+                             params, grads, states, gate, h)
+
+    return triton_step

@@ -22,10 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spam_opt.kernels.compiled_lists import with_fallback
 from spam_opt.kernels.result import Kernel, KernelResult
 from spam_opt.kernels.spam.inputs import QuantizedTensorState, StepScalars, TensorState
-from spam_opt.kernels.triton_steps import BLOCK, programs
+from spam_opt.kernels.triton_steps import BLOCK, programs, with_triton
 from spam_opt.state.quantized import BLOCK as QBLOCK
 from spam_opt.state.quantized import block_count, blocks_per_row
 
@@ -85,10 +84,4 @@ def _triton_step(params: list[Tensor], grads: list[Tensor], states: list[TensorS
 
 def spam_triton_with(fallback: Kernel) -> Kernel:
     """The Triton step for the parameters it takes (see ``takes``), ``fallback`` for the others."""
-
-    def spam_triton(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
-                    h: StepScalars) -> KernelResult:
-        return with_fallback((takes(p, g, st) for p, g, st in zip(params, grads, states)), _triton_step,
-                             fallback, params, grads, states, gate, h)
-
-    return spam_triton
+    return with_triton(takes, _triton_step, fallback)

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spam_opt.kernels.compiled_lists import device_flags, with_fallback
+from spam_opt.kernels.compiled_lists import device_flags
 from spam_opt.kernels.result import Kernel, KernelResult
 from spam_opt.kernels.stable_spam.inputs import QuantizedTensorState, StepScalars, TensorState
-from spam_opt.kernels.triton_steps import BLOCK, REDUCTION_PROGRAMS, programs
+from spam_opt.kernels.triton_steps import BLOCK, REDUCTION_PROGRAMS, programs, with_triton
 from spam_opt.state.quantized import BLOCK as QBLOCK
 from spam_opt.state.quantized import block_count, blocks_per_row
 
@@ -117,10 +117,4 @@ def _triton_step(params: list[Tensor], grads: list[Tensor], states: list[TensorS
 
 def stable_spam_triton_with(fallback: Kernel) -> Kernel:
     """The Triton step for the parameters it takes (see ``takes``), ``fallback`` for the others."""
-
-    def stable_spam_triton(params: list[Tensor], grads: list[Tensor], states: list[Any], gate: Tensor | None,
-                           h: StepScalars) -> KernelResult:
-        return with_fallback((takes(p, g, st) for p, g, st in zip(params, grads, states)), _triton_step,
-                             fallback, params, grads, states, gate, h)
-
-    return stable_spam_triton
+    return with_triton(takes, _triton_step, fallback)
