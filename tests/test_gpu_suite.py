@@ -48,6 +48,11 @@ def test_dry_run_prints_the_parts_asked_for():
     # The tests marked cuda, and SpikeGPT's Triton tests (on the GPU there, in the interpreter here).
     assert shlex.split(commands[0])[:4] == [sys.executable, "-m", "pytest", "-m"]
     assert shlex.split(commands[0])[4] == "cuda or triton"
+    # every test file that marks tests cuda or triton, and only those
+    marked = sorted(f"tests/{path.name}" for path in (ROOT / "tests").glob("test_*.py")
+                    if re.search(r"pytest\.mark\.(cuda|triton)\b", path.read_text()))
+    listed = [arg for arg in shlex.split(commands[0]) if arg.startswith("tests/")]
+    assert sorted(listed) == marked and marked
     step = shlex.split(commands[1])
     assert step[step.index("--device") + 1] == "cuda" and step[step.index("--sizes") + 1] == "130m,350m"
     assert "--model llama-60m --optimizer spam --mixed-precision bf16 --max-steps 200" in commands[2]
