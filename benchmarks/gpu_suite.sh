@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU suite, in one command on a CUDA machine. Its parts ran one by one on an H200 on 2026-12-04
 # (benchmarks/results/gpu_run.md), where the tests took 63 s on 8 pytest workers and the step timings at 130m
-# and 350m shapes under 90 s together; the compiled steps (fused=True for sparse and 8-bit state) compile for
-# 30 s to over 2 minutes each and are left out of the step part, which times the Triton ones:
+# and 350m shapes under 90 s together; the step part times the default, foreach and Triton steps (fused=True),
+# not the compiled steps, which compiled for 30 s to over 2 minutes each there:
 #   tests  the tests marked `cuda` (SPAM and StableSPAM against the float64 references, exact resume,
 #          the compiled step, the step paths under torch.cuda.set_sync_debug_mode("error")) and `triton`
 #          (SpikeGPT's Triton kernels and the model on them, here on the GPU rather than in the

@@ -62,6 +62,8 @@ PATHS: dict[str, tuple[Factory, str | None]] = {
     "Stable-SPAM 8-bit state foreach": (lambda ps: StableSPAM(ps, state_bits=8, foreach=True),
                                         "Stable-SPAM 8-bit state (default flags)"),
     "SPAM Triton (fused=True)": (lambda ps: SPAM(ps, clip_delay=0, fused=True), None),
+    "SPAM density 0.25 Triton (fused=True)": (lambda ps: SPAM(ps, clip_delay=0, density=0.25, fused=True),
+                                              None),
     "SPAM 8-bit state Triton (fused=True)": (lambda ps: SPAM(ps, clip_delay=0, state_bits=8, fused=True),
                                              None),
     "Stable-SPAM Triton (fused=True)": (lambda ps: StableSPAM(ps, fused=True), None),

@@ -127,9 +127,8 @@ def galore_groups(params: list[torch.nn.Parameter], names: list[str], rank: int,
 def optimizers(include_reference: bool, hidden: int, heads: int,
                device_type: str = "cpu") -> dict[str, Factory]:
     """Name -> factory. Peers that are not installed are left out with a note on stderr (and a line in the
-    results). On CUDA, where the default flags pick foreach, the ``fused=True`` rows time the Triton steps
-    (float32 moments) and the ``torch.compile``d ones (sparse, 8-bit); on CPU ``fused=True`` is the default
-    C++ step, already timed."""
+    results). On CUDA, where the default flags pick foreach, the ``fused=True`` rows time the Triton steps; on
+    CPU ``fused=True`` is the default C++ step, already timed."""
     from spam_opt.spam import SPAM
     from spam_opt.stable_spam import StableSPAM
 
@@ -153,12 +152,12 @@ def optimizers(include_reference: bool, hidden: int, heads: int,
     table["Stable-SPAM 8-bit state (default flags)"] = lambda ps, _: StableSPAM(ps, state_bits=8)
     if device_type == "cuda":
         table["SPAM fused=True (Triton)"] = lambda ps, _: SPAM(ps, clip_delay=0, fused=True)
-        table["SPAM density 0.25 fused=True (compiled)"] = \
+        table["SPAM density 0.25 fused=True (Triton)"] = \
             lambda ps, _: SPAM(ps, clip_delay=0, density=0.25, fused=True)
-        table["SPAM 8-bit state fused=True (compiled)"] = \
+        table["SPAM 8-bit state fused=True (Triton)"] = \
             lambda ps, _: SPAM(ps, clip_delay=0, state_bits=8, fused=True)
         table["Stable-SPAM fused=True (Triton)"] = lambda ps, _: StableSPAM(ps, fused=True)
-        table["Stable-SPAM 8-bit state fused=True (compiled)"] = \
+        table["Stable-SPAM 8-bit state fused=True (Triton)"] = \
             lambda ps, _: StableSPAM(ps, state_bits=8, fused=True)
     peers: list[tuple[str, Callable[[], dict[str, Factory]]]] = [
         ("pytorch-optimizer", _pytorch_optimizer),

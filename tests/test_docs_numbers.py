@@ -1594,11 +1594,13 @@ CLAIMS += [
      lambda: [launches("130m", SPAM_TRITON), launches("130m", "SPAM foreach (CUDA default)")]),
     ("docs/spam.md", "At LLaMA-130M shapes, {} parameters (`benchmarks/results/optimizer_launches.md`, "
                      "counted on CPU tensors), SPAM's foreach step launches {} kernels and its Triton step "
-                     "{} ({} torch ops and {} Triton launches); Stable-SPAM's {} and {}. On the H200 the "
-                     "foreach steps took {:.1f}-{:.1f} µs per launch",
+                     "{} ({} torch ops and {} Triton launches); at density 0.25, {} and {}; Stable-SPAM's {} "
+                     "and {}. On the H200 the foreach steps took {:.1f}-{:.1f} µs per launch",
      lambda: [cuda_tensors("130m"), launches("130m", "SPAM foreach (CUDA default)"),
               launches("130m", SPAM_TRITON), launches("130m", SPAM_TRITON, "aten ops"),
               launches("130m", SPAM_TRITON, "Triton launches"),
+              launches("130m", "SPAM density 0.25 foreach"),
+              launches("130m", "SPAM density 0.25 Triton (fused=True)"),
               launches("130m", "Stable-SPAM foreach (CUDA default)"), launches("130m", STABLE_TRITON),
               *_minmax(_foreach_us_per_launch())]),
 ]

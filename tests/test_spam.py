@@ -12,10 +12,10 @@ from torch import nn
 
 from spam_opt import SPAM, param_groups
 from spam_opt.kernels.draw import draw_kept
-from spam_opt.kernels.spam.cpp import _bitmaps as cpp_bitmaps
 from spam_opt.kernels.spam.cpp import _kept_bits
 from spam_opt.sparse import kept_indices, mask_key
-from spam_opt.state.kept import KeptEntries, pack_bits, unpack_bits
+from spam_opt.state import kept as kept_module
+from spam_opt.state.kept import KeptEntries, pack_bits, per_draw, unpack_bits
 
 SCHEDULE = dict(reset_interval=25, warmup_steps=8, clip_delay=5, threshold=50.0)
 PATHS = [pytest.param(False, id="reference"), pytest.param(True, id="foreach")]
@@ -281,9 +281,11 @@ def test_cpp_step_builds_its_bitmap_once_per_draw_and_again_when_the_indices_cha
     low[0] = first + 1  # written in place, as loading a state dict into the tensor would
     rebuilt = unpack_bits(_kept_bits(KeptEntries(low, kept.starts), 100_000), 100_000)
     assert rebuilt[first + 1] and not rebuilt[first]
-    before = len(cpp_bitmaps)
+    indices = per_draw(KeptEntries(low, kept.starts), "indices", KeptEntries.indices)  # another kind
+    assert torch.equal(indices, KeptEntries(low, kept.starts).indices())
+    before = len(kept_module._derived)
     del low
-    assert len(cpp_bitmaps) == before - 1  # dropped with the state's index tensor
+    assert len(kept_module._derived) == before - 2  # both dropped with the state's index tensor
 
 
 def test_cpp_step_refuses_moments_that_do_not_hold_every_kept_entry():

@@ -17,7 +17,8 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,25 @@ class KeptEntries:
 
     def numel(self) -> int:
         return self.low.numel()
+
+
+# What the kernels derive from a draw (its bitmap, its flat indices), by (id of the draw's ``low``, kind).
+_derived: dict[tuple[int, str], tuple[weakref.ref[Tensor], int, Tensor]] = {}
+
+
+def per_draw(kept: KeptEntries, kind: str, build: Callable[[KeptEntries], Tensor]) -> Tensor:
+    """``build(kept)``, built once per draw and kept beside the state: the kept entries change only when
+    momentum is reset, so a kernel that needs them in another form (a bitmap, flat indices) should not
+    rebuild it at every step. Rebuilt when the state's index tensor is replaced (a new draw, a loaded state
+    dict) or written in place; dropped with it."""
+    low = kept.low
+    key = (id(low), kind)
+    cached = _derived.get(key)
+    if cached is not None and cached[0]() is low and cached[1] == low._version:
+        return cached[2]
+    value = build(kept)
+    _derived[key] = (weakref.ref(low, lambda _, key=key: _derived.pop(key, None)), low._version, value)
+    return value
 
 
 def pack_bits(mask: Tensor) -> Tensor:

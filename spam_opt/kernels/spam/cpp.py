@@ -9,7 +9,6 @@ loads them; ``spam_opt.kernels.dispatch`` calls this only once they have loaded.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
@@ -20,26 +19,15 @@ from spam_opt.kernels.draw import kept_bitmap
 from spam_opt.kernels.result import KernelResult
 from spam_opt.kernels.spam.foreach import spam_foreach
 from spam_opt.kernels.spam.inputs import QuantizedTensorState, StepScalars, TensorState
-from spam_opt.state.kept import KeptEntries
+from spam_opt.state.kept import KeptEntries, per_draw
+
 
 # The bitmap of each live float32 sparse state's kept entries, by id of its `low` tensor: (a weak reference to
 # it, its version counter when the bitmap was built, the bitmap).
-_bitmaps: dict[int, tuple[weakref.ref[Tensor], int, Tensor]] = {}
-
-
 def _kept_bits(kept: KeptEntries, numel: int) -> Tensor:
-    """The bitmap of ``kept`` that ``spam_step_`` reads, built once per draw and kept beside the state (1 bit
-    per entry): the kernel's vector compress and expand need the bits, and building them from the indices
-    at every step cost more than the rest of the step. Rebuilt when the state's index tensor is replaced (a
-    new draw, a loaded state dict) or written in place; dropped with it."""
-    low = kept.low
-    key = id(low)
-    cached = _bitmaps.get(key)
-    if cached is not None and cached[0]() is low and cached[1] == low._version:
-        return cached[2]
-    bits = kept_bitmap(kept, numel)
-    _bitmaps[key] = (weakref.ref(low, lambda _, key=key: _bitmaps.pop(key, None)), low._version, bits)
-    return bits
+    """The bitmap of ``kept`` that ``spam_step_`` reads (1 bit per entry), once per draw: the kernel's vector
+    compress and expand need the bits, and building them at every step cost more than the rest of the step."""
+    return per_draw(kept, "bits", lambda k: kept_bitmap(k, numel))
 
 
 def _path(p: Tensor, g: Tensor, st: Any) -> str:

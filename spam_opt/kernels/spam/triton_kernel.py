@@ -7,8 +7,10 @@ bytes per entry with float32 moments, as fused AdamW; 8-bit moments dequantized 
 in the same pass), and its clip and NaN/Inf counts are added on the device. A group costs one launch per
 parameter plus a fixed number of ops for the bias corrections and the counts; nothing is read on the host.
 
-It takes float32 parameters with float32 gradients, contiguous, with dense moments (float32 or 8-bit). The
-others (sparse momentum, low-precision or strided tensors) go to ``fallback``: the compiled step on CUDA.
+It takes float32 parameters with float32 gradients, contiguous, with float32 moments (dense, or the kept
+entries of sparse momentum: gathered, stepped, then scattered after the decay of every entry) or dense 8-bit
+ones. The others (sparse 8-bit, low-precision or strided tensors) go to ``fallback``: the compiled step on
+CUDA.
 Without a GPU the kernels run on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1`` set before
 triton is imported), which is how the tests check them against the float64 references.
 """
@@ -25,27 +27,28 @@ from torch import Tensor
 from spam_opt.kernels.result import Kernel, KernelResult
 from spam_opt.kernels.spam.inputs import QuantizedTensorState, StepScalars, TensorState
 from spam_opt.kernels.triton_steps import BLOCK, programs, with_triton
+from spam_opt.state.kept import KeptEntries, per_draw
 from spam_opt.state.quantized import BLOCK as QBLOCK
 from spam_opt.state.quantized import block_count, blocks_per_row
 
 
 @functools.cache
 def _kernels() -> Any:
-    """The jitted kernels (float32 and 8-bit moments), imported on first use so that importing spam_opt
-    never imports triton."""
+    """The jitted kernels (float32, 8-bit and sparse moments), imported on first use so that importing
+    spam_opt never imports triton."""
     from spam_opt.kernels.spam import triton_jit
 
-    return triton_jit.spam_dense_step, triton_jit.spam_8bit_step
+    return triton_jit.spam_dense_step, triton_jit.spam_8bit_step, triton_jit.spam_sparse_step
 
 
 def takes(p: Tensor, g: Tensor, state: Any) -> bool:
     """Whether the Triton step takes this parameter (the others go to the fallback): float32 parameters and
-    gradients, contiguous, with dense moments in float32 or 8 bits."""
+    gradients, contiguous, with float32 moments (dense or sparse) or dense 8-bit ones."""
     if p.dtype != torch.float32 or g.dtype != torch.float32 or not (p.is_contiguous() and g.is_contiguous()):
         return False
     if isinstance(state, QuantizedTensorState):
         return state.moments.kept_bits is None
-    return (isinstance(state, TensorState) and state.kept is None and state.exp_avg.is_contiguous()
+    return (isinstance(state, TensorState) and state.exp_avg.is_contiguous()
             and state.exp_avg_sq.is_contiguous())
 
 
@@ -62,7 +65,8 @@ def _triton_step(params: list[Tensor], grads: list[Tensor], states: list[TensorS
     decay = 1 - h.lr * h.weight_decay
     clip = math.inf if h.clip_threshold is None else h.clip_threshold
     sign = -1.0 if h.maximize else 1.0
-    dense, quantized = _kernels()
+    dense, quantized, sparse = _kernels()
+    scatters = []
     for i, (p, g, st) in enumerate(zip(params, grads, states)):
         numel = p.numel()
         if numel == 0:
@@ -73,9 +77,24 @@ def _triton_step(params: list[Tensor], grads: list[Tensor], states: list[TensorS
                 p, g, q.exp_avg, q.exp_avg_sq, q.exp_avg_scale, q.exp_avg_sq_scale, step_sizes, open_, found,
                 i, n, q.row_length, blocks_per_row(q.row_length), decay, clip, sign, h.beta1, h.beta2, h.eps,
                 QBLOCK=QBLOCK)
+        elif st.kept is not None:
+            idx = per_draw(st.kept, "indices", KeptEntries.indices)
+            kept_p = torch.empty(idx.numel(), dtype=p.dtype, device=device)
+            if idx.numel():
+                sparse[programs(idx.numel())](p, g, st.exp_avg, st.exp_avg_sq, idx, kept_p, step_sizes, open_,
+                                              found, i, n, idx.numel(), decay, clip, sign, h.beta1, h.beta2,
+                                              h.eps, BLOCK=BLOCK)
+            scatters.append((p, idx, kept_p))
         else:
             dense[programs(numel)](p, g, st.exp_avg, st.exp_avg_sq, step_sizes, open_, found, i, n, numel,
                                    decay, clip, sign, h.beta1, h.beta2, h.eps, BLOCK=BLOCK)
+    if scatters:
+        # Sparse momentum: the decoupled decay shrinks every entry when the gate is open, then the kept
+        # entries take their stepped values (computed from the undecayed ones).
+        if decay != 1:
+            torch._foreach_mul_([p for p, _, _ in scatters], torch.where(open_ > 0.5, decay, 1.0))
+        for p, idx, kept_p in scatters:
+            p.view(-1).index_copy_(0, idx, kept_p)
     torch._foreach_add_(counts, [open_] * n)
     clipped = found[0].long().unbind()
     nonfinite = ((found[1] > 0) & (open_ > 0.5)).unbind()
