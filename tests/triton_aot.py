@@ -26,8 +26,8 @@ TYPES = {"counts_ptr": I32, "bad_ptr": I32, "spikes_ptr": I32, "r_ptr": "*i8", "
          "kept": "i32"}
 
 
-def signature(fn) -> tuple[dict, dict]:
-    constants = {"BLOCK": BLOCK, "PROGRAMS": REDUCTION_PROGRAMS, "QBLOCK": QBLOCK}
+def signature(fn, sparse: bool) -> tuple[dict, dict]:
+    constants = {"BLOCK": BLOCK, "PROGRAMS": REDUCTION_PROGRAMS, "QBLOCK": QBLOCK, "SPARSE": sparse}
     types, constexprs = {}, {}
     for position, name in enumerate(fn.arg_names):
         if name in constants:
@@ -39,11 +39,13 @@ def signature(fn) -> tuple[dict, dict]:
 
 def main(capabilities: list[int]) -> None:
     for fn in (*spam._kernels(), *stable_spam._kernels()):
-        types, constexprs = signature(fn)
-        for capability in capabilities:
-            compiled = triton.compile(ASTSource(fn=fn, signature=types, constexprs=constexprs),
-                                      target=GPUTarget("cuda", capability, 32))
-            print(f"{fn.__name__} sm_{capability}: {len(compiled.asm['cubin'])} bytes of cubin")
+        for sparse in (False, True) if "SPARSE" in fn.arg_names else (False,):
+            types, constexprs = signature(fn, sparse)
+            name = fn.__name__ + ("[sparse]" if sparse else "")
+            for capability in capabilities:
+                compiled = triton.compile(ASTSource(fn=fn, signature=types, constexprs=constexprs),
+                                          target=GPUTarget("cuda", capability, 32))
+                print(f"{name} sm_{capability}: {len(compiled.asm['cubin'])} bytes of cubin")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """SPAM's Triton kernels (imported by ``triton_kernel`` when a step first runs: it needs triton).
 
-``spam_dense_step`` steps ``BLOCK`` entries of a parameter with float32 moments per program,
-``spam_sparse_step`` ``BLOCK`` kept entries under sparse momentum;
+``spam_float32_step`` steps ``BLOCK`` entries of a parameter with float32 moments per program (or ``BLOCK``
+kept entries under sparse momentum);
 ``spam_8bit_step`` one block of 8-bit moments (``spam_opt.state.quantized``) per program, dequantized,
 stepped and requantized with the block's new scales in registers. Both add the step's clip and NaN/Inf
 counts to a per-parameter counter on the device.
@@ -42,17 +42,27 @@ def add_counts(counts_ptr, index, n_params, spike, finite, inside):
 
 # Sizes and positions vary per parameter: specializing on them would compile a variant for each kind.
 @triton.jit(do_not_specialize=["index", "n_params", "numel"])
-def spam_dense_step(p_ptr, g_ptr, m_ptr, v_ptr, step_size_ptr, gate_ptr, counts_ptr, index, n_params,
-                    numel, decay, clip, sign, beta1, beta2, eps, BLOCK: tl.constexpr):
+def spam_float32_step(p_ptr, g_ptr, m_ptr, v_ptr, idx_ptr, p_out_ptr, step_size_ptr, gate_ptr, counts_ptr,
+                      index, n_params, numel, decay, clip, sign, beta1, beta2, eps, BLOCK: tl.constexpr,
+                      SPARSE: tl.constexpr):
+    """``BLOCK`` entries of float32 moments per program. Dense: they are p's entries, and p is written in
+    place (``p_out`` is p). Sparse momentum (the moments hold the kept entries, ``idx`` their flat indices):
+    p and g are gathered, and the kept entries' new values written to ``p_out``; the caller decays every
+    entry of p, then scatters ``p_out`` back, so that an entry that does not move keeps its value, undecayed,
+    as in the reference."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < numel
+    if SPARSE:
+        entries = tl.load(idx_ptr + offsets, mask=inside, other=0)
+    else:
+        entries = offsets
     # As a block: the interpreter does not combine a scalar comparison with a block's in `&`.
     gate = tl.zeros([BLOCK], tl.float32) + tl.load(gate_ptr) > 0.5
     p, m, v, spike, finite = spam_entries(
-        tl.load(p_ptr + offsets, mask=inside, other=0.0), tl.load(g_ptr + offsets, mask=inside, other=0.0),
+        tl.load(p_ptr + entries, mask=inside, other=0.0), tl.load(g_ptr + entries, mask=inside, other=0.0),
         tl.load(m_ptr + offsets, mask=inside, other=0.0), tl.load(v_ptr + offsets, mask=inside, other=0.0),
         gate, tl.load(step_size_ptr + index), decay, clip, sign, beta1, beta2, eps)
-    tl.store(p_ptr + offsets, p, mask=inside)
+    tl.store(p_out_ptr + offsets, p, mask=inside)
     tl.store(m_ptr + offsets, m, mask=inside)
     tl.store(v_ptr + offsets, v, mask=inside)
     add_counts(counts_ptr, index, n_params, spike, finite, inside)
@@ -73,25 +83,4 @@ def spam_8bit_step(p_ptr, g_ptr, r_ptr, s_ptr, r_scale_ptr, s_scale_ptr, step_si
         m, v, gate, tl.load(step_size_ptr + index), decay, clip, sign, beta1, beta2, eps)
     tl.store(p_ptr + offsets, p, mask=inside & gate)
     requantize(m, v, r_ptr, s_ptr, r_scale_ptr, s_scale_ptr, block, offsets, inside, gate, eps, QBLOCK)
-    add_counts(counts_ptr, index, n_params, spike, finite, inside)
-
-
-@triton.jit(do_not_specialize=["index", "n_params", "kept"])
-def spam_sparse_step(p_ptr, g_ptr, m_ptr, v_ptr, idx_ptr, kept_p_ptr, step_size_ptr, gate_ptr, counts_ptr,
-                     index, n_params, kept, decay, clip, sign, beta1, beta2, eps, BLOCK: tl.constexpr):
-    """``BLOCK`` kept entries of a parameter under sparse momentum (moments hold the kept entries, ``idx``
-    their flat indices): gather p and g, step, and write the kept entries' new values to ``kept_p``. The
-    caller decays every entry of p, then scatters ``kept_p`` back: an entry that does not move keeps its
-    value, undecayed, as in the reference."""
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = offsets < kept
-    flat = tl.load(idx_ptr + offsets, mask=inside, other=0)
-    gate = tl.zeros([BLOCK], tl.float32) + tl.load(gate_ptr) > 0.5
-    p, m, v, spike, finite = spam_entries(
-        tl.load(p_ptr + flat, mask=inside, other=0.0), tl.load(g_ptr + flat, mask=inside, other=0.0),
-        tl.load(m_ptr + offsets, mask=inside, other=0.0), tl.load(v_ptr + offsets, mask=inside, other=0.0),
-        gate, tl.load(step_size_ptr + index), decay, clip, sign, beta1, beta2, eps)
-    tl.store(kept_p_ptr + offsets, p, mask=inside)
-    tl.store(m_ptr + offsets, m, mask=inside)
-    tl.store(v_ptr + offsets, v, mask=inside)
     add_counts(counts_ptr, index, n_params, spike, finite, inside)

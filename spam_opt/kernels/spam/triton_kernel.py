@@ -38,7 +38,7 @@ def _kernels() -> Any:
     spam_opt never imports triton."""
     from spam_opt.kernels.spam import triton_jit
 
-    return triton_jit.spam_dense_step, triton_jit.spam_8bit_step, triton_jit.spam_sparse_step
+    return triton_jit.spam_float32_step, triton_jit.spam_8bit_step
 
 
 def takes(p: Tensor, g: Tensor, state: Any) -> bool:
@@ -65,7 +65,7 @@ def _triton_step(params: list[Tensor], grads: list[Tensor], states: list[TensorS
     decay = 1 - h.lr * h.weight_decay
     clip = math.inf if h.clip_threshold is None else h.clip_threshold
     sign = -1.0 if h.maximize else 1.0
-    dense, quantized, sparse = _kernels()
+    float32, quantized = _kernels()
     scatters = []
     for i, (p, g, st) in enumerate(zip(params, grads, states)):
         numel = p.numel()
@@ -81,13 +81,14 @@ def _triton_step(params: list[Tensor], grads: list[Tensor], states: list[TensorS
             idx = per_draw(st.kept, "indices", KeptEntries.indices)
             kept_p = torch.empty(idx.numel(), dtype=p.dtype, device=device)
             if idx.numel():
-                sparse[programs(idx.numel())](p, g, st.exp_avg, st.exp_avg_sq, idx, kept_p, step_sizes, open_,
-                                              found, i, n, idx.numel(), decay, clip, sign, h.beta1, h.beta2,
-                                              h.eps, BLOCK=BLOCK)
+                float32[programs(idx.numel())](p, g, st.exp_avg, st.exp_avg_sq, idx, kept_p, step_sizes,
+                                               open_, found, i, n, idx.numel(), decay, clip, sign, h.beta1,
+                                               h.beta2, h.eps, BLOCK=BLOCK, SPARSE=True)
             scatters.append((p, idx, kept_p))
         else:
-            dense[programs(numel)](p, g, st.exp_avg, st.exp_avg_sq, step_sizes, open_, found, i, n, numel,
-                                   decay, clip, sign, h.beta1, h.beta2, h.eps, BLOCK=BLOCK)
+            float32[programs(numel)](p, g, st.exp_avg, st.exp_avg_sq, p, p, step_sizes, open_, found, i, n,
+                                     numel, decay, clip, sign, h.beta1, h.beta2, h.eps, BLOCK=BLOCK,
+                                     SPARSE=False)
     if scatters:
         # Sparse momentum: the decoupled decay shrinks every entry when the gate is open, then the kept
         # entries take their stepped values (computed from the undecayed ones).
