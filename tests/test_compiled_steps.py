@@ -59,6 +59,7 @@ def test_graphs_are_shared_per_kind_and_chunk_not_per_parameter(monkeypatch):
     from torch._dynamo.utils import counters
 
     monkeypatch.setattr(compiled_lists, "CHUNK", 2)
+    torch._dynamo.reset()  # graphs compiled by earlier tests of this process would be reused, not counted
     gen = torch.Generator().manual_seed(0)
     params = [nn.Parameter(torch.randn(3 + i, 4 + i % 2, generator=gen)) for i in range(5)]
     opt = SPAM(params, fused=True, density=0.5, reset_interval=2, warmup_steps=1, clip_delay=0)
