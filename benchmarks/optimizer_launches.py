@@ -1,11 +1,11 @@
 """How many kernels one optimizer step launches on each CUDA path, at LLaMA models' parameter counts.
 
-On a GPU the foreach steps are launch-bound (benchmarks/results/gpu_run.md): their time follows the number
-of parameters, not of bytes. This counts, for one step after two warm-up steps, the aten ops that are not
-views (``op_counter.OpCounter``: about one kernel each) and the Triton launches, for the steps CUDA runs:
-torch's AdamW (fused and foreach, for scale), our foreach steps (CUDA's default) and our Triton steps
-(``fused=True``). The counts depend on the number of parameters, not on their sizes, so each LLaMA shape is
-scaled down 16 times per dimension and the steps run on CPU tensors; the Triton launches are counted, not
+On a GPU the foreach steps are launch-bound (benchmarks/results/gpu_run.md): their time follows the number of
+parameters, not of bytes. This counts, for one step after two warm-up steps, the aten ops that are neither
+views nor host reads (``op_counter.OpCounter``: about one kernel each) and the Triton launches, for the steps
+CUDA runs: torch's AdamW (fused and foreach, for scale), our foreach steps (CUDA's default) and our Triton
+steps (``fused=True``). The counts depend on the number of parameters, not on their sizes, so each LLaMA shape
+is scaled down 16 times per dimension and the steps run on CPU tensors; the Triton launches are counted, not
 run (``tests/test_triton_steps.py`` runs them, in Triton's interpreter). Beside the counts, the step times
 measured on a GPU (``optimizer_step_cuda.md``), where there are some, and their time per launch.
 

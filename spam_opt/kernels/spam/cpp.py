@@ -22,8 +22,6 @@ from spam_opt.kernels.spam.inputs import QuantizedTensorState, StepScalars, Tens
 from spam_opt.state.kept import KeptEntries, per_draw
 
 
-# The bitmap of each live float32 sparse state's kept entries, by id of its `low` tensor: (a weak reference to
-# it, its version counter when the bitmap was built, the bitmap).
 def _kept_bits(kept: KeptEntries, numel: int) -> Tensor:
     """The bitmap of ``kept`` that ``spam_step_`` reads (1 bit per entry), once per draw: the kernel's vector
     compress and expand need the bits, and building them at every step cost more than the rest of the step."""

@@ -1,4 +1,4 @@
-"""The Triton SPAM step: one kernel launch per dense parameter, every entry read and written once.
+"""The Triton SPAM step: one kernel launch per parameter, every entry read and written once.
 
 On a GPU the foreach step is launch-bound (about 20 small ops per parameter, 80 with 8-bit moments:
 benchmarks/results/optimizer_launches.md). Here each parameter's whole rule (finite check, spike clip,
@@ -10,9 +10,8 @@ parameter plus a fixed number of ops for the bias corrections and the counts; no
 It takes float32 parameters with float32 gradients, contiguous, with float32 moments (dense, or the kept
 entries of sparse momentum: gathered, stepped, then scattered after the decay of every entry) or dense 8-bit
 ones. The others (sparse 8-bit, low-precision or strided tensors) go to ``fallback``: the compiled step on
-CUDA.
-Without a GPU the kernels run on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1`` set before
-triton is imported), which is how the tests check them against the float64 references.
+CUDA. Without a GPU the kernels run on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1`` set
+before triton is imported), which is how the tests check them against the float64 references.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ is bit-exact.
 
 It takes unsharded float32 parameters with float32 gradients, contiguous, with float32 or 8-bit moments (the
 update then dequantizes and requantizes a block of them per program); the others (low-precision, strided or
-FSDP2-sharded tensors) go to ``fallback``. Without a GPU the
-kernels run on CPU tensors in Triton's interpreter, as the tests run them.
+FSDP2-sharded tensors) go to ``fallback``. Without a GPU the kernels run on CPU tensors in Triton's
+interpreter, as the tests run them.
 """
 
 from __future__ import annotations
