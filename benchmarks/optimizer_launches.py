@@ -57,6 +57,9 @@ PATHS: dict[str, tuple[Factory, str | None]] = {
                                   "SPAM density 0.25 (default flags)"),
     "SPAM 8-bit state foreach": (lambda ps: SPAM(ps, clip_delay=0, state_bits=8, foreach=True),
                                  "SPAM 8-bit state (default flags)"),
+    "SPAM density 0.25, 8-bit state foreach": (
+        lambda ps: SPAM(ps, clip_delay=0, density=0.25, state_bits=8, foreach=True),
+        "SPAM density 0.25, 8-bit state (default flags)"),
     "Stable-SPAM foreach (CUDA default)": (lambda ps: StableSPAM(ps, foreach=True),
                                            "Stable-SPAM (spam_opt, default flags)"),
     "Stable-SPAM 8-bit state foreach": (lambda ps: StableSPAM(ps, state_bits=8, foreach=True),
@@ -66,6 +69,8 @@ PATHS: dict[str, tuple[Factory, str | None]] = {
                                               None),
     "SPAM 8-bit state Triton (fused=True)": (lambda ps: SPAM(ps, clip_delay=0, state_bits=8, fused=True),
                                              None),
+    "SPAM density 0.25, 8-bit state Triton (fused=True)": (
+        lambda ps: SPAM(ps, clip_delay=0, density=0.25, state_bits=8, fused=True), None),
     "Stable-SPAM Triton (fused=True)": (lambda ps: StableSPAM(ps, fused=True), None),
     "Stable-SPAM 8-bit state Triton (fused=True)": (lambda ps: StableSPAM(ps, state_bits=8, fused=True),
                                                     None),

@@ -6,6 +6,7 @@ benchmarks/gpu_suite.sh`` runs them on a GPU machine.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
@@ -15,14 +16,17 @@ from stepping import step_and_count
 from test_spam import SCHEDULE, _grad_stream
 from test_stable_spam import HYPER, Float64StableSPAM
 from test_stable_spam import _grad_stream as _stable_stream
+from test_triton_steps import LOW_PRECISION_LAYOUTS, assert_low_precision_steps_round_once_to_nearest_even
 from torch import nn
 
 from spam_opt import SPAM, StableSPAM
+from spam_opt.kernels.dispatch import Candidate
+from spam_opt.kernels.spam.compiled import spam_compiled
 
 pytestmark = pytest.mark.cuda
 DEVICE = torch.device("cuda")
 SHAPES = [(6, 5), (7,), (4, 3, 2), (9, 4)]
-# foreach is CUDA's default path; fused=True is the Triton kernel (the compiled step for sparse momentum).
+# foreach is CUDA's default path; fused=True is the Triton kernel (the compiled step for strided tensors).
 SPAM_PATHS = [pytest.param(dict(foreach=True), id="foreach"), pytest.param(dict(fused=True), id="fused")]
 
 
@@ -95,9 +99,16 @@ def test_resume_on_cuda_is_bit_exact(make):
         assert torch.equal(a, b)
 
 
-def test_compiled_step_on_cuda_follows_foreach_and_compiles_once():
+def test_compiled_step_on_cuda_follows_foreach_and_compiles_once(monkeypatch):
+    """The compiled step (fused=True's fallback for what the Triton step does not take), made fused=True's
+    kernel for every tensor here, under sparse momentum: new masks and state sizes at a reset, a new lr at
+    every step, and still no recompile."""
     from torch._dynamo.utils import counters
 
+    compiled_candidate = Candidate("compiled", spam_compiled, fused=True)
+    others = tuple(c for c in SPAM.kernels.candidates(DEVICE) if not c.fused)
+    monkeypatch.setattr(SPAM, "kernels", dataclasses.replace(
+        SPAM.kernels, devices={**SPAM.kernels.devices, DEVICE.type: (compiled_candidate, *others)}))
     compiled, foreach = _params(DEVICE), _params(DEVICE)
     hyper = dict(lr=1e-2, density=0.5, weight_decay=0.1, **SCHEDULE)
     opts = SPAM(compiled, fused=True, **hyper), SPAM(foreach, foreach=True, **hyper)
@@ -119,7 +130,8 @@ def test_compiled_step_on_cuda_follows_foreach_and_compiles_once():
 
 
 @pytest.mark.parametrize("cls, hyper", [(SPAM, dict(lr=1e-2, weight_decay=0.1, **SCHEDULE)),
-                                        (StableSPAM, HYPER)], ids=["SPAM", "StableSPAM"])
+                                        (SPAM, dict(lr=1e-2, weight_decay=0.1, density=0.5, **SCHEDULE)),
+                                        (StableSPAM, HYPER)], ids=["SPAM", "SPAM-sparse", "StableSPAM"])
 def test_8bit_triton_step_on_cuda_follows_foreach(cls, hyper):
     """fused=True with 8-bit moments (the Triton kernels, a block per program) against the foreach step:
     equal counts; parameters within float32 rounding; codes apart by at most one step where the GPU's fused
@@ -134,3 +146,9 @@ def test_8bit_triton_step_on_cuda_follows_foreach(cls, hyper):
         codes = [opt.state[p]["exp_avg"] for opt, p in zip(opts, (a, b))]
         if codes[0].dtype == torch.int8:
             assert (codes[0].int() - codes[1].int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cls, layouts", LOW_PRECISION_LAYOUTS)
+def test_low_precision_triton_steps_on_cuda_round_once_to_nearest_even(dtype, cls, layouts):
+    assert_low_precision_steps_round_once_to_nearest_even(cls, dtype, layouts, DEVICE)

@@ -20,7 +20,7 @@ from spam_opt import SPAM
 from spam_opt.kernels.draw import draw_kept_bits
 from spam_opt.sparse import kept_indices, mask_key
 from spam_opt.state.kept import pack_bits, unpack_bits
-from spam_opt.state.quantized import QuantizedMoments, block_count, block_ids
+from spam_opt.state.quantized import QuantizedMoments, block_count, block_ids, block_starts
 
 # Clipping then fires on the injected 1000x spikes only, not at its boundary, where 8-bit and float64 v̂ may
 # differ in the last bits and so decide differently.
@@ -358,3 +358,14 @@ def test_only_parameters_of_two_or_more_dimensions_are_quantized():
     opt.step()
     dtypes = [opt.state[p]["exp_avg"].dtype for p in params]
     assert dtypes == [torch.int8, torch.float32, torch.float32]
+
+
+@pytest.mark.parametrize("rows, row_length", [(5, 300), (3, 256), (4, 40)])
+def test_block_starts_count_the_kept_entries_before_each_block(rows, row_length):
+    """Where each block's codes start under sparse momentum (the Triton step's ``starts``): the number of
+    kept entries, counted one by one from the kept flat indices, whose block comes before it."""
+    numel = rows * row_length
+    kept = torch.rand(numel, generator=torch.Generator().manual_seed(rows)) < 0.3
+    blocks = block_ids(kept.nonzero().squeeze(1), row_length).tolist()
+    expected = [sum(b < block for b in blocks) for block in range(block_count(numel, row_length))]
+    assert block_starts(pack_bits(kept), numel, row_length).tolist() == expected

@@ -23,25 +23,37 @@ F32, I32 = "*fp32", "*i32"
 # Argument types as a launch passes them: float32 tensors, int32 counters, sizes up to 2^63, host floats.
 TYPES = {"counts_ptr": I32, "bad_ptr": I32, "spikes_ptr": I32, "r_ptr": "*i8", "s_ptr": "*u8", "index": "i32",
          "n_params": "i32", "numel": "i64", "row_length": "i32", "per_row": "i32", "idx_ptr": "*i64",
-         "kept": "i32"}
+         "kept": "i32", "bits_ptr": I32, "starts_ptr": "*i64"}
+# The tensors in the parameter's dtype, for the bfloat16 variant (float16 takes float32's conversions).
+PARAMETER_PTRS = ("p_ptr", "g_ptr", "p_out_ptr")
 
 
-def signature(fn, sparse: bool) -> tuple[dict, dict]:
+def signature(fn, sparse: bool, parameter_type: str) -> tuple[dict, dict]:
     constants = {"BLOCK": BLOCK, "PROGRAMS": REDUCTION_PROGRAMS, "QBLOCK": QBLOCK, "SPARSE": sparse}
     types, constexprs = {}, {}
     for position, name in enumerate(fn.arg_names):
         if name in constants:
             types[name], constexprs[(position,)] = "constexpr", constants[name]
+        elif name in PARAMETER_PTRS:
+            types[name] = parameter_type
         else:
             types[name] = TYPES.get(name, F32 if name.endswith("_ptr") else "fp32")
     return types, constexprs
 
 
+def variants(fn) -> list[tuple[str, bool, str]]:
+    """(suffix, sparse, parameter pointer type): float32, sparse where the kernel has the switch, bf16."""
+    found = [("", False, F32)]
+    if "SPARSE" in fn.arg_names:
+        found.append(("[sparse]", True, F32))
+    return [*found, ("[bf16]", False, "*bf16")]
+
+
 def main(capabilities: list[int]) -> None:
     for fn in (*spam._kernels(), *stable_spam._kernels()):
-        for sparse in (False, True) if "SPARSE" in fn.arg_names else (False,):
-            types, constexprs = signature(fn, sparse)
-            name = fn.__name__ + ("[sparse]" if sparse else "")
+        for suffix, sparse, parameter_type in variants(fn):
+            types, constexprs = signature(fn, sparse, parameter_type)
+            name = fn.__name__ + suffix
             for capability in capabilities:
                 compiled = triton.compile(ASTSource(fn=fn, signature=types, constexprs=constexprs),
                                           target=GPUTarget("cuda", capability, 32))

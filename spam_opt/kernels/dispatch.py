@@ -25,13 +25,12 @@ None           None (the default)  the first default candidate that can run (CPU
 None           False               foreach
 =============  ==================  ==================================================================
 
-The fused kernel of a device: C++ on CPU for both optimizers. On CUDA, Triton kernels for float32 parameters
-with float32 moments (dense or sparse) or dense 8-bit ones (one launch per parameter for SPAM, three for
-Stable-SPAM), and the ``torch.compile``d steps for the other layouts (sparse 8-bit moments, low-precision
-parameters). Neither is picked by default: on an H200 the compiled steps passed their tests but their first
-step compiled for 30 s to over 2 minutes, with their steady speed unmeasured (benchmarks/results/gpu_run.md),
-and the Triton kernels have run only in Triton's interpreter and compiled for Hopper without a GPU
-(tests/test_triton_steps.py).
+The fused kernel of a device: C++ on CPU for both optimizers. On CUDA, Triton kernels for float32, bfloat16
+and float16 parameters with every moment layout (one launch per parameter for SPAM, three for Stable-SPAM),
+and the ``torch.compile``d steps for float64 ones. Neither is picked by default: on an H200 the compiled
+steps passed their tests but their first step compiled for 30 s to over 2 minutes, with their steady speed
+unmeasured (benchmarks/results/gpu_run.md), and the Triton kernels have run only in Triton's interpreter and
+compiled for Hopper without a GPU (tests/test_triton_steps.py).
 """
 
 from __future__ import annotations

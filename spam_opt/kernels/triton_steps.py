@@ -36,6 +36,17 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
+# What the kernels read as float32 and store back rounded once (spam_opt/kernels/precision_jit.py).
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def steps_in_float32(p: Tensor, g: Tensor) -> bool:
+    """Whether a Triton step can take ``p`` and its gradient: contiguous, ``p`` in one of ``FLOAT_DTYPES``
+    and ``g`` in float32 or ``p``'s dtype. A float64 parameter would lose precision in a float32 step."""
+    return (p.dtype in FLOAT_DTYPES and g.dtype in (torch.float32, p.dtype) and p.is_contiguous()
+            and g.is_contiguous())
+
+
 def programs(numel: int, limit: int | None = None) -> tuple[int]:
     """The launch grid over ``numel`` entries: one program per ``BLOCK``, at most ``limit``."""
     blocks = -(-numel // BLOCK)

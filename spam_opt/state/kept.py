@@ -20,7 +20,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -74,16 +74,20 @@ class KeptEntries:
         return self.low.numel()
 
 
-# What the kernels derive from a draw (its bitmap, its flat indices), by (id of the draw's ``low``, kind).
+# What the kernels derive from a draw (its bitmap, its flat indices, where its 8-bit blocks' codes start), by
+# (id of the draw's tensor: ``low`` or the bitmap, kind).
 _derived: dict[tuple[int, str], tuple[weakref.ref[Tensor], int, Tensor]] = {}
 
+Draw = TypeVar("Draw", KeptEntries, Tensor)
 
-def per_draw(kept: KeptEntries, kind: str, build: Callable[[KeptEntries], Tensor]) -> Tensor:
+
+def per_draw(kept: Draw, kind: str, build: Callable[[Draw], Tensor]) -> Tensor:
     """``build(kept)``, built once per draw and kept beside the state: the kept entries change only when
     momentum is reset, so a kernel that needs them in another form (a bitmap, flat indices) should not
-    rebuild it at every step. Rebuilt when the state's index tensor is replaced (a new draw, a loaded state
-    dict) or written in place; dropped with it."""
-    low = kept.low
+    rebuild it at every step. ``kept``: float32 state's ``KeptEntries`` or 8-bit state's bitmap. Rebuilt
+    when the state's index tensor (``low``, or the bitmap) is replaced (a new draw, a loaded state dict) or
+    written in place; dropped with it."""
+    low = kept.low if isinstance(kept, KeptEntries) else kept
     key = (id(low), kind)
     cached = _derived.get(key)
     if cached is not None and cached[0]() is low and cached[1] == low._version:

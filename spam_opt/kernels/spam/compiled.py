@@ -6,8 +6,8 @@ same graph, and requantized after), clip, update, count; nothing is read on the 
 kept flat indices and the 8-bit layout's stored indices are computed before the graph (``nonzero_static``
 sized by the state: no sync) and passed in.
 
-Under ``fused=True`` on CUDA it steps what the Triton kernels (``triton_kernel.py``) do not take: sparse
-8-bit moments and low-precision parameters (Inductor emits Triton there). On an H200 its compiles
+Under ``fused=True`` on CUDA it steps what the Triton kernels (``triton_kernel.py``) do not take: float64
+parameters (Inductor emits Triton there). On an H200 its compiles
 took 30 s to over 2 minutes (benchmarks/results/gpu_run.md). The tests run the same graphs on CPU
 (Inductor's C++) against the float64 references. Tensors it does not take (non-contiguous ones) go through
 the foreach kernel.

@@ -3,13 +3,15 @@
 ``spam_float32_step`` steps ``BLOCK`` entries of a parameter with float32 moments per program (or ``BLOCK``
 kept entries under sparse momentum);
 ``spam_8bit_step`` one block of 8-bit moments (``spam_opt.state.quantized``) per program, dequantized,
-stepped and requantized with the block's new scales in registers. Both add the step's clip and NaN/Inf
-counts to a per-parameter counter on the device.
+stepped and requantized with the block's new scales in registers (under sparse momentum the block's kept
+entries, whose codes are contiguous). Both add the step's clip and NaN/Inf counts to a per-parameter counter
+on the device. Parameters and gradients may be float32, bfloat16 or float16 (``precision_jit``).
 """
 
 import triton
 import triton.language as tl
 
+from spam_opt.kernels.precision_jit import load_float32, store_rounded
 from spam_opt.kernels.quantized_jit import block_entries, dequantize, requantize
 
 
@@ -59,28 +61,40 @@ def spam_float32_step(p_ptr, g_ptr, m_ptr, v_ptr, idx_ptr, p_out_ptr, step_size_
     # As a block: the interpreter does not combine a scalar comparison with a block's in `&`.
     gate = tl.zeros([BLOCK], tl.float32) + tl.load(gate_ptr) > 0.5
     p, m, v, spike, finite = spam_entries(
-        tl.load(p_ptr + entries, mask=inside, other=0.0), tl.load(g_ptr + entries, mask=inside, other=0.0),
+        load_float32(p_ptr, entries, inside), load_float32(g_ptr, entries, inside),
         tl.load(m_ptr + offsets, mask=inside, other=0.0), tl.load(v_ptr + offsets, mask=inside, other=0.0),
         gate, tl.load(step_size_ptr + index), decay, clip, sign, beta1, beta2, eps)
-    tl.store(p_out_ptr + offsets, p, mask=inside)
+    store_rounded(p_out_ptr, offsets, p, inside)
     tl.store(m_ptr + offsets, m, mask=inside)
     tl.store(v_ptr + offsets, v, mask=inside)
     add_counts(counts_ptr, index, n_params, spike, finite, inside)
 
 
 @triton.jit(do_not_specialize=["index", "n_params", "row_length", "per_row"])
-def spam_8bit_step(p_ptr, g_ptr, r_ptr, s_ptr, r_scale_ptr, s_scale_ptr, step_size_ptr, gate_ptr, counts_ptr,
-                   index, n_params, row_length, per_row, decay, clip, sign, beta1, beta2, eps,
-                   QBLOCK: tl.constexpr):
+def spam_8bit_step(p_ptr, g_ptr, r_ptr, s_ptr, r_scale_ptr, s_scale_ptr, bits_ptr, starts_ptr, step_size_ptr,
+                   gate_ptr, counts_ptr, index, n_params, row_length, per_row, decay, clip, sign, beta1,
+                   beta2, eps, QBLOCK: tl.constexpr, SPARSE: tl.constexpr):
     """One block of 8-bit moments: dequantize, step, requantize with the block's new scales, in registers.
-    A closed gate leaves codes, scales and p as they are."""
+    A closed gate leaves codes, scales and p as they are.
+
+    Sparse momentum (``bits``: the kept entries' bitmap, ``starts``: where each block's codes start): the
+    block's kept entries have their codes at ``starts[block]`` on, in order. The others read as g = m = v = 0,
+    which the rule turns into p · decay: the decoupled decay alone, as the reference gives them."""
     block = tl.program_id(0).to(tl.int64)
     offsets, inside = block_entries(block, row_length, per_row, QBLOCK)
+    if SPARSE:
+        words = tl.load(bits_ptr + (offsets >> 5), mask=inside, other=0)
+        kept = inside & (((words >> (offsets & 31).to(tl.int32)) & 1) != 0)
+        ones = kept.to(tl.int32)
+        codes = tl.load(starts_ptr + block) + (tl.cumsum(ones, axis=0) - ones)
+    else:
+        kept = inside
+        codes = offsets
     gate = tl.zeros([QBLOCK], tl.float32) + tl.load(gate_ptr) > 0.5
-    m, v = dequantize(r_ptr, s_ptr, r_scale_ptr, s_scale_ptr, block, offsets, inside, eps)
+    m, v = dequantize(r_ptr, s_ptr, r_scale_ptr, s_scale_ptr, block, codes, kept, eps)
     p, m, v, spike, finite = spam_entries(
-        tl.load(p_ptr + offsets, mask=inside, other=0.0), tl.load(g_ptr + offsets, mask=inside, other=0.0),
+        load_float32(p_ptr, offsets, inside), load_float32(g_ptr, offsets, kept),
         m, v, gate, tl.load(step_size_ptr + index), decay, clip, sign, beta1, beta2, eps)
-    tl.store(p_ptr + offsets, p, mask=inside & gate)
-    requantize(m, v, r_ptr, s_ptr, r_scale_ptr, s_scale_ptr, block, offsets, inside, gate, eps, QBLOCK)
-    add_counts(counts_ptr, index, n_params, spike, finite, inside)
+    store_rounded(p_ptr, offsets, p, inside & gate)
+    requantize(m, v, r_ptr, s_ptr, r_scale_ptr, s_scale_ptr, block, codes, kept, gate, eps, QBLOCK)
+    add_counts(counts_ptr, index, n_params, spike, finite, kept)

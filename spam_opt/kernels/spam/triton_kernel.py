@@ -7,11 +7,13 @@ bytes per entry with float32 moments, as fused AdamW; 8-bit moments dequantized 
 in the same pass), and its clip and NaN/Inf counts are added on the device. A group costs one launch per
 parameter plus a fixed number of ops for the bias corrections and the counts; nothing is read on the host.
 
-It takes float32 parameters with float32 gradients, contiguous, with float32 moments (dense, or the kept
-entries of sparse momentum: gathered, stepped, then scattered after the decay of every entry) or dense 8-bit
-ones. The others (sparse 8-bit, low-precision or strided tensors) go to ``fallback``: the compiled step on
-CUDA. Without a GPU the kernels run on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1`` set
-before triton is imported), which is how the tests check them against the float64 references.
+It takes contiguous parameters in float32, bfloat16 or float16 (stepped in float32 and rounded once, as the
+other paths do), with gradients in float32 or the parameter's dtype, and every moment layout: float32
+moments (dense, or the kept entries of sparse momentum: gathered, stepped, then scattered after the decay of
+every entry) or 8-bit ones (dense or sparse: a program takes a block of the parameter, its kept entries'
+codes being contiguous). Strided and float64 tensors go to ``fallback``: the compiled step on CUDA. Without
+a GPU the kernels run on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is
+imported), which is how the tests check them against the float64 references.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from torch import Tensor
 
 from spam_opt.kernels.result import Kernel, KernelResult
 from spam_opt.kernels.spam.inputs import QuantizedTensorState, StepScalars, TensorState
-from spam_opt.kernels.triton_steps import BLOCK, programs, with_triton
+from spam_opt.kernels.triton_steps import BLOCK, programs, steps_in_float32, with_triton
 from spam_opt.state.kept import KeptEntries, per_draw
 from spam_opt.state.quantized import BLOCK as QBLOCK
-from spam_opt.state.quantized import block_count, blocks_per_row
+from spam_opt.state.quantized import QuantizedMoments, block_count, block_starts, blocks_per_row
 
 
 @functools.cache
@@ -41,14 +43,25 @@ def _kernels() -> Any:
 
 
 def takes(p: Tensor, g: Tensor, state: Any) -> bool:
-    """Whether the Triton step takes this parameter (the others go to the fallback): float32 parameters and
-    gradients, contiguous, with float32 moments (dense or sparse) or dense 8-bit ones."""
-    if p.dtype != torch.float32 or g.dtype != torch.float32 or not (p.is_contiguous() and g.is_contiguous()):
+    """Whether the Triton step takes this parameter (the others go to the fallback): contiguous float32,
+    bfloat16 or float16 parameters and gradients (see ``steps_in_float32``), with contiguous float32 moments
+    or 8-bit ones, dense or sparse."""
+    if not steps_in_float32(p, g):
         return False
     if isinstance(state, QuantizedTensorState):
-        return state.moments.kept_bits is None
+        return True
     return (isinstance(state, TensorState) and state.exp_avg.is_contiguous()
             and state.exp_avg_sq.is_contiguous())
+
+
+def _kept_codes(q: QuantizedMoments, numel: int) -> tuple[Tensor, Tensor]:
+    """The 8-bit kernel's ``bits`` and ``starts`` under sparse momentum: the bitmap, and where each block's
+    codes start (built once per draw). A dense parameter has neither: any tensor stands in, unread."""
+    if q.kept_bits is None:
+        return q.exp_avg_scale, q.exp_avg_scale
+    starts = per_draw(q.kept_bits, "block starts", functools.partial(block_starts, numel=numel,
+                                                                     row_length=q.row_length))
+    return q.kept_bits, starts
 
 
 def _triton_step(params: list[Tensor], grads: list[Tensor], states: list[TensorState], gate: Tensor | None,
@@ -73,9 +86,9 @@ def _triton_step(params: list[Tensor], grads: list[Tensor], states: list[TensorS
         if isinstance(st, QuantizedTensorState):
             q = st.moments
             quantized[(block_count(numel, q.row_length),)](
-                p, g, q.exp_avg, q.exp_avg_sq, q.exp_avg_scale, q.exp_avg_sq_scale, step_sizes, open_, found,
-                i, n, q.row_length, blocks_per_row(q.row_length), decay, clip, sign, h.beta1, h.beta2, h.eps,
-                QBLOCK=QBLOCK)
+                p, g, q.exp_avg, q.exp_avg_sq, q.exp_avg_scale, q.exp_avg_sq_scale, *_kept_codes(q, numel),
+                step_sizes, open_, found, i, n, q.row_length, blocks_per_row(q.row_length), decay, clip, sign,
+                h.beta1, h.beta2, h.eps, QBLOCK=QBLOCK, SPARSE=q.kept_bits is not None)
         elif st.kept is not None:
             idx = per_draw(st.kept, "indices", KeptEntries.indices)
             kept_p = torch.empty(idx.numel(), dtype=p.dtype, device=device)

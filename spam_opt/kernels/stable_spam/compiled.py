@@ -6,8 +6,8 @@ of ``stable_spam_reference`` decided on device: AdaClip's max|g| and AdaGN's nor
 the reset is a 0-dim bool tensor (so a reset step reuses the graph), 8-bit moments are dequantized and
 requantized in the same graph. Nothing is read on the host.
 
-Under ``fused=True`` on CUDA it steps what the Triton kernels (``triton_kernel.py``) do not take:
-low-precision parameters (Triton through Inductor). The tests run the same graphs on CPU
+Under ``fused=True`` on CUDA it steps what the Triton kernels (``triton_kernel.py``) do not take: float64
+parameters (Triton through Inductor). The tests run the same graphs on CPU
 (Inductor's C++) against the float64 references. Sharded (FSDP2) tensors, whose statistics need
 collectives, and non-contiguous ones go through foreach.
 """

@@ -3,11 +3,13 @@
 Three per parameter: ``abs_max`` and ``clipped_square_sum`` write one partial result per program (of at
 most ``PROGRAMS``, each looping over its share), ``update`` steps ``BLOCK`` entries per program with the
 per-tensor scalars the first two led to (``update_8bit``: one block of 8-bit moments per program).
+Parameters and gradients may be float32, bfloat16 or float16 (``precision_jit``).
 """
 
 import triton
 import triton.language as tl
 
+from spam_opt.kernels.precision_jit import load_float32, store_rounded
 from spam_opt.kernels.quantized_jit import block_entries, dequantize, requantize
 
 
@@ -20,7 +22,7 @@ def abs_max(g_ptr, amax_ptr, bad_ptr, index, numel, BLOCK: tl.constexpr, PROGRAM
     bad = tl.zeros([BLOCK], tl.int32)
     for start in range(pid.to(tl.int64) * BLOCK, numel, tl.num_programs(0) * BLOCK):
         offsets = start + tl.arange(0, BLOCK)
-        a = tl.abs(tl.load(g_ptr + offsets, mask=offsets < numel, other=0.0))
+        a = tl.abs(load_float32(g_ptr, offsets, offsets < numel))
         finite = a < float("inf")  # NaN compares False too
         top = tl.maximum(top, tl.where(finite, a, 0.0))
         bad += (~finite).to(tl.int32)
@@ -39,7 +41,7 @@ def clipped_square_sum(g_ptr, scalars_ptr, sums_ptr, spikes_ptr, index, n_params
     spikes = tl.zeros([BLOCK], tl.int32)
     for start in range(pid.to(tl.int64) * BLOCK, numel, tl.num_programs(0) * BLOCK):
         offsets = start + tl.arange(0, BLOCK)
-        g = tl.load(g_ptr + offsets, mask=offsets < numel, other=0.0)
+        g = load_float32(g_ptr, offsets, offsets < numel)
         spike = tl.abs(g) > max_hat
         g = tl.where(spike, g * ratio, g)
         total += g * g
@@ -78,10 +80,10 @@ def update(p_ptr, g_ptr, m_ptr, v_ptr, scalars_ptr, index, n_params, numel, deca
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < numel
     p, m, v = stable_spam_entries(
-        tl.load(p_ptr + offsets, mask=inside, other=0.0), tl.load(g_ptr + offsets, mask=inside, other=0.0),
+        load_float32(p_ptr, offsets, inside), load_float32(g_ptr, offsets, inside),
         tl.load(m_ptr + offsets, mask=inside, other=0.0), tl.load(v_ptr + offsets, mask=inside, other=0.0),
         scalars_ptr, index, n_params, decay, beta1, beta2, eps, BLOCK)
-    tl.store(p_ptr + offsets, p, mask=inside)
+    store_rounded(p_ptr, offsets, p, inside)
     tl.store(m_ptr + offsets, m, mask=inside)
     tl.store(v_ptr + offsets, v, mask=inside)
 
@@ -95,8 +97,8 @@ def update_8bit(p_ptr, g_ptr, r_ptr, s_ptr, r_scale_ptr, s_scale_ptr, scalars_pt
     offsets, inside = block_entries(block, row_length, per_row, QBLOCK)
     m, v = dequantize(r_ptr, s_ptr, r_scale_ptr, s_scale_ptr, block, offsets, inside, eps)
     p, m, v = stable_spam_entries(
-        tl.load(p_ptr + offsets, mask=inside, other=0.0), tl.load(g_ptr + offsets, mask=inside, other=0.0),
+        load_float32(p_ptr, offsets, inside), load_float32(g_ptr, offsets, inside),
         m, v, scalars_ptr, index, n_params, decay, beta1, beta2, eps, QBLOCK)
-    tl.store(p_ptr + offsets, p, mask=inside)
+    store_rounded(p_ptr, offsets, p, inside)
     store = tl.zeros([QBLOCK], tl.float32) + tl.load(scalars_ptr + 7 * n_params + index) > 0.5
     requantize(m, v, r_ptr, s_ptr, r_scale_ptr, s_scale_ptr, block, offsets, inside, store, eps, QBLOCK)

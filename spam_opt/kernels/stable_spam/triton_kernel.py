@@ -9,9 +9,10 @@ vectors, so a group costs 3 launches per parameter plus a fixed number of ops. T
 partial result per program and torch reduces them in a fixed order: a step is deterministic, and resume
 is bit-exact.
 
-It takes unsharded float32 parameters with float32 gradients, contiguous, with float32 or 8-bit moments (the
-update then dequantizes and requantizes a block of them per program); the others (low-precision, strided or
-FSDP2-sharded tensors) go to ``fallback``. Without a GPU the kernels run on CPU tensors in Triton's
+It takes unsharded contiguous parameters in float32, bfloat16 or float16 (stepped in float32 and rounded
+once, as the other paths do), with gradients in float32 or the parameter's dtype, and float32 or 8-bit
+moments (the update then dequantizes and requantizes a block of them per program); the others (strided,
+float64 or FSDP2-sharded tensors) go to ``fallback``. Without a GPU the kernels run on CPU tensors in Triton's
 interpreter, as the tests run them.
 """
 
@@ -26,7 +27,7 @@ from torch import Tensor
 from spam_opt.kernels.compiled_lists import device_flags
 from spam_opt.kernels.result import Kernel, KernelResult
 from spam_opt.kernels.stable_spam.inputs import QuantizedTensorState, StepScalars, TensorState
-from spam_opt.kernels.triton_steps import BLOCK, REDUCTION_PROGRAMS, programs, with_triton
+from spam_opt.kernels.triton_steps import BLOCK, REDUCTION_PROGRAMS, programs, steps_in_float32, with_triton
 from spam_opt.state.quantized import BLOCK as QBLOCK
 from spam_opt.state.quantized import block_count, blocks_per_row
 
@@ -43,10 +44,10 @@ def _kernels() -> Any:
 
 
 def takes(p: Tensor, g: Tensor, state: Any) -> bool:
-    """Whether the Triton step takes this parameter (the others go to the fallback): unsharded float32
-    parameters and gradients, contiguous, with moments in float32 or 8 bits."""
-    if (p.numel() == 0 or p.dtype != torch.float32 or g.dtype != torch.float32 or not p.is_contiguous()
-            or not g.is_contiguous() or state.shard_groups):
+    """Whether the Triton step takes this parameter (the others go to the fallback): unsharded, contiguous
+    float32, bfloat16 or float16 parameters and gradients (see ``steps_in_float32``), with moments in
+    float32 or 8 bits."""
+    if p.numel() == 0 or not steps_in_float32(p, g) or state.shard_groups:
         return False
     if isinstance(state, QuantizedTensorState):
         return True
