@@ -1,7 +1,7 @@
 """No host synchronisation on the step path of any CUDA default, counted on CPU tensors.
 
 CUDA's default path of both optimizers is ``foreach`` (``spam_opt.kernels.dispatch``); ``fused=True`` picks
-the compiled step. Each is run here on CPU tensors under ``tests/host_reads.py``'s counter for 10 steps that
+the Triton step (the compiled one for float64 tensors). Each is run here on CPU tensors under ``tests/host_reads.py``'s counter for 10 steps that
 hold two momentum resets (new sparse masks), a NaN gradient entry and a spike, and must make no read of a
 device value on the host and build no tensor from host data. benchmarks/gpu_suite.sh runs the same paths on a
 GPU under ``torch.cuda.set_sync_debug_mode("error")`` (tests/test_cuda.py).
@@ -154,6 +154,45 @@ def test_compiled_step_makes_no_host_sync(optimizer, monkeypatch):
     for cls, module, kernel in ((SPAM, spam_module, spam_module.spam_compiled),
                                 (StableSPAM, stable_module, stable_module.stable_spam_compiled)):
         monkeypatch.setattr(module, "compiled", outside_the_counter)
+        monkeypatch.setattr(cls, "kernels", fused_on_cpu(cls.kernels, kernel))
+    per_step = count_per_step(optimizer, dict(fused=True))
+    assert per_step == [{}] * STEPS, per_step
+
+
+class _LaunchOutsideTheCounter:
+    """A Triton kernel whose launches run outside the counter: in the interpreter a kernel reads its tensors
+    on the host, where on a GPU a launch is queued and reads nothing back."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., Any]:
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        launch = self.kernel[grid]
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with _disable_current_modes():
+                return launch(*args, **kwargs)
+        return call
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="no Triton interpreter on a GPU machine (conftest.py)")
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_triton_step_makes_no_host_sync(optimizer, monkeypatch):
+    """The torch ops around the Triton kernels (bias corrections, counts, the per-draw kept indices and
+    8-bit block starts, the sparse scatter, Stable-SPAM's per-tensor scalars) read nothing on the host, for
+    every layout."""
+    from spam_opt.kernels.spam import triton_kernel as spam_triton
+    from spam_opt.kernels.spam.foreach import spam_foreach
+    from spam_opt.kernels.stable_spam import triton_kernel as stable_triton
+    from spam_opt.kernels.stable_spam.foreach import stable_spam_foreach
+
+    for cls, module, kernel in ((SPAM, spam_triton, spam_triton.spam_triton_with(spam_foreach)),
+                                (StableSPAM, stable_triton,
+                                 stable_triton.stable_spam_triton_with(stable_spam_foreach))):
+        kernels = tuple(_LaunchOutsideTheCounter(k) for k in module._kernels())
+        monkeypatch.setattr(module, "_kernels", lambda kernels=kernels: kernels)
         monkeypatch.setattr(cls, "kernels", fused_on_cpu(cls.kernels, kernel))
     per_step = count_per_step(optimizer, dict(fused=True))
     assert per_step == [{}] * STEPS, per_step

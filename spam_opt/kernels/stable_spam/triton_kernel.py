@@ -96,7 +96,10 @@ def _triton_step(params: list[Tensor], grads: list[Tensor], states: list[TensorS
     scalars[_STEP] = h.lr / (1 - torch.pow(h.beta1, n_new))
     scalars[_BIAS2_SQRT] = (1 - torch.pow(h.beta2, n_new)).sqrt()
     # 8-bit codes follow a reset even under a closed gate (the float32 moments are zeroed then too).
-    scalars[_STORE_CODES] = 1.0 if gate is None else (resets | gate.to(device)).float()
+    if gate is None:
+        scalars[_STORE_CODES].fill_(1.0)  # a fill: setting a row to a Python float makes a tensor of it first
+    else:
+        scalars[_STORE_CODES] = (resets | gate.to(device)).float()
     decay = 1 - h.lr * h.weight_decay
     for i, (p, g, st) in enumerate(zip(params, grads, states)):
         if isinstance(st, QuantizedTensorState):
