@@ -156,6 +156,8 @@ def optimizers(include_reference: bool, hidden: int, heads: int,
             lambda ps, _: SPAM(ps, clip_delay=0, density=0.25, fused=True)
         table["SPAM 8-bit state fused=True (Triton)"] = \
             lambda ps, _: SPAM(ps, clip_delay=0, state_bits=8, fused=True)
+        table["SPAM density 0.25, 8-bit state fused=True (Triton)"] = \
+            lambda ps, _: SPAM(ps, clip_delay=0, density=0.25, state_bits=8, fused=True)
         table["Stable-SPAM fused=True (Triton)"] = lambda ps, _: StableSPAM(ps, fused=True)
         table["Stable-SPAM 8-bit state fused=True (Triton)"] = \
             lambda ps, _: StableSPAM(ps, state_bits=8, fused=True)

@@ -67,8 +67,8 @@ def test_dry_run_prints_the_parts_asked_for():
     pattern = re.compile(step[step.index("--only") + 1])
     timed = [name for name in bench.optimizers(False, hidden=256, heads=4, device_type="cuda")
              if pattern.search(name)]
-    assert len(timed) == 15 and all(name.startswith(("SPAM", "Stable-SPAM")) for name in timed)
-    assert sum("(Triton)" in name for name in timed) == 5
+    assert len(timed) == 16 and all(name.startswith(("SPAM", "Stable-SPAM")) for name in timed)
+    assert sum("(Triton)" in name for name in timed) == 6
     assert set(step[step.index("--sizes") + 1].split(",")) <= set(bench.SIZES)
 
 
