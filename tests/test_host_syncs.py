@@ -1,10 +1,11 @@
 """No host synchronisation on the step path of any CUDA default, counted on CPU tensors.
 
 CUDA's default path of both optimizers is ``foreach`` (``spam_opt.kernels.dispatch``); ``fused=True`` picks
-the Triton step (the compiled one for float64 tensors). Each is run here on CPU tensors under ``tests/host_reads.py``'s counter for 10 steps that
-hold two momentum resets (new sparse masks), a NaN gradient entry and a spike, and must make no read of a
-device value on the host and build no tensor from host data. benchmarks/gpu_suite.sh runs the same paths on a
-GPU under ``torch.cuda.set_sync_debug_mode("error")`` (tests/test_cuda.py).
+the Triton step (the compiled one for float64 tensors). Each is run here on CPU tensors under
+``tests/host_reads.py``'s counter for 10 steps that hold two momentum resets (new sparse masks), a NaN
+gradient entry and a spike, and must make no read of a device value on the host and build no tensor from
+host data. benchmarks/gpu_suite.sh runs the same paths on a GPU under
+``torch.cuda.set_sync_debug_mode("error")`` (tests/test_cuda_host_syncs.py).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from torch import nn
 from spam_opt import SPAM
 from spam_opt.kernels.draw import draw_kept_bits
 from spam_opt.sparse import kept_indices, mask_key
-from spam_opt.state.kept import pack_bits, unpack_bits
+from spam_opt.state.kept import kept_before, pack_bits, unpack_bits
 from spam_opt.state.quantized import QuantizedMoments, block_count, block_ids, block_starts
 
 # Clipping then fires on the injected 1000x spikes only, not at its boundary, where 8-bit and float64 v̂ may
@@ -369,3 +369,13 @@ def test_block_starts_count_the_kept_entries_before_each_block(rows, row_length)
     blocks = block_ids(kept.nonzero().squeeze(1), row_length).tolist()
     expected = [sum(b < block for b in blocks) for block in range(block_count(numel, row_length))]
     assert block_starts(pack_bits(kept), numel, row_length).tolist() == expected
+
+
+@pytest.mark.parametrize("numel, span", [(3000, 1024), (2048, 1024), (100, 64)])
+def test_kept_before_counts_the_kept_entries_before_each_span(numel, span):
+    """Where each span's kept entries start in state stored in flat order (the float32 Triton step's
+    ``starts``), against a count one by one."""
+    kept = torch.rand(numel, generator=torch.Generator().manual_seed(numel)) < 0.3
+    indices = kept.nonzero().squeeze(1).tolist()
+    expected = [sum(i < start for i in indices) for start in range(0, numel, span)]
+    assert kept_before(pack_bits(kept), numel, span).tolist() == expected

@@ -141,6 +141,7 @@ def test_the_kernels_compile_for_ampere_and_hopper_without_a_gpu():
 
 @pytest.mark.parametrize("label, foreach, per_parameter, fixed", [
     ("SPAM Triton (fused=True)", "SPAM foreach (CUDA default)", 1, 30),
+    ("SPAM density 0.25 Triton (fused=True)", "SPAM density 0.25 foreach", 1, 30),
     ("SPAM density 0.25, 8-bit state Triton (fused=True)", "SPAM density 0.25, 8-bit state foreach", 1, 30),
     ("Stable-SPAM Triton (fused=True)", "Stable-SPAM foreach (CUDA default)", 3, 90)])
 def test_a_step_launches_a_fixed_number_of_ops_plus_its_kernels_per_parameter(label, foreach, per_parameter,

@@ -22,10 +22,10 @@ from spam_opt.state.quantized import BLOCK as QBLOCK
 F32, I32 = "*fp32", "*i32"
 # Argument types as a launch passes them: float32 tensors, int32 counters, sizes up to 2^63, host floats.
 TYPES = {"counts_ptr": I32, "bad_ptr": I32, "spikes_ptr": I32, "r_ptr": "*i8", "s_ptr": "*u8", "index": "i32",
-         "n_params": "i32", "numel": "i64", "row_length": "i32", "per_row": "i32", "idx_ptr": "*i64",
-         "kept": "i32", "bits_ptr": I32, "starts_ptr": "*i64"}
+         "n_params": "i32", "numel": "i64", "row_length": "i32", "per_row": "i32",
+         "bits_ptr": I32, "starts_ptr": "*i64"}
 # The tensors in the parameter's dtype, for the bfloat16 variant (float16 takes float32's conversions).
-PARAMETER_PTRS = ("p_ptr", "g_ptr", "p_out_ptr")
+PARAMETER_PTRS = ("p_ptr", "g_ptr")
 
 
 def signature(fn, sparse: bool, parameter_type: str) -> tuple[dict, dict]:

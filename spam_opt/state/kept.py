@@ -74,8 +74,8 @@ class KeptEntries:
         return self.low.numel()
 
 
-# What the kernels derive from a draw (its bitmap, its flat indices, where its 8-bit blocks' codes start), by
-# (id of the draw's tensor: ``low`` or the bitmap, kind).
+# What the kernels derive from a draw (its bitmap, the kept entries before each span or 8-bit block), by (id
+# of the draw's tensor: ``low`` or the bitmap, kind).
 _derived: dict[tuple[int, str], tuple[weakref.ref[Tensor], int, Tensor]] = {}
 
 Draw = TypeVar("Draw", KeptEntries, Tensor)
@@ -83,7 +83,7 @@ Draw = TypeVar("Draw", KeptEntries, Tensor)
 
 def per_draw(kept: Draw, kind: str, build: Callable[[Draw], Tensor]) -> Tensor:
     """``build(kept)``, built once per draw and kept beside the state: the kept entries change only when
-    momentum is reset, so a kernel that needs them in another form (a bitmap, flat indices) should not
+    momentum is reset, so a kernel that needs them in another form (a bitmap, counts per span) should not
     rebuild it at every step. ``kept``: float32 state's ``KeptEntries`` or 8-bit state's bitmap. Rebuilt
     when the state's index tensor (``low``, or the bitmap) is replaced (a new draw, a loaded state dict) or
     written in place; dropped with it."""
@@ -111,6 +111,14 @@ def unpack_bits(words: Tensor, numel: int) -> Tensor:
     """The bool vector of ``numel`` entries that ``pack_bits`` packed into ``words``."""
     shifts = torch.arange(32, device=words.device, dtype=torch.int32)
     return ((words.unsqueeze(1) >> shifts) & 1).bool().reshape(-1)[:numel]
+
+
+def kept_before(words: Tensor, numel: int, span: int) -> Tensor:
+    """The entries a bitmap of ``numel`` entries keeps before each span of ``span`` consecutive entries
+    (int64, one per span): where a span's kept entries start in state stored in ascending flat order."""
+    kept = unpack_bits(words, numel).long()
+    per_span = torch.nn.functional.pad(kept, (0, -numel % span)).view(-1, span).sum(1)
+    return per_span.cumsum(0) - per_span
 
 
 def count_bits(words: Tensor) -> int:

@@ -1,7 +1,7 @@
 """SPAM's Triton kernels (imported by ``triton_kernel`` when a step first runs: it needs triton).
 
-``spam_float32_step`` steps ``BLOCK`` entries of a parameter with float32 moments per program (or ``BLOCK``
-kept entries under sparse momentum);
+``spam_float32_step`` steps ``BLOCK`` entries of a parameter with float32 moments per program (under sparse
+momentum the kept ones among them with their stored moments, the others decayed);
 ``spam_8bit_step`` one block of 8-bit moments (``spam_opt.state.quantized``) per program, dequantized,
 stepped and requantized with the block's new scales in registers (under sparse momentum the block's kept
 entries, whose codes are contiguous). Both add the step's clip and NaN/Inf counts to a per-parameter counter
@@ -42,32 +42,43 @@ def add_counts(counts_ptr, index, n_params, spike, finite, inside):
         tl.atomic_add(counts_ptr + n_params + index, bad)
 
 
+@triton.jit
+def kept_positions(bits_ptr, starts_ptr, span, offsets, inside):
+    """Under sparse momentum, which of a span's entries are kept (bit ``i % 32`` of word ``i // 32`` of the
+    bitmap) and where their stored moments are: ``starts[span]`` on, in order (the kept entries' moments are
+    stored in ascending order of flat index)."""
+    words = tl.load(bits_ptr + (offsets >> 5), mask=inside, other=0)
+    kept = inside & (((words >> (offsets & 31).to(tl.int32)) & 1) != 0)
+    ones = kept.to(tl.int32)
+    return kept, tl.load(starts_ptr + span) + (tl.cumsum(ones, axis=0) - ones)
+
+
 # Sizes and positions vary per parameter: specializing on them would compile a variant for each kind.
 @triton.jit(do_not_specialize=["index", "n_params", "numel"])
-def spam_float32_step(p_ptr, g_ptr, m_ptr, v_ptr, idx_ptr, p_out_ptr, step_size_ptr, gate_ptr, counts_ptr,
+def spam_float32_step(p_ptr, g_ptr, m_ptr, v_ptr, bits_ptr, starts_ptr, step_size_ptr, gate_ptr, counts_ptr,
                       index, n_params, numel, decay, clip, sign, beta1, beta2, eps, BLOCK: tl.constexpr,
                       SPARSE: tl.constexpr):
-    """``BLOCK`` entries of float32 moments per program. Dense: they are p's entries, and p is written in
-    place (``p_out`` is p). Sparse momentum (the moments hold the kept entries, ``idx`` their flat indices):
-    p and g are gathered, and the kept entries' new values written to ``p_out``; the caller decays every
-    entry of p, then scatters ``p_out`` back, so that an entry that does not move keeps its value, undecayed,
-    as in the reference."""
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    """``BLOCK`` entries of a parameter with float32 moments per program, p written in place. Sparse
+    momentum (``bits``: the kept entries' bitmap, ``starts``: the kept entries before each program's
+    ``BLOCK``): the kept entries step with their stored moments; the others read as g = m = v = 0, which
+    the rule turns into p · decay, the decoupled decay alone, as the reference gives them."""
+    span = tl.program_id(0).to(tl.int64)
+    offsets = span * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < numel
     if SPARSE:
-        entries = tl.load(idx_ptr + offsets, mask=inside, other=0)
+        kept, stored = kept_positions(bits_ptr, starts_ptr, span, offsets, inside)
     else:
-        entries = offsets
+        kept, stored = inside, offsets
     # As a block: the interpreter does not combine a scalar comparison with a block's in `&`.
     gate = tl.zeros([BLOCK], tl.float32) + tl.load(gate_ptr) > 0.5
     p, m, v, spike, finite = spam_entries(
-        load_float32(p_ptr, entries, inside), load_float32(g_ptr, entries, inside),
-        tl.load(m_ptr + offsets, mask=inside, other=0.0), tl.load(v_ptr + offsets, mask=inside, other=0.0),
+        load_float32(p_ptr, offsets, inside), load_float32(g_ptr, offsets, kept),
+        tl.load(m_ptr + stored, mask=kept, other=0.0), tl.load(v_ptr + stored, mask=kept, other=0.0),
         gate, tl.load(step_size_ptr + index), decay, clip, sign, beta1, beta2, eps)
-    store_rounded(p_out_ptr, offsets, p, inside)
-    tl.store(m_ptr + offsets, m, mask=inside)
-    tl.store(v_ptr + offsets, v, mask=inside)
-    add_counts(counts_ptr, index, n_params, spike, finite, inside)
+    store_rounded(p_ptr, offsets, p, inside)
+    tl.store(m_ptr + stored, m, mask=kept)
+    tl.store(v_ptr + stored, v, mask=kept)
+    add_counts(counts_ptr, index, n_params, spike, finite, kept)
 
 
 @triton.jit(do_not_specialize=["index", "n_params", "row_length", "per_row"])
@@ -83,10 +94,7 @@ def spam_8bit_step(p_ptr, g_ptr, r_ptr, s_ptr, r_scale_ptr, s_scale_ptr, bits_pt
     block = tl.program_id(0).to(tl.int64)
     offsets, inside = block_entries(block, row_length, per_row, QBLOCK)
     if SPARSE:
-        words = tl.load(bits_ptr + (offsets >> 5), mask=inside, other=0)
-        kept = inside & (((words >> (offsets & 31).to(tl.int32)) & 1) != 0)
-        ones = kept.to(tl.int32)
-        codes = tl.load(starts_ptr + block) + (tl.cumsum(ones, axis=0) - ones)
+        kept, codes = kept_positions(bits_ptr, starts_ptr, block, offsets, inside)
     else:
         kept = inside
         codes = offsets

@@ -8,12 +8,13 @@ in the same pass), and its clip and NaN/Inf counts are added on the device. A gr
 parameter plus a fixed number of ops for the bias corrections and the counts; nothing is read on the host.
 
 It takes contiguous parameters in float32, bfloat16 or float16 (stepped in float32 and rounded once, as the
-other paths do), with gradients in float32 or the parameter's dtype, and every moment layout: float32
-moments (dense, or the kept entries of sparse momentum: gathered, stepped, then scattered after the decay of
-every entry) or 8-bit ones (dense or sparse: a program takes a block of the parameter, its kept entries'
-codes being contiguous). Strided and float64 tensors go to ``fallback``: the compiled step on CUDA. Without
-a GPU the kernels run on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is
-imported), which is how the tests check them against the float64 references.
+other paths do), with gradients in float32 or the parameter's dtype, and every moment layout: float32 or
+8-bit moments, dense or sparse. Under sparse momentum a program takes a span of the parameter as in the
+dense case, finds its kept entries in the bitmap and their moments (stored contiguously in flat order) from
+the count of kept entries before the span, both built once per draw; the other entries take the decay.
+Strided and float64 tensors go to ``fallback``: the compiled step on CUDA. Without a GPU the kernels run on
+CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is imported), which is how the
+tests check them against the float64 references.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spam_opt.kernels.draw import kept_bitmap
 from spam_opt.kernels.result import Kernel, KernelResult
 from spam_opt.kernels.spam.inputs import QuantizedTensorState, StepScalars, TensorState
 from spam_opt.kernels.triton_steps import BLOCK, programs, steps_in_float32, with_triton
-from spam_opt.state.kept import KeptEntries, per_draw
+from spam_opt.state.kept import kept_before, per_draw
 from spam_opt.state.quantized import BLOCK as QBLOCK
 from spam_opt.state.quantized import QuantizedMoments, block_count, block_starts, blocks_per_row
 
@@ -52,6 +54,16 @@ def takes(p: Tensor, g: Tensor, state: Any) -> bool:
         return True
     return (isinstance(state, TensorState) and state.exp_avg.is_contiguous()
             and state.exp_avg_sq.is_contiguous())
+
+
+def _kept_moments(st: TensorState, numel: int) -> tuple[Tensor, Tensor]:
+    """The float32 kernel's ``bits`` and ``starts`` under sparse momentum: the kept entries' bitmap (shared
+    with the C++ step) and the kept entries before each program's ``BLOCK``, both built once per draw. A
+    dense parameter has neither: any tensor stands in, unread."""
+    if st.kept is None:
+        return st.exp_avg, st.exp_avg
+    bits = per_draw(st.kept, "bits", functools.partial(kept_bitmap, numel=numel))
+    return bits, per_draw(st.kept, "starts per Triton block", lambda _: kept_before(bits, numel, BLOCK))
 
 
 def _kept_codes(q: QuantizedMoments, numel: int) -> tuple[Tensor, Tensor]:
@@ -78,7 +90,6 @@ def _triton_step(params: list[Tensor], grads: list[Tensor], states: list[TensorS
     clip = math.inf if h.clip_threshold is None else h.clip_threshold
     sign = -1.0 if h.maximize else 1.0
     float32, quantized = _kernels()
-    scatters = []
     for i, (p, g, st) in enumerate(zip(params, grads, states)):
         numel = p.numel()
         if numel == 0:
@@ -89,25 +100,10 @@ def _triton_step(params: list[Tensor], grads: list[Tensor], states: list[TensorS
                 p, g, q.exp_avg, q.exp_avg_sq, q.exp_avg_scale, q.exp_avg_sq_scale, *_kept_codes(q, numel),
                 step_sizes, open_, found, i, n, q.row_length, blocks_per_row(q.row_length), decay, clip, sign,
                 h.beta1, h.beta2, h.eps, QBLOCK=QBLOCK, SPARSE=q.kept_bits is not None)
-        elif st.kept is not None:
-            idx = per_draw(st.kept, "indices", KeptEntries.indices)
-            kept_p = torch.empty(idx.numel(), dtype=p.dtype, device=device)
-            if idx.numel():
-                float32[programs(idx.numel())](p, g, st.exp_avg, st.exp_avg_sq, idx, kept_p, step_sizes,
-                                               open_, found, i, n, idx.numel(), decay, clip, sign, h.beta1,
-                                               h.beta2, h.eps, BLOCK=BLOCK, SPARSE=True)
-            scatters.append((p, idx, kept_p))
         else:
-            float32[programs(numel)](p, g, st.exp_avg, st.exp_avg_sq, p, p, step_sizes, open_, found, i, n,
-                                     numel, decay, clip, sign, h.beta1, h.beta2, h.eps, BLOCK=BLOCK,
-                                     SPARSE=False)
-    if scatters:
-        # Sparse momentum: the decoupled decay shrinks every entry when the gate is open, then the kept
-        # entries take their stepped values (computed from the undecayed ones).
-        if decay != 1:
-            torch._foreach_mul_([p for p, _, _ in scatters], torch.where(open_ > 0.5, decay, 1.0))
-        for p, idx, kept_p in scatters:
-            p.view(-1).index_copy_(0, idx, kept_p)
+            float32[programs(numel)](p, g, st.exp_avg, st.exp_avg_sq, *_kept_moments(st, numel), step_sizes,
+                                     open_, found, i, n, numel, decay, clip, sign, h.beta1, h.beta2, h.eps,
+                                     BLOCK=BLOCK, SPARSE=st.kept is not None)
     torch._foreach_add_(counts, [open_] * n)
     clipped = found[0].long().unbind()
     nonfinite = ((found[1] > 0) & (open_ > 0.5)).unbind()
