@@ -301,6 +301,11 @@ def combine(runs: list[list[dict]]) -> list[dict]:
     return rows
 
 
+def _small(x: float) -> str:
+    """Two decimals, or two significant digits below 0.1 (a GPU's ns per parameter, 0.0061, is not 0.01)."""
+    return f"{x:.2f}" if x >= 0.1 or x == 0 or x != x else f"{x:.2g}"
+
+
 def render(rows: list[dict], command: str, device: torch.device, rounds: int) -> str:
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
     lines = [
@@ -349,8 +354,8 @@ def render(rows: list[dict], command: str, device: torch.device, rounds: int) ->
             state_ratio = r["state"] / ref["state"] if ref else float("nan")
             bandwidth = r["moved"] / r["median"]
             lines.append(f"| {r['label']} | {r['median'] * 1e3:.1f} | {ratio:.2f} "
-                         f"| {r['median'] / numel * 1e9:.2f} | {r['moved'] / numel:.2f} "
-                         f"| {bandwidth / 1e9:.1f} | {bandwidth / triad:.2f} "
+                         f"| {_small(r['median'] / numel * 1e9)} | {r['moved'] / numel:.2f} "
+                         f"| {bandwidth / 1e9:.1f} | {_small(bandwidth / triad)} "
                          f"| {r['state'] / 2**20:.1f} | {state_ratio:.3f} | {r['first']:.1f} |"
                          + (f" {' / '.join(f'{x:.2f}' for x in r['ratios'])} |" if several else ""))
         lines.append("")

@@ -51,3 +51,12 @@ def test_bad_run_count_is_a_clear_error(bench, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--runs", "0", "--out", "-"])
     assert "--runs must be at least 1" in capsys.readouterr().err
+
+
+def test_a_gpu_sized_time_per_parameter_keeps_two_significant_digits(bench):
+    """A GPU steps a parameter in a few thousandths of a ns: two decimals would print 0.01 for every row."""
+    fast = bench.combine([[_row(bench.BASELINE, 6.1e-9), _row("SPAM", 9.6e-8)]])  # 1000 parameters
+    cells = {line.split(" | ")[0].strip("| "): line.split(" | ")
+             for line in bench.render(fast, "cmd", bench.torch.device("cpu"), rounds=5).splitlines()
+             if line.startswith("| ")}
+    assert cells[bench.BASELINE][3] == "0.0061" and cells["SPAM"][3] == "0.096"
