@@ -136,6 +136,7 @@ CLEAN = ("clean", "adamw")
 F32 = ("natural", "fp32 adamw")
 CHOOSING = "docs/choosing.md"
 BLOCK_STEPS = "optimizer_step_cpu_blocks.md"
+BLOCK_STEPS_2 = "optimizer_step_cpu_blocks_machine2.md"  # the same command on a second machine of the kind
 
 
 def _burst_recovery() -> list[int]:
@@ -1076,6 +1077,16 @@ CLAIMS += [
               *set(table_cells(BLOCK_STEPS, "torch AdamW fused", "moved B/param")),
               table_cells(BLOCK_STEPS, SPARSE, "x triad")[0],
               table_cells(BLOCK_STEPS, "torch AdamW fused", "x triad")[0]]),
+    (SPAM_DOC, "The same measurement on a second machine of the same kind, with the same CPU kernels "
+               "(`optimizer_step_cpu_blocks_machine2.md`; triad {:.1f} GB/s at one thread, against {:.1f} "
+               "GB/s) gave {:.2f}x at one thread and {:.2f}x at two",
+     lambda: [triads(BLOCK_STEPS_2)[0], triads(BLOCK_STEPS)[0], *table_cells(BLOCK_STEPS_2, SPARSE,
+                                                                              "x fused AdamW")]),
+    (SPAM_DOC, "There SPAM with 8-bit state cost {:.2f}x at one thread and {:.2f}x at two, Stable-SPAM "
+               "{:.2f}x and {:.2f}x, Stable-SPAM with 8-bit state {:.2f}x and {:.2f}x.",
+     lambda: [x for row in ("SPAM 8-bit state (default flags)", "Stable-SPAM (spam_opt, default flags)",
+                            "Stable-SPAM 8-bit state (default flags)")
+              for x in table_cells(BLOCK_STEPS_2, row, "x fused AdamW")]),
     (SPAM_DOC, "The kernel before this one cost {}x.", lambda: re.findall(  # session 2's column
         r"\| SPAM, default flags \|[^|]+\|[^|]+\| ([0-9.]+-[0-9.]+) \|",
         (RESULTS / "optimizer_step_cpu.md").read_text())),
