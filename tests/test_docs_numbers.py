@@ -1599,6 +1599,20 @@ def _foreach_us_per_launch() -> list[float]:
     return [float(launch_rows(size)[row]["us/launch"]) for size in ("130m", "350m") for row in rows]
 
 
+def _min_triton_capability() -> str:
+    from spam_opt.kernels.triton_steps import MIN_CAPABILITY
+
+    return ".".join(map(str, MIN_CAPABILITY))
+
+
+# The oldest GPU Triton compiles for: a setting in the code, which the docs must quote as it is.
+CLAIMS += [
+    ("docs/spam.md", "On an NVIDIA GPU older than Triton compiles for (compute capability below {}, the "
+                     "bound torch's Inductor checks too)", lambda: [_min_triton_capability()]),
+    ("docs/training.md", "and the GPU is one Triton compiles for (compute capability {} or newer",
+     lambda: [_min_triton_capability()]),
+]
+
 SPAM_TRITON, STABLE_TRITON = "SPAM Triton (fused=True)", "Stable-SPAM Triton (fused=True)"
 CLAIMS += [
     ("README.md", "{} launches per step at LLaMA-130M shapes where SPAM's foreach step makes {}",

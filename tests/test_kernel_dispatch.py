@@ -3,6 +3,8 @@ flags, and one policy handles a kernel that cannot run (a C++ kernel that cannot
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -17,6 +19,7 @@ from spam_opt.kernels.spam.foreach import spam_foreach
 from spam_opt.kernels.spam.reference import spam_reference
 from spam_opt.kernels.stable_spam.cpp import stable_spam_cpp
 from spam_opt.kernels.stable_spam.foreach import stable_spam_foreach
+from spam_opt.kernels.triton_steps import triton_unavailable_reason
 
 CPU, CUDA, META = torch.device("cpu"), torch.device("cuda"), torch.device("meta")
 TABLES = [pytest.param(SPAM_KERNELS, spam_cpp, spam_foreach, id="SPAM"),
@@ -50,9 +53,34 @@ def test_fused_on_cuda_is_the_triton_step_but_never_the_default(table, foreach):
     (fused,) = [c for c in table.candidates(CUDA) if c.fused]
     assert fused.name == "Triton" and not fused.default
     assert select_kernel(table, None, None, CUDA) is foreach
-    if fused.unavailable_reason(CUDA) is not None:  # no triton here: fused=True says so, not runs eager
-        with pytest.raises(RuntimeError, match="fused=True cannot run: the Triton step needs triton"):
+    reason = fused.unavailable_reason(CUDA)
+    if reason is not None:  # no GPU (or no triton) here: fused=True says so, not runs eager
+        with pytest.raises(RuntimeError, match=f"fused=True cannot run: {re.escape(reason)}"):
             select_kernel(table, None, True, CUDA)
+
+
+@pytest.mark.parametrize("capability, hip, needs", [((6, 0), None, "compute capability 7.0 and newer"),
+                                                    ((7, 0), None, None), ((9, 0), None, None),
+                                                    ((6, 0), "6.2", None)])
+def test_the_triton_step_refuses_gpus_triton_does_not_compile_for(capability, hip, needs, monkeypatch):
+    """Triton compiles for NVIDIA GPUs of compute capability 7.0 and newer (torch's Inductor checks the same;
+    ROCm devices are "cuda" to torch too, and left to Triton): on an older one fused=True says so and what
+    the GPU is, rather than failing in Triton's compiler at the first step."""
+    pytest.importorskip("triton")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", hip)
+    triton_unavailable_reason.cache_clear()
+    try:
+        reason = triton_unavailable_reason(CUDA)
+    finally:
+        triton_unavailable_reason.cache_clear()
+    if needs is None:
+        assert reason is None
+    else:
+        assert needs in reason and "this one is 6.0" in reason
+        with pytest.raises(RuntimeError, match="fused=True cannot run: the Triton step needs a newer GPU"):
+            dispatch._fused(SPAM_KERNELS, CUDA)
 
 
 def test_a_new_kernel_is_one_entry_and_unavailable_ones_are_passed_over_with_their_reason():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import types
 
 import pytest
 import torch
@@ -255,6 +256,26 @@ def test_a_kernel_that_cannot_be_built_warns_once_and_the_reference_paths_run(mo
             relu_square_kernel(torch.zeros(3))
     finally:
         spikegpt_kernels._unavailable_reason.cache_clear()
+
+
+def test_a_gpu_too_old_for_triton_runs_the_reference_paths_and_says_why(monkeypatch):
+    """On an NVIDIA GPU older than Triton compiles for (compute capability 6.0 here), CUDA tensors take the
+    reference paths with a warning that names the GPU's capability; ``backend("triton")`` refuses."""
+    pytest.importorskip("fla")
+    on_gpu = types.SimpleNamespace(is_cpu=False, is_cuda=True, dtype=torch.float32,
+                                   device=torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 0))
+    monkeypatch.setattr(torch.version, "hip", None)
+    spikegpt_kernels._gpu_too_old.cache_clear()
+    try:
+        too_old = r"pure-PyTorch paths on cuda .*compute capability 7\.0 and newer; this one is 6\.0"
+        with pytest.warns(RuntimeWarning, match=too_old):
+            assert path_for(on_gpu, "wkv") == "reference"
+        with backend("triton"), pytest.raises(RuntimeError, match=r"backend\('triton'\) cannot run on cuda"):
+            path_for(on_gpu, "lif")
+    finally:
+        spikegpt_kernels._gpu_too_old.cache_clear()
 
 
 def test_lif_kernel_bad_state_is_named():

@@ -24,11 +24,33 @@ BLOCK = 1024  # entries per program: 4 KB of each float32 tensor it reads
 REDUCTION_PROGRAMS = 256
 
 
+# The oldest NVIDIA GPUs Triton compiles for; torch's Inductor refuses older ones at the same bound. On an
+# older GPU a kernel fails deep in Triton's compiler at its first launch, not with a clear error.
+MIN_CAPABILITY = (7, 0)
+
+
+def gpu_too_old_for_triton(device: torch.device) -> str | None:
+    """Why Triton cannot compile kernels for the CUDA ``device`` (an NVIDIA GPU of compute capability below
+    ``MIN_CAPABILITY``), or None. ROCm devices, also ``cuda`` to torch, are left to Triton."""
+    if torch.version.hip is not None:
+        return None
+    capability = torch.cuda.get_device_capability(device)
+    if capability >= MIN_CAPABILITY:
+        return None
+    least, got = (".".join(map(str, c)) for c in (MIN_CAPABILITY, capability))
+    return f"Triton compiles for NVIDIA GPUs of compute capability {least} and newer; this one is {got}"
+
+
 @functools.cache
 def triton_unavailable_reason(device: torch.device) -> str | None:
     """Why the Triton steps cannot run on ``device``, or None when they can."""
     if device.type != "cuda":
         return f"the Triton step runs on CUDA tensors, got {device.type}"
+    if not torch.cuda.is_available():
+        return "the Triton step runs on a CUDA device, and torch sees none here"
+    too_old = gpu_too_old_for_triton(device)
+    if too_old is not None:
+        return f"the Triton step needs a newer GPU: {too_old}"
     try:
         import triton  # noqa: F401
     except ImportError:

@@ -13,7 +13,8 @@
   compare the kernels with. It loops over the tokens in Python.
 
 By default CPU tensors take the C++ kernels and CUDA tensors the Triton ones when triton and ``fla-core``
-import (``pip install "spam-opt[gpu]"``; else the reference, with one warning). A tensor the chosen path
+import (``pip install "spam-opt[gpu]"``) and the GPU is one Triton compiles for (compute capability 7.0 and
+newer); else the reference, with one warning. A tensor the chosen path
 cannot take (a bfloat16 one on C++, a float64 WKV on Triton) runs the reference; so does everything that
 ``torch.compile`` traces (the kernels have no fake implementations). :func:`backend` forces a path::
 
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor
 
 from spam_opt._cpp_build import library_unavailable_reason
+from spam_opt.kernels.triton_steps import gpu_too_old_for_triton
 
 SOURCE = Path(__file__).with_name("csrc") / "spikegpt_cpu.cpp"
 BACKENDS = ("reference", "cpp", "triton")
@@ -104,16 +106,24 @@ def path_for(x: Tensor, op: str) -> str:
         return "reference"
     if x.dtype not in TRITON_DTYPES.get(op, ()):
         return "reference"
+    too_old = _gpu_too_old(x.device) if x.is_cuda and torch.cuda.is_available() else None
     if _forced is None:
-        reason = _triton_import_error()
+        reason = _triton_import_error() or too_old
         if reason is not None:
             _warn_once(f"SpikeGPT runs its pure-PyTorch paths on {x.device.type} (launch-bound): {reason}")
             return "reference"
         return "triton"
+    if too_old is not None:
+        raise RuntimeError(f"backend('triton') cannot run on {x.device}: {too_old}; use backend('reference')")
     if x.is_cpu and not triton_kernels().interpreting():
         raise RuntimeError("backend('triton') on CPU tensors needs Triton's interpreter: set "
                            "TRITON_INTERPRET=1 before triton is imported")
     return "triton"
+
+
+@functools.cache
+def _gpu_too_old(device: torch.device) -> str | None:
+    return gpu_too_old_for_triton(device)
 
 
 @functools.cache
