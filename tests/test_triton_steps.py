@@ -1,5 +1,6 @@
 """CUDA's Triton optimizer steps (``fused=True`` on CUDA): against the float64 references, in Triton's
-interpreter on CPU tensors; compiled for Ampere and Hopper GPUs without a GPU; and the launches a step makes.
+interpreter on CPU tensors; compiled for Volta, Ampere and Hopper GPUs without a GPU; and the launches a step
+makes.
 
 SPAM's Triton step also runs every fused-path test of ``test_spam_paths.py`` (its ``triton`` case). On a
 machine with a GPU there is no interpreter (conftest.py), and ``tests/test_cuda.py`` runs the steps there.
@@ -25,10 +26,12 @@ from spam_opt.kernels.spam import triton_kernel as spam_triton
 from spam_opt.kernels.spam.foreach import spam_foreach
 from spam_opt.kernels.stable_spam import triton_kernel as stable_triton
 from spam_opt.kernels.stable_spam.foreach import stable_spam_foreach
+from spam_opt.kernels.triton_steps import MIN_CAPABILITY
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
                                 reason="Triton runs on the GPU on this machine: tests/test_cuda.py covers it")
 ROOT = Path(__file__).resolve().parents[1]
+TARGETS = (70, 80, 90)  # the GPUs the AOT test compiles for: Volta, Ampere, Hopper
 FUSED = dict(fused=True)
 
 
@@ -122,20 +125,22 @@ def test_low_precision_parameters_step_in_float32_and_round_once_to_nearest_even
     assert_low_precision_steps_round_once_to_nearest_even(cls, dtype, layouts, torch.device("cpu"))
 
 
-def test_the_kernels_compile_for_ampere_and_hopper_without_a_gpu():
+def test_the_kernels_compile_for_volta_ampere_and_hopper_without_a_gpu():
     """What a GPU compiles at the first step, lowered to machine code by Triton's ptxas: a kernel that only
-    the interpreter accepts (a type it cannot lower, an op with no GPU form) fails here."""
+    the interpreter accepts (a type it cannot lower, an op with no GPU form) fails here. Volta (7.0) is the
+    oldest GPU the Triton steps accept (``triton_steps.MIN_CAPABILITY``): bfloat16 has no hardware there."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     path = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env.update(TRITON_DEFAULT_FP_FUSION="1", PYTHONPATH=path)
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "triton_aot.py"), "80", "90"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    assert TARGETS[0] == MIN_CAPABILITY[0] * 10 + MIN_CAPABILITY[1], "compile for the oldest GPU accepted"
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "triton_aot.py"), *map(str, TARGETS)],
+                          env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     kernels = [f"{k}{v}" for k in ("spam_float32_step", "spam_8bit_step") for v in ("", "[sparse]", "[bf16]")]
     kernels += [f"{k}{v}" for k in ("abs_max", "clipped_square_sum", "update", "update_8bit")
                 for v in ("", "[bf16]")]
-    assert [line.split(":")[0] for line in lines] == [f"{k} sm_{c}" for k in kernels for c in (80, 90)]
+    assert [line.split(":")[0] for line in lines] == [f"{k} sm_{c}" for k in kernels for c in TARGETS]
     assert all(int(line.split()[2]) > 1000 for line in lines), lines
 
 
