@@ -261,6 +261,7 @@ def bench_size(name: str, device: torch.device, rounds: int, include_reference: 
     triad.seconds()
     triad_times: list[float] = []
     times: dict[str, list[float]] = {label: [] for label in opts}
+    hosts: dict[str, list[float]] = {label: [] for label in opts}  # until step() returns, before the sync
     for _ in range(rounds):
         triad_times.append(triad.seconds())
         for label, (opt, _) in opts.items():
@@ -269,6 +270,7 @@ def bench_size(name: str, device: torch.device, rounds: int, include_reference: 
             _sync(device)
             start = time.perf_counter()
             opt.step()
+            hosts[label].append(time.perf_counter() - start)
             _sync(device)
             times[label].append(time.perf_counter() - start)
     triad_bw = triad.bytes / statistics.median(triad_times)
@@ -277,6 +279,8 @@ def bench_size(name: str, device: torch.device, rounds: int, include_reference: 
         rows.append(dict(size=name, threads=threads, label=label, numel=numel,
                          median=statistics.median(times[label]), first=first, state=state_bytes(opt),
                          moved=moved_bytes(opt), triad=triad_bw))
+        if device.type != "cpu":  # on CPU a step is done when it returns
+            rows[-1]["host"] = statistics.median(hosts[label])
         median_ms = rows[-1]["median"] * 1e3
         print(f"{name:>5} {label:<40} {median_ms:9.1f} ms  first {first:6.1f} s", file=sys.stderr)
     return rows
@@ -298,6 +302,8 @@ def combine(runs: list[list[dict]]) -> list[dict]:
         rows.append(dict(mine[0], median=statistics.median(r["median"] for r in mine),
                          triad=statistics.median(r["triad"] for r in mine), ratios=ratios,
                          ratio=statistics.median(ratios)))
+        if "host" in mine[0]:
+            rows[-1]["host"] = statistics.median(r["host"] for r in mine)
     return rows
 
 
@@ -320,6 +326,9 @@ def render(rows: list[dict], command: str, device: torch.device, rounds: int) ->
         "GB/s: those bytes over the step time; x triad: that bandwidth over the triad's (a = b + s·c, "
         f"{TRIAD_ENTRIES / 2**20:.0f}M entries per array, 12 bytes per entry, same threads, timed in the "
         "same rounds). First step: state creation plus any compile, in seconds.",
+        *(["Host ms (on a GPU): the median time until step() returns, before the device finishes; near the "
+           "step's time, the step is bound by its launches, not by the device."]
+          if any("host" in r for r in rows) else []),
         *(["With several runs (fresh tensors and optimizers each), every number is the median over the runs, "
            "and the last column gives each run's ratio."] if any(len(r.get("ratios", ())) > 1 for r in rows)
           else []),
@@ -332,6 +341,7 @@ def render(rows: list[dict], command: str, device: torch.device, rounds: int) ->
         if not timed:
             continue
         numel, triad = timed[0]["numel"], timed[0]["triad"]
+        host = "host" in timed[0]
         runs = len(timed[0]["ratios"])
         several = runs > 1
         extra = " |" if several else ""  # the each-run column
@@ -342,18 +352,20 @@ def render(rows: list[dict], command: str, device: torch.device, rounds: int) ->
                   f"Triad bandwidth: {triad / 1e9:.1f} GB/s"
                   + (f" (median of {runs} runs)." if several else "."),
                   "",
-                  "| optimizer | step ms | x fused AdamW | ns/param | moved B/param | GB/s | x triad "
-                  "| state MB | x AdamW state | first step s |"
+                  "| optimizer | step ms |" + (" host ms |" if host else "") + " x fused AdamW | ns/param "
+                  "| moved B/param | GB/s | x triad | state MB | x AdamW state | first step s |"
                   + (" x fused AdamW, each run |" if several else ""),
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if several else "")]
+                  "|---|---:|" + ("---:|" if host else "") + "---:|---:|---:|---:|---:|---:|---:|---:|"
+                  + ("---|" if several else "")]
         for r in group:
             if "error" in r:
-                lines.append(f"| {r['label']} | failed: {r['error']} | | | | | | | | |{extra}")
+                lines.append(f"| {r['label']} | failed: {r['error']} |" + " |" * (8 + host) + extra)
                 continue
             ratio = r["ratio"] if ref else float("nan")
             state_ratio = r["state"] / ref["state"] if ref else float("nan")
             bandwidth = r["moved"] / r["median"]
-            lines.append(f"| {r['label']} | {r['median'] * 1e3:.1f} | {ratio:.2f} "
+            lines.append(f"| {r['label']} | {r['median'] * 1e3:.1f} |"
+                         + (f" {r['host'] * 1e3:.1f} |" if host else "") + f" {ratio:.2f} "
                          f"| {_small(r['median'] / numel * 1e9)} | {r['moved'] / numel:.2f} "
                          f"| {bandwidth / 1e9:.1f} | {_small(bandwidth / triad)} "
                          f"| {r['state'] / 2**20:.1f} | {state_ratio:.3f} | {r['first']:.1f} |"

@@ -60,3 +60,17 @@ def test_a_gpu_sized_time_per_parameter_keeps_two_significant_digits(bench):
              for line in bench.render(fast, "cmd", bench.torch.device("cpu"), rounds=5).splitlines()
              if line.startswith("| ")}
     assert cells[bench.BASELINE][3] == "0.0061" and cells["SPAM"][3] == "0.096"
+
+
+def test_a_gpu_table_gives_the_time_until_step_returns_beside_the_step(bench):
+    """On a GPU a step returns before the device finishes it: its host time beside its time says whether it
+    is bound by its launches. A CPU table has no such column (a CPU step is done when it returns)."""
+    rows = [dict(_row(bench.BASELINE, 2e-3), host=1e-4), dict(_row("SPAM", 8e-3), host=7.5e-3),
+            dict(size="20m", threads=1, label="peer", error="OOM")]
+    gpu = bench.render(bench.combine([rows]), "cmd", bench.torch.device("cuda"), rounds=5)
+    assert "| optimizer | step ms | host ms | x fused AdamW |" in gpu and "Host ms (on a GPU)" in gpu
+    assert "| SPAM | 8.0 | 7.5 | 4.00 |" in gpu
+    assert "| peer | failed: OOM |" + " |" * 9 in gpu  # as many cells as the header
+    cpu_rows = [{k: v for k, v in r.items() if k != "host"} for r in rows]
+    cpu = bench.render(bench.combine([cpu_rows]), "cmd", bench.torch.device("cpu"), rounds=5)
+    assert "host ms" not in cpu and "| SPAM | 8.0 | 4.00 |" in cpu
