@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -97,27 +98,49 @@ def per_draw(kept: Draw, kind: str, build: Callable[[Draw], Tensor]) -> Tensor:
     return value
 
 
+# A bitmap's words are built and read as bytes: a word is 4 bytes, least significant first (torch's tensors
+# are little-endian on the devices it runs on), so entry j is bit j % 8 of byte j // 8 too. Bytes keep the
+# intermediate tensors at 1 byte per entry where int64 ones took 8, which on a GPU is a transient of 8 bytes
+# per parameter at every momentum reset.
+
+
+def _bit_shifts(device: torch.device) -> Tensor:
+    return torch.arange(8, dtype=torch.uint8, device=device)
+
+
 def pack_bits(mask: Tensor) -> Tensor:
     """A bool vector as int32 words (bit j % 32 of word j // 32), plus one word of padding."""
     words = -(-mask.numel() // 32) + 1
-    padded = torch.zeros(words * 32, dtype=torch.int64, device=mask.device)
-    padded[:mask.numel()] = mask.long()
-    weights = torch.ones(32, dtype=torch.int64, device=mask.device) << torch.arange(32, device=mask.device)
-    packed = (padded.view(words, 32) * weights).sum(1)
-    return (packed - ((packed >> 31) << 32)).to(torch.int32)  # as signed 32-bit two's complement
+    padded = torch.zeros(words * 32, dtype=torch.uint8, device=mask.device)
+    padded[:mask.numel()] = mask
+    packed = (padded.view(-1, 8) << _bit_shifts(mask.device)).sum(1, dtype=torch.uint8)  # distinct bits
+    return packed.view(torch.int32)
 
 
 def unpack_bits(words: Tensor, numel: int) -> Tensor:
     """The bool vector of ``numel`` entries that ``pack_bits`` packed into ``words``."""
-    shifts = torch.arange(32, device=words.device, dtype=torch.int32)
-    return ((words.unsqueeze(1) >> shifts) & 1).bool().reshape(-1)[:numel]
+    bits = (words.contiguous().view(torch.uint8).unsqueeze(1) >> _bit_shifts(words.device)).bitwise_and_(1)
+    return bits.view(torch.bool).reshape(-1)[:numel]
+
+
+def kept_per_span(kept: Tensor, span: int) -> Tensor:
+    """The count of true entries of the bool vectors ``kept`` (..., n) in each span of ``span`` consecutive
+    entries of their last dimension (int64; the last span of each vector may be short)."""
+    short = -kept.shape[-1] % span
+    entries = kept.view(torch.uint8)
+    if short:
+        entries = torch.nn.functional.pad(entries, (0, short))
+    # Counted in runs of at most 128 entries first, in uint8 (a run's count fits): a sum straight to int64
+    # would first cast every entry to 8 bytes.
+    run = math.gcd(span, 128)
+    runs = entries.reshape(-1, run).sum(-1, dtype=torch.uint8)
+    return runs.view(*kept.shape[:-1], -1, span // run).sum(-1, dtype=torch.int64)
 
 
 def kept_before(words: Tensor, numel: int, span: int) -> Tensor:
     """The entries a bitmap of ``numel`` entries keeps before each span of ``span`` consecutive entries
     (int64, one per span): where a span's kept entries start in state stored in ascending flat order."""
-    kept = unpack_bits(words, numel).long()
-    per_span = torch.nn.functional.pad(kept, (0, -numel % span)).view(-1, span).sum(1)
+    per_span = kept_per_span(unpack_bits(words, numel), span)
     return per_span.cumsum(0) - per_span
 
 

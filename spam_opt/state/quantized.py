@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from spam_opt.state.kept import bitmap_indices, count_bits, unpack_bits
+from spam_opt.state.kept import bitmap_indices, count_bits, kept_per_span, unpack_bits
 
 STATE_BITS = (8, 32)
 BLOCK = 256
@@ -83,9 +83,7 @@ def block_ids(flat_index: Tensor, row_length: int) -> Tensor:
 def block_starts(kept_bits: Tensor, numel: int, row_length: int) -> Tensor:
     """Under sparse momentum, where each block's codes start: the kept entries (of ``kept_bits``) before
     the block's first entry, one per block (int64)."""
-    kept = unpack_bits(kept_bits, numel).view(-1, row_length).long()
-    padding = blocks_per_row(row_length) * BLOCK - row_length
-    per_block = torch.nn.functional.pad(kept, (0, padding)).view(-1, BLOCK).sum(1)
+    per_block = kept_per_span(unpack_bits(kept_bits, numel).view(-1, row_length), BLOCK).reshape(-1)
     return per_block.cumsum(0) - per_block
 
 
