@@ -181,9 +181,9 @@ class _LaunchOutsideTheCounter:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="no Triton interpreter on a GPU machine (conftest.py)")
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_triton_step_makes_no_host_sync(optimizer, monkeypatch):
-    """The torch ops around the Triton kernels (bias corrections, counts, the per-draw kept indices and
-    8-bit block starts, the sparse scatter, Stable-SPAM's per-tensor scalars) read nothing on the host, for
-    every layout."""
+    """The torch ops around the Triton kernels (bias corrections, counts, the per-draw bitmaps and kept
+    counts per span or block, Stable-SPAM's per-tensor scalars) read nothing on the host, for every
+    layout."""
     from spam_opt.kernels.spam import triton_kernel as spam_triton
     from spam_opt.kernels.spam.foreach import spam_foreach
     from spam_opt.kernels.stable_spam import triton_kernel as stable_triton

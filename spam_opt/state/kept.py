@@ -146,7 +146,7 @@ def kept_before(words: Tensor, numel: int, span: int) -> Tensor:
 
 def count_bits(words: Tensor) -> int:
     """How many entries a bitmap keeps."""
-    return int(unpack_bits(words, words.numel() * 32).sum())
+    return int(kept_per_span(unpack_bits(words, words.numel() * 32), 128).sum())
 
 
 def bitmap_indices(words: Tensor, numel: int, count: int | None = None) -> Tensor:
