@@ -137,6 +137,8 @@ F32 = ("natural", "fp32 adamw")
 CHOOSING = "docs/choosing.md"
 BLOCK_STEPS = "optimizer_step_cpu_blocks.md"
 BLOCK_STEPS_2 = "optimizer_step_cpu_blocks_machine2.md"  # the same command on a second machine of the kind
+BLOCK_STEPS_3 = "optimizer_step_cpu_blocks_machine3.md"  # and on a third
+READ_BOUND = "stable_spam_read_bound_cpu.md"
 
 
 def _burst_recovery() -> list[int]:
@@ -1087,12 +1089,43 @@ CLAIMS += [
      lambda: [x for row in ("SPAM 8-bit state (default flags)", "Stable-SPAM (spam_opt, default flags)",
                             "Stable-SPAM 8-bit state (default flags)")
               for x in table_cells(BLOCK_STEPS_2, row, "x fused AdamW")]),
+    (SPAM_DOC, "(`optimizer_step_cpu_blocks_machine3.md`, and `optimizer_step_cpu_bandwidth_machine3.md`; "
+               "triad {:.1f} GB/s at one thread) gave {:.2f}x at one thread and {:.2f}x at two; SPAM with "
+               "8-bit state {:.2f}x and {:.2f}x, density 0.25 with 8-bit state {:.2f}x and {:.2f}x, "
+               "Stable-SPAM {:.2f}x and {:.2f}x, Stable-SPAM with 8-bit state {:.2f}x and {:.2f}x. Its "
+               "two-thread runs spread widely (density 0.25: {:.2f}-{:.2f}x over the three runs)",
+     lambda: [triads(BLOCK_STEPS_3)[0],
+              *(x for row in (SPARSE, "SPAM 8-bit state (default flags)",
+                              "SPAM density 0.25, 8-bit state (default flags)",
+                              "Stable-SPAM (spam_opt, default flags)", STABLE8)
+                for x in table_cells(BLOCK_STEPS_3, row, "x fused AdamW")),
+              *_minmax(_each_run(BLOCK_STEPS_3, SPARSE)[1])]),
+    (SPAM_DOC, "a read of g before the update costs {:.2f}-{:.2f}x the update alone at one thread and "
+               "{:.2f}-{:.2f}x at two (its bytes add {:.2f}x), and reading the next tensor's g during the "
+               "update costs more ({:.2f}-{:.2f}x and {:.2f}-{:.2f}x)",
+     lambda: [*_read_bound("g read first", 0), *_read_bound("g read first", 1), 32 / 28,
+              *_read_bound("next g read", 0), *_read_bound("next g read", 1)]),
     (SPAM_DOC, "The kernel before this one cost {}x.", lambda: re.findall(  # session 2's column
         r"\| SPAM, default flags \|[^|]+\|[^|]+\| ([0-9.]+-[0-9.]+) \|",
         (RESULTS / "optimizer_step_cpu.md").read_text())),
     (SPAM_DOC, "A step with a spike in every vector costs {:.2f}x fused AdamW's", lambda: table_cells(
         "spam_exact_path_cpu.md", "SPAM, a spike in every vector", "x fused AdamW")),
 ]
+
+
+def _each_run(path: str, row: str) -> list[list[float]]:
+    """The per-run ratios of an optimizer-step table's row, one list per section."""
+    return [[float(x) for x in m.split(" / ")] for m in re.findall(
+        rf"^\| {re.escape(row)} \|.*\| ([0-9. /]+) \|$", (RESULTS / path).read_text(), flags=re.M)]
+
+
+def _read_bound(prefix: str, section: int) -> tuple[float, float]:
+    """The least and largest ratio over the runs of the read-bound table's rows starting with ``prefix`` (both
+    ways of reading first, or the read during the update), in section 0 (one thread) or 1 (two)."""
+    text = (RESULTS / READ_BOUND).read_text().split("## ")[1 + section]
+    cells = [float(x) for line in text.splitlines() if line.startswith(f"| {prefix}")
+             for x in line.strip(" |").split(" | ")[1:]]
+    return _minmax(cells)
 
 
 def _throughput(path: str, what: str) -> list[float]:
