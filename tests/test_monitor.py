@@ -417,12 +417,12 @@ def test_fsdp2_norms_are_global_and_events_written_once(tmp_path):
 
 if __name__ == "__main__":  # the worker of the FSDP2 test, started by torch.distributed.run
     import torch.distributed as dist
+    from workers.teardown import end_worker  # tests/ is this script's folder
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     _fsdp_worker(sys.argv[1])
-    dist.barrier()  # no rank tears gloo down while the other is still in a collective
-    dist.destroy_process_group()
+    end_worker()
 
 
 def test_cpp_element_scores_equal_the_torch_operations(torch_threads):

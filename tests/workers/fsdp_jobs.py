@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from teardown import end_worker  # beside this script, which runs from this folder
 from torch import nn
 
 from spam_opt import SPAM, StableSPAM
@@ -195,4 +196,4 @@ if __name__ == "__main__":
         else:
             load_state(Path(job["load_state"]), Path(job["then_save"]))
         dist.barrier()
-    dist.destroy_process_group()
+    end_worker()

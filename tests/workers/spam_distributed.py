@@ -13,6 +13,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+from teardown import end_worker  # beside this script, which runs from this folder
 from torch import nn
 
 from spam_opt import SPAM
@@ -125,5 +126,4 @@ if __name__ == "__main__":
         ddp(out, steps)
     else:
         fsdp(out, steps, float(sys.argv[4]), int(sys.argv[5]))
-    dist.barrier()  # no rank tears gloo down while the other is still in a collective
-    dist.destroy_process_group()
+    end_worker()
